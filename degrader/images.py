@@ -1,0 +1,385 @@
+"""Image folders: scanning, robust decoding, preparation, augmentation and an infinite, resumable loader.
+
+Every sample is a pure function of `(index, sample_seed)`, so a run gives the same data whatever the number
+of workers, and a resumed run continues the exact stream (`InfiniteSampler(start=...)`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.transforms import v2
+
+from degrader.errors import UserError
+from degrader.files import atomic_path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+PREP_MODES = ("resize", "crop")
+AUGMENTS = ("none", "flip", "paper")
+
+
+class BadImageError(UserError):
+    """A file that cannot be decoded into an RGB image."""
+
+
+@dataclass
+class Scan:
+    """The result of `scan_images`: usable images, and the files skipped with a short reason each."""
+
+    root: Path
+    paths: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- scanning
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Files under `root` with an image suffix; hidden files and folders (".name") are left out silently."""
+    seen: set[str] = set()  # real paths of visited folders, so a symlink loop ends
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
+                yield Path(dirpath) / name
+
+
+def _looks_truncated(f, fmt: str | None) -> bool:
+    """Cheap tail check: a JPEG should end with EOI, a PNG with IEND. Only suspects get a full decode."""
+    if fmt not in ("JPEG", "PNG"):
+        return False
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - 64))
+    tail = f.read()
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in tail  # tolerant of the trailers some cameras append after EOI
+    return b"IEND" not in tail[-16:]
+
+
+def _check_header(path: Path, min_size: int) -> str | None:
+    """None if `path` looks like a usable image, else a short reason."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as im:  # lazy: reads the header only
+            w, h = im.size
+            if _looks_truncated(f, im.format):
+                f.seek(0)
+                try:
+                    with Image.open(f) as full:
+                        full.load()
+                except (OSError, SyntaxError, ValueError):
+                    return "truncated"
+    except Image.DecompressionBombError:
+        return "too large"
+    except (Image.UnidentifiedImageError, SyntaxError, ValueError):
+        return "not an image"
+    except OSError as e:  # permissions, I/O errors: the file may be fine, but it cannot be read here
+        return f"unreadable ({e.strerror or e})"
+    if min(w, h) < min_size:
+        return f"too small ({w}x{h} < {min_size})"
+    return None
+
+
+def scan_images(root: str | Path, *, min_size: int = 0, option: str = "--hr") -> Scan:
+    """Find the usable images under a folder, recursively.
+
+    Args:
+        root: the folder to scan.
+        min_size: images whose shorter side is below this are skipped.
+        option: the CLI option that named the folder, quoted in error messages.
+
+    Returns:
+        A `Scan` with paths sorted by their relative posix path (stable across machines) and the skipped files.
+
+    Raises:
+        UserError: the folder is missing, not a folder, has no image files, or no usable image.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise UserError(f"{option} {root} does not exist; give a folder of images.")
+    if not root.is_dir():
+        raise UserError(f"{option} {root} is a file, not a folder; give the folder that holds the images.")
+    candidates = sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix())
+    if not candidates:
+        raise UserError(f"{option} {root} holds no image files ({', '.join(IMAGE_SUFFIXES)}); check the path.")
+    paths, skipped = [], []
+    for path in candidates:
+        reason = _check_header(path, min_size)
+        if reason is None:
+            paths.append(path)
+        else:
+            skipped.append((path, reason))
+    if not paths:
+        counts = Counter(r.split(" (")[0] for _, r in skipped)
+        why = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+        need = f" of at least {min_size}x{min_size} pixels" if min_size else ""
+        raise UserError(
+            f"{option} {root} holds {len(candidates)} files but none is a readable image{need}; "
+            f"skipped: {why}. Give a folder of valid images."
+        )
+    return Scan(root=root, paths=paths, skipped=skipped)
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB. Alpha is composited on black (transparent pixels become black)."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit data (PIL also uses "I" for some 16-bit files): scale 0..65535 to 0..255, never clip.
+        a = np.asarray(im).astype(np.float64) / 257.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        # Floats are taken as 0..1 when they fit in it, else as 0..255.
+        a = np.asarray(im).astype(np.float64)
+        a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
+        im = Image.fromarray(np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (0, 0, 0))
+        out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+        return out
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image fully into 8-bit RGB, upright according to its EXIF orientation.
+
+    Grayscale, palette, 16-bit, float and CMYK images are converted; 16-bit values are scaled (65535 -> 255).
+    Alpha is composited on black.
+
+    Raises:
+        BadImageError: the file cannot be read or decoded; the message names it.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # Broken EXIF must not cost the image itself: keep the stored orientation then.
+            with contextlib.suppress(Exception):
+                im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"{path}: too large to decode safely ({e}); downscale or remove it.") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"{path}: cannot decode ({e}); remove or replace the file.") from None
+
+
+# ---------------------------------------------------------------------------------------------- preparation
+
+
+def _randint(rng: random.Random | torch.Generator, lo: int, hi: int) -> int:
+    """An int in [lo, hi] from either kind of generator."""
+    if isinstance(rng, torch.Generator):
+        return int(torch.randint(lo, hi + 1, (1,), generator=rng).item())
+    return rng.randint(lo, hi)
+
+
+def prepare(img: Image.Image, size: int, mode: str, rng: random.Random | torch.Generator) -> Image.Image:
+    """Bring an image to size x size.
+
+    Args:
+        img: an RGB image.
+        size: output side in pixels.
+        mode: "resize": shorter side to `size` (bicubic, antialiased), centre crop (aligned face crops).
+            "crop": a random size x size crop at native resolution, never resampled, since resampling a real
+            LR photo erases the noise the degrader must learn.
+        rng: used by "crop" only.
+
+    Raises:
+        UserError: unknown mode, or an image smaller than the crop in "crop" mode.
+    """
+    w, h = img.size
+    if mode == "resize":
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        # Resampling only the centre square is the same as resize-then-crop, in one pass.
+        return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    if mode == "crop":
+        if w < size or h < size:
+            raise UserError(f"image is {w}x{h}, smaller than the {size}x{size} crop; scan with min_size={size}.")
+        x, y = _randint(rng, 0, w - size), _randint(rng, 0, h - size)
+        return img.crop((x, y, x + size, y + size))
+    raise UserError(f"prep mode {mode!r} is not one of {', '.join(PREP_MODES)}.")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image -> float32 (3, H, W) in [0, 1]."""
+    a = np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
+
+
+def save_grid(rows: list[torch.Tensor], path: str | Path, *, scale_to: int | None = None, pad: int = 2) -> None:
+    """Write image rows as one PNG, atomically.
+
+    Args:
+        rows: each a (N, 3, h, w) batch in [0, 1]; rows may differ in resolution and in N.
+        path: the PNG to write (parent folders are created).
+        scale_to: cell height in pixels; default: the largest row height. Rows are enlarged (or reduced)
+            with nearest-neighbour so pixels stay visible and rows line up.
+        pad: white pixels between cells.
+    """
+    rows = [r.unsqueeze(0) if r.dim() == 3 else r for r in rows]
+    height = scale_to or max(r.shape[-2] for r in rows)
+    cells = []
+    for r in rows:
+        width = max(1, round(r.shape[-1] * height / r.shape[-2]))
+        cells.append(F.interpolate(r.detach().float().cpu().clamp(0, 1), size=(height, width), mode="nearest-exact"))
+    grid_w = max(c.shape[0] * (c.shape[-1] + pad) for c in cells) + pad
+    grid = torch.ones(3, len(cells) * (height + pad) + pad, grid_w)
+    for i, c in enumerate(cells):
+        y = pad + i * (height + pad)
+        for j, img in enumerate(c):
+            x = pad + j * (c.shape[-1] + pad)
+            grid[:, y : y + height, x : x + c.shape[-1]] = img
+    a = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(a, "RGB").save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def _augment(x: torch.Tensor, kind: str, rng: random.Random) -> torch.Tensor:
+    """Augment a (3, H, W) tensor with parameters drawn from `rng` only (the global RNG is not touched)."""
+    if kind == "none":
+        return x
+    if rng.random() < 0.5:
+        x = v2.functional.horizontal_flip(x)
+    if kind == "flip":  # real LR: geometry and colour stay as the camera made them
+        return x
+    # "paper": scale 0.9-1.1, rotation +-10 degrees, colour jitter. Reflect padding keeps the corners
+    # that rotation and zoom-out reveal filled with image content instead of black.
+    size = x.shape[-1]
+    p = max(1, min(size // 4, x.shape[-2] - 1, size - 1))
+    x = v2.functional.pad(x, [p, p, p, p], padding_mode="reflect")
+    x = v2.functional.affine(
+        x,
+        angle=rng.uniform(-10.0, 10.0),
+        translate=[0, 0],
+        scale=rng.uniform(0.9, 1.1),
+        shear=[0.0, 0.0],
+        interpolation=v2.InterpolationMode.BILINEAR,
+    )
+    x = v2.functional.center_crop(x, [x.shape[-2] - 2 * p, x.shape[-1] - 2 * p])
+    x = v2.functional.adjust_brightness(x, rng.uniform(0.85, 1.15))
+    x = v2.functional.adjust_contrast(x, rng.uniform(0.85, 1.15))
+    x = v2.functional.adjust_saturation(x, rng.uniform(0.85, 1.15))
+    x = v2.functional.adjust_hue(x, rng.uniform(-0.02, 0.02))
+    return x.clamp_(0.0, 1.0)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Map-style dataset over image paths, indexed by `(index, sample_seed)`.
+
+    A sample is a pure function of (index, sample_seed): crop position, flips and augmentation come from
+    `random.Random(sample_seed)`, never from the global RNG (which is left untouched). A file that fails to
+    decode is replaced by the next one, `(index + 1) % len`, with the same seed, so a long run goes on.
+    """
+
+    def __init__(self, paths: list[Path], size: int, prep: str = "resize", augment: str = "none"):
+        if prep not in PREP_MODES:
+            raise UserError(f"prep mode {prep!r} is not one of {', '.join(PREP_MODES)}.")
+        if augment not in AUGMENTS:
+            raise UserError(f"augmentation {augment!r} is not one of {', '.join(AUGMENTS)}.")
+        if not paths:
+            raise UserError("no images to load; the image folder scan found none.")
+        self.paths = [Path(p) for p in paths]
+        self.size, self.prep, self.augment = size, prep, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> torch.Tensor:
+        index, sample_seed = item if isinstance(item, tuple) else (item, 0)
+        errors = []
+        for k in range(len(self.paths)):  # bounded: a list of only broken files must still fail
+            path = self.paths[(index + k) % len(self.paths)]
+            rng = random.Random(sample_seed)
+            try:
+                img = prepare(load_rgb(path), self.size, self.prep, rng)
+            except UserError as e:  # undecodable file, or too small to crop
+                errors.append(str(e))
+                continue
+            return _augment(to_tensor(img), self.augment, rng)
+        raise BadImageError(f"{len(errors)} images in a row failed to load, last: {errors[-1]}")
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def _hash_int(*parts: object) -> int:
+    """A stable 63-bit integer from the given parts (same on every machine and Python version)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """Yields `(index, sample_seed)` forever, reproducibly and resumably.
+
+    Position p belongs to epoch p // n, whose order is a permutation seeded by (seed, epoch); the sample
+    seed is a hash of (seed, p). `start` jumps to position `start` directly: with a DataLoader of batch size
+    B, a run resumed after `k` batches passes `start=k * B`.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0):
+        if n <= 0:
+            raise UserError("cannot sample from an empty image list.")
+        self.n, self.seed, self.start = n, seed, start
+
+    def _perm(self, epoch: int) -> list[int]:
+        order = list(range(self.n))
+        random.Random(_hash_int("perm", self.seed, epoch)).shuffle(order)  # stable across Python versions
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        p = self.start
+        while True:
+            epoch, offset = divmod(p, self.n)
+            order = self._perm(epoch)
+            for i in range(offset, self.n):
+                yield order[i], _hash_int("sample", self.seed, p)
+                p += 1
+
+
+def make_loader(
+    paths: list[Path],
+    size: int,
+    prep: str,
+    augment: str,
+    *,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    workers: int = 0,
+) -> Iterator[torch.Tensor]:
+    """An infinite iterator of (batch_size, 3, size, size) batches in [0, 1].
+
+    The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers`.
+    `start` is a sample position (batches consumed x batch_size), for resuming.
+    """
+    loader = torch.utils.data.DataLoader(
+        ImageFolder(paths, size, prep, augment),
+        batch_size=batch_size,
+        sampler=InfiniteSampler(len(paths), seed, start),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=False,
+    )
+    return iter(loader)
