@@ -28,9 +28,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -48,18 +55,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, option: str = "--out") -> Path:
+    """Refuse an output path that would lose earlier results; writes nothing (for plans and dry runs)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} is a file; give a directory path.")
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise UserError(f"{option} {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{option} {out} is not writable; choose another directory.")
+    return out
+
+
 def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, option: str = "--out") -> Path:
     """Create or check an output directory before a long run writes to it.
 
     A non-empty directory is refused unless `resume` (keep and continue) or `overwrite` (clear it) is set,
     so that no earlier result is lost by accident.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{option} {out} is a file; give a directory path.")
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise UserError(f"{option} {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
+    out = check_out_dir(out, resume=resume, overwrite=overwrite, option=option)
+    if out.exists() and overwrite and not resume:
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

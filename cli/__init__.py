@@ -1,0 +1,1 @@
+"""Command-line interface: `degrade` and `sr` click groups. Only this package prints."""

@@ -1,0 +1,93 @@
+"""`degrade`: learn a degrader (`fit`), run everything on built-in data (`demo`), export and check shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.progress import console, progress_bar, user_errors, warn_skipped
+
+DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+@click.group()
+@click.version_option(package_name="degrader")
+def degrade() -> None:
+    """Learn how real cameras and the web degrade images, and make SR training data from it."""
+
+
+@degrade.command()
+@click.option("--hr", "hr", type=DIR, required=True, help="Folder of clean HR images (searched recursively).")
+@click.option("--lr", "lr", type=DIR, required=True, help="Folder of real low-quality images, unpaired with --hr.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
+@click.option(
+    "--hr-prep",
+    type=click.Choice(["resize", "crop"]),
+    default="resize",
+    show_default=True,
+    help="resize: shorter side + centre crop (face crops); crop: random crops at native resolution.",
+)
+@click.option(
+    "--lr-prep",
+    type=click.Choice(["resize", "crop"]),
+    default="resize",
+    show_default=True,
+    help="As --hr-prep, for the LR folder; use crop for large real photos to keep their noise.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Generator updates.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--preset",
+    type=click.Choice(["small", "paper"]),
+    default="small",
+    show_default=True,
+    help="small: fast on a CPU, residual output; paper: the authors' width, plain tanh output.",
+)
+@click.option(
+    "--hr-size", type=click.IntRange(min=16), default=64, show_default=True, help="HR crop size (power of 2)."
+)
+@click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True)
+@click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
+@click.option("--alpha", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Pixel loss weight.")
+@click.option("--beta", type=click.FloatRange(min=0), default=0.05, show_default=True, help="GAN loss weight.")
+@click.option("--d-steps", type=click.IntRange(min=1), default=5, show_default=True, help="D updates per G update.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--bf16", is_flag=True, help="bf16 autocast (CUDA only).")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes per folder."
+)
+@click.option("--sample-every", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@click.option("--dry-run", is_flag=True, help="Check the data and settings, print the plan, train nothing.")
+def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
+    """Learn a High-to-Low degrader from two unpaired image folders."""
+    from degrader.gan import LossConfig
+    from degrader.train import FitConfig, fit, plan_fit
+
+    loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
+    config = FitConfig(
+        scale=int(scale), loss=loss, **{k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    )
+    with user_errors():
+        plan = plan_fit(config)
+        warn_skipped("--hr", plan.hr.skipped)
+        warn_skipped("--lr", plan.lr.skipped)
+        m = plan.model
+        console.print(
+            f"{len(plan.hr.paths)} HR images -> {len(plan.lr.paths)} real LR images, {m.hr_size}px -> {m.lr_size}px, "
+            f"preset {config.preset} ({'residual' if m.residual else 'tanh'} output), G {plan.params_g / 1e6:.2f}M / "
+            f"D {plan.params_d / 1e6:.2f}M parameters, {config.steps} steps on {plan.device}"
+        )
+        if dry_run:
+            console.print("dry run: nothing trained or written.")
+            return
+        with progress_bar("fit", config.steps) as on_progress:
+            result = fit(config, on_progress, plan)
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; state saved. Continue with --resume.")
+    console.print(f"degrader: {result.out / 'degrader.safetensors'}  samples: {result.out / 'samples'}")

@@ -1,0 +1,210 @@
+"""One checkpoint format for every model: tensors in safetensors, config and metadata as JSON in its header.
+
+A checkpoint is one file, written atomically, so a crash can never pair new weights with an old config.
+Loading parses the safetensors header and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from degrader.errors import UserError
+from degrader.files import atomic_path, sha256_file
+from degrader.model import HighToLowConfig, HighToLowGenerator
+
+FORMAT = 1  # bump when a checkpoint written by this version cannot be read by the previous one
+META_KEY = "degrader"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("degrader")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write `tensors` and the JSON-serialisable `meta` (must hold a "kind") to one safetensors file."""
+    meta = {"format": FORMAT, "version": package_version(), **meta}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def load_checkpoint(
+    path: str | Path, kind: str, *, option: str = "--checkpoint"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint written by `save_checkpoint`, checking that it holds a `kind` model.
+
+    Raises:
+        UserError: the file is missing, not a safetensors file, not ours, of another kind or a newer format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {path}: no such checkpoint file; give a run directory or a .safetensors file.")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(
+            f"{option} {path} is not a readable safetensors checkpoint ({e}); is the file corrupt?"
+        ) from None
+    try:
+        meta = json.loads(header[META_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(f"{option} {path} is a safetensors file but not a degrader checkpoint.") from None
+    if meta.get("kind") != kind:
+        raise UserError(f"{option} {path} holds a {meta.get('kind')!r} model, but a {kind!r} model is needed here.")
+    if meta.get("format", 0) > FORMAT:
+        raise UserError(f"{option} {path} was written by degrader {meta.get('version')}; upgrade to read it.")
+    return tensors, meta
+
+
+def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_module(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load the `prefix.*` tensors into `module`, with a clear error when the shapes do not match."""
+    state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{path} does not fit this model ({first}); was it written with other settings?") from None
+
+
+# --- training state: networks, optimizers and random generators, for exact resume -------------------------
+
+
+def pack_state(
+    modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten networks, optimizer states and RNG states into tensors plus JSON metadata.
+
+    Trainers draw all randomness from the named `generators` (data randomness is a function of the step),
+    so the global RNG is not part of the state.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"optimizers": {}}
+    for name, module in modules.items():
+        tensors.update(module_tensors(name, module))
+    for name, opt in optimizers.items():
+        scalars = {}
+        for idx, slots in opt.state_dict()["state"].items():
+            for slot, value in slots.items():
+                if torch.is_tensor(value):
+                    tensors[f"{name}.{idx}.{slot}"] = value
+                else:
+                    scalars[f"{idx}.{slot}"] = value
+        meta["optimizers"][name] = scalars
+    for name, gen in generators.items():
+        tensors[f"rng.{name}"] = gen.get_state()
+    return tensors, meta
+
+
+def unpack_state(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    path: Path,
+) -> None:
+    """Inverse of `pack_state`: restore everything in place. Param groups (lr, betas) come from the config."""
+    for name, module in modules.items():
+        load_module(module, name, tensors, path)
+    for name, opt in optimizers.items():
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith(name + "."):
+                idx, slot = key[len(name) + 1 :].split(".", 1)
+                state.setdefault(int(idx), {})[slot] = value
+        for key, value in meta["optimizers"][name].items():
+            idx, slot = key.split(".", 1)
+            state.setdefault(int(idx), {})[slot] = value
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"rng.{name}"])
+
+
+# --- the learned degrader, ready for inference ------------------------------------------------------------
+
+DEGRADER_FILE = "degrader.safetensors"
+DEGRADER_KIND = "high-to-low"
+
+
+def noise_from_seeds(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
+    """One z ~ N(0, I) per seed, drawn on the CPU so a seed gives the same z on every device. (B, z_dim)."""
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def resolve_checkpoint(path: str | Path, filename: str) -> Path:
+    """A run directory means the checkpoint file inside it; a file path is taken as it is."""
+    path = Path(path)
+    return path / filename if path.is_dir() else path
+
+
+class Degrader:
+    """A trained High-to-Low generator: maps HR images and integer seeds to realistic LR images.
+
+    Example:
+        >>> deg = Degrader.load("runs/faces")
+        >>> lr = deg.degrade(hr, seeds=[0, 1, 2])  # hr (3, 3, 64, 64) in [0, 1] -> lr (3, 3, 16, 16)
+    """
+
+    def __init__(self, net_g: HighToLowGenerator, name: str = "degrader", sha256: str = "", step: int = 0):
+        self.net_g = net_g.eval()
+        self.config: HighToLowConfig = net_g.config
+        self.name = name
+        self.sha256 = sha256
+        self.step = step
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def hr_size(self) -> int:
+        return self.config.hr_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net_g.parameters()).device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Degrader:
+        """Load from a `degrade fit` run directory or its `degrader.safetensors` file."""
+        file = resolve_checkpoint(path, DEGRADER_FILE)
+        tensors, meta = load_checkpoint(file, DEGRADER_KIND, option="--degrader")
+        net_g = HighToLowGenerator(HighToLowConfig(**meta["config"]))
+        load_module(net_g, "net_g", tensors, file)
+        name = Path(path).name if Path(path).is_dir() else file.stem
+        return cls(net_g.to(device), name=name, sha256=sha256_file(file), step=meta.get("step", 0))
+
+    def save(self, path: str | Path, **meta: Any) -> None:
+        """Write the generator and its config as a checkpoint `Degrader.load` reads."""
+        meta = {"kind": DEGRADER_KIND, "config": vars(self.config), "step": self.step, **meta}
+        save_checkpoint(path, module_tensors("net_g", self.net_g), meta)
+
+    @torch.no_grad()
+    def degrade(self, hr: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """Degrade (B, 3, H, H) HR images in [0, 1]; seed i fixes the noise of image i. Returns (B, 3, H/s, H/s)."""
+        if hr.ndim != 4 or hr.shape[1] != 3 or hr.shape[-1] != self.hr_size or hr.shape[-2] != self.hr_size:
+            raise ValueError(f"expected HR images (B, 3, {self.hr_size}, {self.hr_size}), got {tuple(hr.shape)}")
+        if len(seeds) != hr.shape[0]:
+            raise ValueError(f"got {len(seeds)} seeds for {hr.shape[0]} images")
+        z = noise_from_seeds(seeds, self.config.z_dim).to(self.device)
+        lr = self.net_g(hr.to(self.device) * 2 - 1, z)  # (B, 3, H/s, H/s)
+        return ((lr + 1) / 2).clamp(0, 1)

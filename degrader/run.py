@@ -1,0 +1,144 @@
+"""What every training run shares: device choice, the run directory, exact resume, the log and Ctrl-C.
+
+Both trainers (`degrader.train.fit` and `sr.train.train`) keep their loop in one plain function and call
+these helpers for the bookkeeping around it, so a run directory looks the same whichever model it trains:
+
+    RUN_DIR/config.json         the run's config (checked on --resume)
+    RUN_DIR/state.safetensors   networks, optimizers and RNG states, for exact resume
+    RUN_DIR/<model>.safetensors the trained network alone, for inference
+    RUN_DIR/log.jsonl           one JSON line of losses every `log_every` steps
+    RUN_DIR/samples/step-*.png  sample grids
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
+from degrader.errors import UserError
+from degrader.files import prepare_out_dir, write_json
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.safetensors"
+LOG_FILE = "log.jsonl"
+STATE_KIND = "train-state"
+
+# Config fields that may change between a run and its resume without changing the result.
+RESUMABLE = {"steps", "resume", "overwrite", "device", "workers", "checkpoint_every", "sample_every", "log_every"}
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+def resolve_device(choice: str) -> torch.device:
+    """`auto` picks CUDA when available; asking for CUDA without it is a user error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto.")
+    return torch.device(choice)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked for; a no-op otherwise (CPU runs stay float32 and reproducible)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain JSON data (tuples become lists, as they would after a round trip)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
+    """Prepare the run directory. Returns True when there is a saved state to resume from.
+
+    On resume the saved config must match the new one, except fields in RESUMABLE; a different dataset,
+    model or loss would silently make a different run, so it is refused.
+    """
+    out = prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    saved = out / CONFIG_FILE
+    if resume and (out / STATE_FILE).exists() and saved.exists():
+        old = json.loads(saved.read_text())
+        changed = sorted(k for k in config.keys() | old.keys() if k not in RESUMABLE and old.get(k) != config.get(k))
+        if changed:
+            raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use a new --out.")
+        write_json(saved, config)
+        return True
+    write_json(saved, config)
+    return False
+
+
+def save_state(
+    out: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> None:
+    """Everything needed to continue the run exactly, in one atomically written file."""
+    tensors, meta = pack_state(modules, optimizers, generators)
+    save_checkpoint(out / STATE_FILE, tensors, {"kind": STATE_KIND, "step": step, **meta})
+
+
+def load_state(
+    out: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> int:
+    """Restore a state written by `save_state` in place; returns its step. Drops log lines written after it."""
+    path = out / STATE_FILE
+    tensors, meta = load_checkpoint(path, STATE_KIND, option="--resume")
+    device = next(iter(modules.values())).parameters().__next__().device
+    tensors = {k: v if k.startswith("rng.") else v.to(device) for k, v in tensors.items()}
+    unpack_state(tensors, meta, modules, optimizers, generators, path)
+    step = int(meta["step"])
+    log = out / LOG_FILE
+    if log.exists():
+        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log.write_text("".join(line + "\n" for line in kept))
+    return step
+
+
+def append_log(out: Path, record: dict[str, Any]) -> None:
+    with open(out / LOG_FILE, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def mean_logs(records: list[dict[str, float]]) -> dict[str, float]:
+    """Average each loss over the steps since the last log line."""
+    keys = records[0].keys() if records else []
+    return {k: sum(r[k] for r in records) / len(records) for k in keys}
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a flag the loop checks between steps, so it can save a consistent state.
+
+    Yields a function that tells whether Ctrl-C was pressed. A second Ctrl-C interrupts at once.
+    Outside the main thread (where signals cannot be handled) it never reports an interrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        pressed.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,216 @@
+"""`fit()`: train the High-to-Low GAN on two unpaired folders (paper sections 3.5-3.6)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
+from degrader.errors import UserError
+from degrader.files import check_out_dir
+from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.images import Scan, load_rgb, make_loader, prepare, save_grid, scan_images, to_tensor
+from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
+from degrader.nets import Discriminator
+from degrader.run import (
+    ProgressFn,
+    append_log,
+    autocast,
+    config_dict,
+    deferred_interrupt,
+    load_state,
+    mean_logs,
+    open_run,
+    resolve_device,
+    save_state,
+)
+
+SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
+
+
+@dataclass
+class FitConfig:
+    hr: str  # folder of clean HR images (scanned recursively)
+    lr: str  # folder of real low-quality images, unpaired with `hr`
+    out: str  # run directory: config, checkpoints, log, sample grids
+    hr_prep: str = "resize"  # "resize": shorter side to hr_size + centre crop (face crops); "crop": random crops
+    lr_prep: str = "resize"  # same for the LR folder; "crop" keeps the real noise of large LR photos intact
+    preset: str = "small"  # "small" (2 CPU cores) or "paper" (the authors' width); see degrader.model.PRESETS
+    hr_size: int = 64  # HR crop size; LR size is hr_size // scale
+    scale: int = 4  # downscaling factor the degrader learns
+    residual: bool | None = None  # predict a residual over avg-pooled HR; None takes the preset's choice
+    steps: int = 2000  # generator updates
+    batch_size: int = 16
+    loss: LossConfig = field(default_factory=LossConfig)  # alpha, beta, Adam settings, D steps per G step
+    seed: int = 0  # fixes initialisation, data order, augmentation and noise
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    bf16: bool = False  # bf16 autocast on CUDA
+    workers: int = 2  # DataLoader worker processes per folder
+    log_every: int = 10  # steps between log lines (losses averaged over them)
+    sample_every: int = 250  # steps between sample grids
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    overwrite: bool = False  # replace whatever `out` holds
+
+    def model(self) -> HighToLowConfig:
+        preset = dict(PRESETS[self.preset])
+        if self.residual is not None:
+            preset["residual"] = self.residual
+        return HighToLowConfig(hr_size=self.hr_size, scale=self.scale, **preset)
+
+
+@dataclass
+class FitPlan:
+    """What `fit` will do, checked before anything is written (also the answer to --dry-run)."""
+
+    config: FitConfig
+    model: HighToLowConfig
+    hr: Scan
+    lr: Scan
+    device: torch.device
+    params_g: int
+    params_d: int
+
+
+@dataclass
+class FitResult:
+    out: Path
+    step: int  # generator updates done in total
+    interrupted: bool  # stopped early by Ctrl-C (the state is saved; continue with resume)
+    logs: dict[str, float]  # the last logged losses
+
+
+def plan_fit(config: FitConfig) -> FitPlan:
+    """Check the config, scan both folders and size the networks, without writing anything.
+
+    Raises:
+        UserError: a folder is missing or holds no usable image, or an option is out of range.
+    """
+    if config.preset not in PRESETS:
+        raise UserError(f"--preset {config.preset!r} is not one of {', '.join(PRESETS)}.")
+    try:
+        model = config.model()
+        net_g, net_d = HighToLowGenerator(model), Discriminator(model.discriminator())
+    except ValueError as e:
+        raise UserError(f"--hr-size/--scale: {e}.") from None
+    hr = scan_images(config.hr, min_size=model.hr_size, option="--hr")
+    lr = scan_images(config.lr, min_size=model.lr_size, option="--lr")
+    device = resolve_device(config.device)
+    check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d))
+
+
+def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan | None = None) -> FitResult:
+    """Train a High-to-Low degrader; writes checkpoints, log and sample grids to `config.out`.
+
+    Args:
+        config: the run's settings.
+        on_progress: called after every step as `on_progress(step, total_steps, losses)`.
+        plan: the result of `plan_fit(config)` if the caller already made it.
+
+    Returns:
+        Where the run is, how far it got, and its last losses. Load the degrader with `Degrader.load(out)`.
+    """
+    plan = plan or plan_fit(config)
+    cfg, model, device = config, plan.model, plan.device
+    out = Path(cfg.out)
+    resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
+
+    # --- networks and optimizers ---
+    torch.manual_seed(cfg.seed)
+    net_g = HighToLowGenerator(model).to(device)
+    net_d = Discriminator(model.discriminator()).to(device)
+    opt_g, opt_d = adam(net_g, cfg.loss), adam(net_d, cfg.loss)
+    z_rng = torch.Generator().manual_seed(cfg.seed)  # fresh z for every sample, drawn on the CPU
+    state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
+    step = load_state(out, *state) if resuming else 0
+
+    # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
+    b, k = cfg.batch_size, cfg.loss.d_steps
+    hr_batches = make_loader(
+        plan.hr.paths, model.hr_size, cfg.hr_prep, "paper", batch_size=b, seed=cfg.seed, start=step * (k + 1) * b,
+        workers=cfg.workers,
+    )  # fmt: skip
+    lr_batches = make_loader(
+        plan.lr.paths, model.lr_size, cfg.lr_prep, "flip", batch_size=b, seed=cfg.seed + 1, start=step * k * b,
+        workers=cfg.workers,
+    )  # fmt: skip
+    grid_hr, grid_lr = sample_batches(plan, n=8)
+
+    def to_net(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
+
+    def noise() -> torch.Tensor:
+        return torch.randn(b, model.z_dim, generator=z_rng).to(device)
+
+    def checkpoint() -> None:
+        Degrader(net_g, name=out.name, step=step).save(out / DEGRADER_FILE)
+        save_state(out, step, *state)
+        net_g.train()
+
+    records: list[dict[str, float]] = []
+    logs: dict[str, float] = {}
+    tick = time.perf_counter()
+    with deferred_interrupt() as interrupted:
+        while step < cfg.steps and not interrupted():
+            # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss ---
+            hr = to_net(next(hr_batches))  # (B, 3, H, H)
+            with autocast(device, cfg.bf16):
+                fake = net_g(hr, noise())  # (B, 3, H/s, H/s)
+                g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, cfg.loss)
+            update(opt_g, g_loss)
+
+            # --- D steps: real LR images against fresh fakes, detached ---
+            for _ in range(k):
+                hr, real = to_net(next(hr_batches)), to_net(next(lr_batches))
+                with autocast(device, cfg.bf16):
+                    with torch.no_grad():
+                        fake = net_g(hr, noise())
+                    d_loss, d_logs = discriminator_loss(net_d, real, fake)
+                update(opt_d, d_loss)
+            step += 1
+
+            # --- bookkeeping: log, progress, samples, checkpoints ---
+            records.append({**g_logs, **d_logs})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                logs = {**mean_logs(records), "hr_per_s": len(records) * (k + 1) * b / (now - tick)}
+                append_log(out, {"step": step, **logs})
+                records, tick = [], now
+            if on_progress:
+                on_progress(step, cfg.steps, {**g_logs, **d_logs})
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_hr, grid_lr, device)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+        checkpoint()
+        return FitResult(out, step, interrupted(), logs)
+
+
+def sample_batches(plan: FitPlan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` HR and LR images, prepared without augmentation: the same faces in every grid."""
+    m = plan.model
+    rng = torch.Generator().manual_seed(0)
+    hr = [to_tensor(prepare(load_rgb(p), m.hr_size, plan.config.hr_prep, rng)) for p in plan.hr.paths[:n]]
+    lr = [to_tensor(prepare(load_rgb(p), m.lr_size, plan.config.lr_prep, rng)) for p in plan.lr.paths[:n]]
+    return torch.stack(hr), torch.stack(lr)
+
+
+@torch.no_grad()
+def write_samples(path: Path, net_g: HighToLowGenerator, hr: torch.Tensor, real_lr: torch.Tensor, device) -> None:
+    """Rows: HR, bicubic-downscaled HR, G(HR, z) for several z, then real LR images for comparison."""
+    path.parent.mkdir(exist_ok=True)
+    s, n = net_g.config.scale, hr.shape[0]
+    bicubic = F.interpolate(hr, scale_factor=1 / s, mode="bicubic", antialias=True).clamp(0, 1)  # (n, 3, H/s, H/s)
+    net_g.eval()
+    fakes = [
+        (net_g(hr.to(device) * 2 - 1, noise_from_seeds([seed] * n, net_g.config.z_dim).to(device)).cpu() + 1) / 2
+        for seed in SAMPLE_SEEDS
+    ]
+    net_g.train()
+    save_grid([hr, bicubic, *[f.clamp(0, 1) for f in fakes], real_lr], path)
