@@ -1,0 +1,121 @@
+"""SuperResolver: loading, tiling equal to a whole-image pass, bounded tile sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from degrader.errors import UserError
+from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
+from sr.upscale import SuperResolver, tile_windows
+
+TINY = dict(width=8, blocks=(1, 1, 1), d_width=8)
+
+
+def make_net(scale: int = 4, residual: bool = False) -> LowToHighGenerator:
+    """An untrained tiny generator whose batch norms have non-trivial running statistics."""
+    torch.manual_seed(0)
+    net = LowToHighGenerator(LowToHighConfig(scale=scale, residual=residual, **TINY))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.nn.init.normal_(net.body[-1].weight, std=0.1)  # residual nets start at zero here
+    return net.eval()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    save_sr_generator(tmp_path / SR_FILE, make_net(), step=7)
+    return tmp_path
+
+
+def whole(sr: SuperResolver, lr: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return ((sr.net_g(lr * 2 - 1) + 1) / 2).clamp(0, 1)
+
+
+def test_load_run_dir_and_file(run_dir):
+    sr = SuperResolver.load(run_dir)
+    assert (sr.scale, sr.step, sr.name, len(sr.sha256)) == (4, 7, run_dir.name, 64)
+    assert not sr.net_g.training
+    assert SuperResolver.load(run_dir / SR_FILE).name == "sr"
+    with pytest.raises(UserError, match="no such checkpoint"):
+        SuperResolver.load(run_dir / "missing")
+
+
+def test_context_is_the_receptive_field(run_dir):
+    sr = SuperResolver.load(run_dir)
+    r = sr.context
+    assert r is not None and 2 <= r < 16
+    # changing one LR pixel changes outputs r LR pixels away, but none beyond
+    lr = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    bumped = lr.clone()
+    bumped[..., 24, 24] += 0.5
+    diff = (whole(sr, bumped) - whole(sr, lr)).abs().sum(dim=(0, 1)) > 0  # (192, 192)
+    rows = torch.nonzero(diff.any(dim=1)).flatten() // sr.scale  # LR rows whose outputs changed
+    assert rows.min() >= 24 - r and rows.max() <= 24 + r
+    assert rows.min() <= 24 - r + 1  # the measured radius is tight, not a loose bound
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_tiled_equals_whole_image(tmp_path, scale):
+    save_sr_generator(tmp_path / SR_FILE, make_net(scale=scale), step=0)
+    sr = SuperResolver.load(tmp_path)
+    lr = torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(2))  # not a multiple of the tile
+    ref = whole(sr, lr)
+    tiled = sr.upscale(lr, tile=16, batch_size=5)
+    assert tiled.shape == (2, 3, 37 * scale, 53 * scale)
+    assert (tiled - ref).abs().max() < 1e-5
+
+
+def test_small_overlap_matches_away_from_tile_borders(run_dir):
+    sr = SuperResolver.load(run_dir)
+    lr = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    ref, tiled = whole(sr, lr), sr.upscale(lr, tile=16, overlap=1)
+    err = (tiled - ref).abs().amax(dim=(0, 1))  # (192, 192)
+    assert err.max() > 1e-3  # seams exist: the test can fail
+    # an LR pixel at distance d from its core's inner borders sees d + 1 pixels of context there
+    far = sr.context - 1
+    s = sr.scale
+    inner = err[(16 + far) * s : (32 - far) * s, (16 + far) * s : (32 - far) * s]  # the middle core's centre
+    assert inner.numel() > 0 and inner.max() < 1e-5
+
+
+def test_large_image_runs_in_bounded_tiles(run_dir):
+    sr = SuperResolver.load(run_dir)
+    seen: list[tuple[int, ...]] = []
+    sr.net_g.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    lr = torch.rand(1, 3, 150, 230, generator=torch.Generator().manual_seed(4))  # ~10x the tile on each side
+    out = sr.upscale(lr, tile=16, batch_size=4)
+    window = 16 + 2 * sr.context
+    assert len(seen) == -(-10 * 15 // 4)  # 10 x 15 tiles in batches of 4
+    assert all(n <= 4 and h == window and w == window for n, _, h, w in seen)
+    assert out.shape == (1, 3, 600, 920) and out.min() >= 0 and out.max() <= 1
+    assert (out - whole(sr, lr)).abs().max() < 1e-5
+
+
+def test_single_image_small_image_and_bad_input(run_dir):
+    sr = SuperResolver.load(run_dir)
+    lr = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(5))
+    out = sr.upscale(lr)
+    assert out.shape == (3, 48, 40)
+    assert torch.allclose(out, whole(sr, lr[None])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="expected LR images"):
+        sr.upscale(torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="positive"):
+        sr.upscale(lr, tile=0)
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 40, 64, 100])
+@pytest.mark.parametrize("margin", [0, 3, 20])
+def test_tile_windows_cover_each_pixel_once_with_margin(length, margin):
+    window, cuts = tile_windows(length, 16, margin)
+    covered = [0] * length
+    for w0, c0, c1 in cuts:
+        assert 0 <= w0 <= c0 < c1 <= w0 + window <= length
+        assert c0 - w0 >= margin or w0 == 0
+        assert w0 + window - c1 >= margin or w0 + window == length
+        for i in range(c0, c1):
+            covered[i] += 1
+    assert covered == [1] * length
