@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import random
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -358,6 +359,16 @@ class InfiniteSampler(torch.utils.data.Sampler):
                 p += 1
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader worker init: leave Ctrl-C to the main process.
+
+    `degrader.run.deferred_interrupt` turns Ctrl-C into a flag checked between steps; the terminal sends it
+    to the workers too, and a worker killed by it would take away the batches the current step still needs.
+    Module-level so that it pickles for spawned workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(
     paths: list[Path],
     size: int,
@@ -380,6 +391,7 @@ def make_loader(
         sampler=InfiniteSampler(len(paths), seed, start),
         num_workers=workers,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
         pin_memory=False,
     )
     return iter(loader)
