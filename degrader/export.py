@@ -1,0 +1,367 @@
+"""`export_shards`: a degrader x a folder of HR images -> paired WebDataset shards plus `manifest.json`.
+
+The pipeline streams: DataLoader workers decode and crop the HR images and PNG-encode the HR crops; the main
+process runs the degrader on batches; a process pool PNG-encodes the LR images; the main process writes the
+samples in a fixed order. Sample `k` of crop `c` of image `i` always gets the same seed, key and bytes, so
+the output does not depend on worker count or batch size, and a resumed run rewrites exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from degrader.errors import UserError
+from degrader.files import prepare_out_dir, sha256_file, write_json
+from degrader.shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MEMBERS,
+    ShardWriter,
+    encode_png,
+    sample_key,
+    sample_seed,
+    shard_name,
+    to_uint8,
+)
+
+CROPS = ("center", "random", "grid")
+STATE = ".export-state.json"  # progress of an unfinished export; removed once the manifest is written
+RUN_ONLY = ("out", "workers", "batch_size", "device", "resume", "overwrite")  # never change the output bytes
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class ExportConfig:
+    degrader: str = "bicubic"  # `degrade fit` run dir or .safetensors checkpoint, or bicubic|bilinear|blur-bilinear
+    hr: str = ""  # folder of HR images, searched recursively
+    out: str = ""  # output folder for shard-NNNNNN.tar and manifest.json
+    per_image: int = 1  # K: LR variants per HR crop, each with its own seed
+    seed: int = 0  # S: the seed of variant k of a crop is sample_seed(S, crop id, k)
+    samples_per_shard: int = 1000  # samples per tar file (the last one may hold fewer)
+    crop: str = "center"  # center: resize + centre crop as `degrade fit` does; random: one seeded native-res
+    #                       crop per image; grid: every non-overlapping hr_size crop (large non-face images)
+    hr_size: int | None = None  # HR crop side; None takes the learned degrader's (64 for classical ones)
+    scale: int | None = None  # classical degraders only (default 4); a learned degrader has its own
+    workers: int = 2  # decode and PNG-encode processes; 0 does everything in this process
+    batch_size: int = 32  # crops per degrader call
+    device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
+    resume: bool = False  # continue an interrupted export in `out`
+    overwrite: bool = False  # clear a non-empty `out` first
+
+
+def package_version() -> str:
+    try:
+        from degrader import __version__
+
+        return str(__version__)
+    except ImportError:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("degrader")
+        except PackageNotFoundError:
+            return "0+unknown"
+
+
+def load_degrader(spec: str, scale: int | None, device: str = "auto") -> Any:
+    """A classical degrader by name, or a learned one from a run directory or checkpoint file."""
+    from degrader.classical import CLASSICAL, make_classical
+
+    if spec in CLASSICAL:
+        return make_classical(spec, scale or 4)
+    if not Path(spec).exists():
+        raise UserError(
+            f"--degrader {spec}: no such run directory or checkpoint, and not one of {', '.join(CLASSICAL)}."
+        )
+    from degrader.checkpoint import Degrader
+    from degrader.run import resolve_device
+
+    degrader = Degrader.load(spec, device=resolve_device(device))
+    if scale is not None and scale != degrader.scale:
+        raise UserError(f"--scale {scale} differs from the degrader's scale {degrader.scale}; leave --scale out.")
+    return degrader
+
+
+def grid_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
+    """Top-left corners of every non-overlapping size x size crop, the grid centred in the image."""
+    rows, cols = height // size, width // size
+    top0, left0 = (height - rows * size) // 2, (width - cols * size) // 2
+    return [(top0 + r * size, left0 + c * size) for r in range(rows) for c in range(cols)]
+
+
+def crop_id(image_id: str, crop: int, mode: str) -> str:
+    """The id seeds derive from: the image's relative path, plus the crop index in grid mode."""
+    return f"{image_id}#{crop}" if mode == "grid" else image_id
+
+
+class _Crops(Dataset):
+    """Image i -> (i, image id, [(top, left) or None, HR uint8 (H, W, 3), HR PNG bytes], failure reason)."""
+
+    def __init__(self, paths: list[Path], root: Path, size: int, mode: str, seed: int):
+        self.paths, self.root, self.size, self.mode, self.seed = paths, root, size, mode, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, str, list, str | None]:
+        from degrader.images import load_rgb, prepare
+
+        image_id = self.paths[i].relative_to(self.root).as_posix()
+        try:
+            img = load_rgb(self.paths[i])
+            if self.mode == "center":
+                crops = [(None, np.array(prepare(img, self.size, "resize", random.Random(0))))]
+            elif self.mode == "random":
+                rng = random.Random(sample_seed(self.seed, image_id, -1))  # crop position: its own stable seed
+                crops = [(None, np.array(prepare(img, self.size, "crop", rng)))]
+            else:
+                a, s = np.asarray(img), self.size
+                crops = [((y, x), a[y : y + s, x : x + s].copy()) for y, x in grid_boxes(img.width, img.height, s)]
+        except UserError as e:
+            return i, image_id, [], str(e).removeprefix(f"{self.paths[i]}: ")
+        return i, image_id, [(box, a, encode_png(a)) for box, a in crops], None
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _encode_batch(images: np.ndarray) -> list[bytes]:
+    return [encode_png(a) for a in images]
+
+
+def _die_with_parent() -> None:
+    """Pool workers end when the exporting process is killed, instead of lingering as orphans (Linux)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def plan_export(config: ExportConfig) -> dict[str, Any]:
+    """Check the options and count the work without writing anything (what `--dry-run` shows).
+
+    Raises:
+        UserError: bad option, missing HR folder, unknown degrader, no usable image.
+    """
+    from degrader.images import scan_images
+
+    if config.crop not in CROPS:
+        raise UserError(f"--crop {config.crop!r} is not one of {', '.join(CROPS)}.")
+    for name in ("per_image", "samples_per_shard", "batch_size"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+    out = Path(config.out)
+    if not config.resume and not config.overwrite and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
+    degrader = load_degrader(config.degrader, config.scale, config.device)
+    size = config.hr_size or degrader.hr_size or 64
+    if degrader.hr_size is not None and size != degrader.hr_size:
+        raise UserError(f"--hr-size {size}: this degrader takes {degrader.hr_size} px HR crops; leave --hr-size out.")
+    if size % degrader.scale:
+        raise UserError(f"--hr-size {size} is not divisible by the scale {degrader.scale}.")
+    scan = scan_images(config.hr, min_size=size, option="--hr")
+    if config.crop == "grid":
+        from PIL import Image
+
+        def count(path: Path) -> int:
+            with Image.open(path) as im:  # header only
+                return len(grid_boxes(*im.size, size))
+
+        crops = sum(count(p) for p in scan.paths)
+    else:
+        crops = len(scan.paths)
+    samples = crops * config.per_image
+    recorded = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
+    recorded.update(hr=str(Path(config.hr).resolve()), hr_size=size, scale=degrader.scale)
+    return {
+        "degrader": degrader,
+        "scan": scan,
+        "config": recorded,
+        "images": len(scan.paths),
+        "skipped": len(scan.skipped),
+        "crops": crops,
+        "samples": samples,
+        "shards": -(-samples // config.samples_per_shard),
+    }
+
+
+def _describe(degrader: Any) -> dict[str, Any]:
+    return {"name": degrader.name, "sha256": degrader.sha256, "scale": degrader.scale, "hr_size": degrader.hr_size}
+
+
+def _start_or_resume(out: Path, plan: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The saved progress of an export in `out` (checked against this one), or a fresh state."""
+    fresh = {"config": plan["config"], "degrader": _describe(plan["degrader"]), "shards": [], "failed": []}
+    state_path, manifest_path = out / STATE, out / MANIFEST
+    saved = None
+    if resume and manifest_path.exists():
+        saved = json.loads(manifest_path.read_text())
+    elif resume and state_path.exists():
+        saved = json.loads(state_path.read_text())
+    elif resume and any(p.name != STATE for p in out.iterdir()):
+        raise UserError(f"--out {out} holds no export to resume; pass --overwrite to replace its contents.")
+    if saved is not None:
+        if saved.get("config") != fresh["config"] or saved.get("degrader") != fresh["degrader"]:
+            raise UserError(f"--out {out} was exported with other options or degrader; rerun those or --overwrite.")
+        if "format" in saved:
+            return saved  # finished already
+        # Keep the shards that are intact, in order; everything after the first damaged one is redone.
+        good = []
+        for entry in saved["shards"]:
+            path = out / entry["name"]
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
+                break
+            good.append(entry)
+        fresh["shards"] = good
+        next_image = good[-1]["next"][0] if good else 0
+        fresh["failed"] = [f for f in saved["failed"] if f[0] < next_image]
+    keep = {e["name"] for e in fresh["shards"]}
+    for path in out.iterdir():  # half-written temporaries and shards past the resume point
+        if (path.name.startswith(".shard-") or path.name.startswith("shard-")) and path.name not in keep:
+            path.unlink()
+    write_json(state_path, fresh)
+    return fresh
+
+
+def _samples(
+    loader: Iterator, k_per_crop: int, start: tuple[int, int, int], failed: list, plan: dict[str, Any]
+) -> Iterator[tuple[tuple[int, int, int], str, dict[str, Any], np.ndarray, bytes]]:
+    """The export's samples in their fixed order from position `start`: (position, key, meta, HR, HR PNG)."""
+    offset, mode, seed = start[0], plan["config"]["crop"], plan["config"]["seed"]
+    for i, image_id, crops, reason in loader:
+        i += offset
+        if reason is not None:
+            failed.append([i, image_id, reason])
+            continue
+        for c, (box, hr, hr_png) in enumerate(crops):
+            for k in range(k_per_crop):
+                if (i, c, k) < start:
+                    continue
+                s = sample_seed(seed, crop_id(image_id, c, mode), k)
+                meta = {"seed": s, "source": image_id, "crop": c, "box": list(box) if box else None, "k": k}
+                yield (i, c, k), sample_key(image_id, c, k), meta, hr, hr_png
+
+
+def export_shards(config: ExportConfig, on_progress: Progress | None = None) -> dict[str, Any]:
+    """Degrade every HR crop `per_image` times and write the pairs as shards; returns the manifest.
+
+    Rerunning with `resume=True` after a crash or kill continues where it stopped and ends with the same bytes
+    as an uninterrupted run.
+
+    Raises:
+        UserError: bad options, missing HR folder, unknown degrader, non-empty `out` without resume/overwrite.
+    """
+    plan = plan_export(config)
+    degrader, scan, recorded = plan["degrader"], plan["scan"], plan["config"]
+    out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")
+    state = _start_or_resume(out, plan, config.resume)
+    if "format" in state:
+        (out / STATE).unlink(missing_ok=True)
+        return state
+    start = tuple(state["shards"][-1]["next"]) if state["shards"] else (0, 0, 0)
+    done = sum(e["samples"] for e in state["shards"])
+    common = {"scale": degrader.scale, "degrader": degrader.name, "degrader_sha256": degrader.sha256}
+    common["version"] = package_version()
+
+    crops = _Crops(scan.paths[start[0] :], scan.root, recorded["hr_size"], config.crop, config.seed)
+    workers = config.workers
+    loader = DataLoader(crops, batch_size=None, collate_fn=_identity, num_workers=workers)
+    pool = ProcessPoolExecutor(workers, initializer=_die_with_parent) if workers > 0 else None
+    writer = ShardWriter(out, config.samples_per_shard, first_shard=len(state["shards"]))
+    in_flight: deque[tuple[list, Future | list[bytes], list[list[int]]]] = deque()  # (samples, LR PNGs, LR sizes)
+    batch: list = []
+    failed: list = list(state["failed"])
+
+    def write_batch(samples: list, lr_pngs: list[bytes], lr_sizes: list[list[int]]) -> None:
+        nonlocal done
+        for (pos, key, meta, hr, hr_png), lr_png, lr_hw in zip(samples, lr_pngs, lr_sizes, strict=True):
+            meta = {**meta, **common, "hr_size": list(hr.shape[:2]), "lr_size": lr_hw}
+            members = {"hr.png": hr_png, "lr.png": lr_png, "seed.txt": str(meta["seed"]).encode()}
+            members["json"] = json.dumps(meta, sort_keys=True).encode()
+            entry = writer.write(key, members)
+            done += 1
+            if entry is not None:  # a shard is complete: record where the next one starts
+                state["shards"].append({**entry, "next": [pos[0], pos[1], pos[2] + 1]})
+                state["failed"] = [f for f in failed if f[0] < pos[0]]
+                write_json(out / STATE, state)
+        if on_progress is not None:
+            on_progress(done, plan["samples"], {"shards": float(writer.index), "skipped": float(len(failed))})
+
+    def drain(limit: int) -> None:
+        while len(in_flight) > limit:
+            samples, job, lr_sizes = in_flight.popleft()
+            write_batch(samples, job.result() if isinstance(job, Future) else job, lr_sizes)
+
+    def flush() -> None:
+        hr = torch.stack([torch.from_numpy(s[3]).permute(2, 0, 1) for s in batch]).float().div_(255)  # (B,3,H,W)
+        with torch.inference_mode():
+            lr = to_uint8(degrader.degrade(hr, [s[2]["seed"] for s in batch]))  # (B, H/s, W/s, 3)
+        job = pool.submit(_encode_batch, lr) if pool is not None else _encode_batch(lr)
+        in_flight.append((list(batch), job, [list(a.shape[:2]) for a in lr]))
+        batch.clear()
+        drain(2 * workers + 1)  # bounded: memory stays flat
+
+    try:
+        for sample in _samples(iter(loader), config.per_image, start, failed, plan):
+            batch.append(sample)
+            queued = done + sum(len(q[0]) for q in in_flight) + len(batch)
+            # Batches never straddle a shard boundary, so a resumed run forms exactly the same batches.
+            if len(batch) >= config.batch_size or queued % config.samples_per_shard == 0:
+                flush()
+        if batch:
+            flush()
+        drain(0)
+        entry = writer.finish_shard()
+        if entry is not None:
+            state["shards"].append({**entry, "next": [len(scan.paths), 0, 0]})
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    failed_paths = {scan.paths[f[0]]: f[2] for f in failed}
+    skipped = sorted([*scan.skipped, *failed_paths.items()], key=lambda s: s[0].relative_to(scan.root).as_posix())
+    total = sum(e["samples"] for e in state["shards"])
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": common["version"],
+        "members": list(MEMBERS),
+        "degrader": state["degrader"],
+        "config": recorded,
+        "shards": [{k: e[k] for k in ("name", "samples", "sha256")} for e in state["shards"]],
+        "skipped": [{"path": p.relative_to(scan.root).as_posix(), "reason": r} for p, r in skipped],
+        "totals": {
+            "images": len(scan.paths) - len(failed_paths),
+            "crops": total // config.per_image,
+            "samples": total,
+            "shards": len(state["shards"]),
+            "skipped": len(skipped),
+        },
+    }
+    write_json(out / MANIFEST, manifest)
+    (out / STATE).unlink(missing_ok=True)
+    if on_progress is not None:
+        on_progress(total, total, {"shards": float(len(state["shards"])), "skipped": float(len(skipped))})
+    return manifest
+
+
+__all__ = ["CROPS", "ExportConfig", "export_shards", "grid_boxes", "load_degrader", "plan_export", "shard_name"]

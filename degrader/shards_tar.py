@@ -1,0 +1,138 @@
+"""Strict, streaming tar reading for shards: headers, members and an index of member offsets.
+
+`tarfile` stops quietly at a corrupt header; shards are training data, so every problem here raises a
+`ShardError` naming the shard and the last member read instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from degrader.errors import UserError
+
+
+class ShardError(UserError):
+    """A shard that cannot be read: truncated, corrupt, or holding a broken sample. Names the shard and key."""
+
+
+def open_url(url: str) -> IO[bytes]:
+    """Open a local path or any URL WebDataset's `gopen` understands (including `pipe:` commands)."""
+    if url.startswith("pipe:") or "://" in url:
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb")
+    return open(url, "rb")
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] == b"\x80":  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    return int(text, 8) if text else 0
+
+
+def parse_header(block: bytes) -> tuple[str, int, bytes]:
+    """(name, size, typeflag) of a 512-byte tar header; raises ValueError on a bad checksum."""
+    stored = _octal(block[148:156])
+    if stored != sum(block[:148]) + 256 + sum(block[156:]):  # the checksum field counts as spaces
+        raise ValueError("bad tar header checksum")
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") if block[257:262] == b"ustar" else ""
+    return (f"{prefix}/{name}" if prefix else name), _octal(block[124:136]), block[156:157]
+
+
+def iter_tar(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
+    """Yield (member name, bytes) of the regular files in a tar stream, strictly.
+
+    Unlike `tarfile` (which stops quietly at a corrupt header), a bad header, a short member or a missing
+    end-of-archive marker raises a `ShardError` naming the shard and the last member read.
+    """
+    last, long_name = "(start of shard)", None
+    while True:
+        block = _read_exact(stream, 512)
+        if not block or block == bytes(512):
+            if not block:
+                raise ShardError(f"{url}: after {last}: truncated (no end-of-archive marker); re-export this shard.")
+            return
+        if len(block) < 512:
+            raise ShardError(f"{url}: after {last}: truncated in a header; re-export this shard.")
+        try:
+            name, size, kind = parse_header(block)
+        except ValueError as e:
+            raise ShardError(f"{url}: after {last}: {e}; the shard is corrupt, re-export it.") from None
+        data = _read_exact(stream, size)
+        if len(data) < size:
+            raise ShardError(f"{url}: {name}: truncated member; re-export this shard.")
+        _read_exact(stream, -size % 512)  # padding to the next block
+        if kind == b"L":  # GNU long name for the next member
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif kind == b"x":  # PAX extended header; only `path` matters here
+            for record in data.decode("utf-8", "replace").splitlines():
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
+        elif kind in (b"0", b"\0"):
+            last, long_name = (long_name or name), None
+            yield last, data
+        else:
+            long_name = None  # directories, links and global headers carry no sample data
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the path up to the first dot of the file name, the rest is the extension."""
+    folder, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{folder}/{key}" if folder else key), ext
+
+
+def index_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """List the samples of a local shard from its tar headers alone (seeking over the data).
+
+    Returns [(key, {extension: (offset, size)})] in shard order.
+
+    Raises:
+        ShardError: a header is corrupt or a member is cut short.
+    """
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    last = "(start of shard)"
+    total = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            block = f.read(512)
+            if not block or block == bytes(512):
+                if not block:
+                    raise ShardError(f"{path}: after {last}: truncated (no end-of-archive marker); re-export it.")
+                break
+            if len(block) < 512:
+                raise ShardError(f"{path}: after {last}: truncated in a header; re-export this shard.")
+            try:
+                name, size, kind = parse_header(block)
+            except ValueError as e:
+                raise ShardError(f"{path}: after {last}: {e}; the shard is corrupt, re-export it.") from None
+            if offset + 512 + size > total:
+                raise ShardError(f"{path}: {name}: truncated member; re-export this shard.")
+            if kind in (b"0", b"\0"):
+                key, ext = split_name(name)
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = (offset + 512, size)
+                last = name
+            elif kind in (b"L", b"x"):
+                raise ShardError(f"{path}: {name}: long member names are not indexed; use ShardDataset instead.")
+            offset += 512 + size + (-size % 512)
+            f.seek(offset)
+    return samples
