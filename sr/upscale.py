@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from degrader.files import sha256_file
+from degrader.run import resolve_device
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, load_sr_generator
 
 DEFAULT_TILE = 64  # LR pixels per tile core; at least the model's training size
@@ -76,12 +77,12 @@ class SuperResolver:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SuperResolver:
-        """Load from an `sr train` run directory or its `sr.safetensors` file.
+        """Load from an `sr train` run directory or its `sr.safetensors` file, onto `device` ("auto": CUDA if any).
 
         Raises:
-            UserError: missing file, not an SR checkpoint, or weights that do not fit.
+            UserError: missing file, not an SR checkpoint, weights that do not fit, or CUDA asked for but absent.
         """
-        net_g, meta = load_sr_generator(path, device)
+        net_g, meta = load_sr_generator(path, resolve_device(device) if isinstance(device, str) else device)
         path = Path(path)
         file = path / SR_FILE if path.is_dir() else path
         name = path.name if path.is_dir() else path.stem

@@ -1,0 +1,195 @@
+"""`sr upscale` and `sr eval`: use a trained SR model on image files, folders, pairs and shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.progress import console, progress_bar, user_errors, warn_skipped
+
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+CHECKPOINT = click.Path(exists=True, path_type=Path)
+
+
+def _inputs(inputs: tuple[Path, ...]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """(image, output name relative to --out) for every input file or image in an input folder, and failures."""
+    from degrader.errors import UserError
+    from degrader.images import scan_images
+
+    jobs: list[tuple[Path, Path]] = []
+    failed: list[tuple[Path, str]] = []
+    for item in inputs:
+        if item.is_dir():
+            try:
+                scan = scan_images(item, option="INPUTS")
+            except UserError as e:
+                failed.append((item, str(e).removeprefix(f"INPUTS {item} ")))
+                continue
+            jobs += [(p, p.relative_to(scan.root)) for p in scan.paths]
+            failed += scan.skipped
+        elif item.exists():
+            jobs.append((item, Path(item.name)))
+        else:
+            failed.append((item, "no such file or folder"))
+    return jobs, failed
+
+
+@click.command()
+@click.option("--checkpoint", type=CHECKPOINT, required=True, help="`sr train` run directory or its sr.safetensors.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the PNGs.")
+@click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="LR pixels per tile core.")
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    help="LR pixels of context around each tile [default: the model's receptive field, seamless].",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per pass.")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+def upscale(
+    checkpoint: Path, inputs: tuple[Path, ...], out: Path, tile: int, overlap: int | None, batch_size: int, device: str
+) -> None:
+    """Upscale image files and folders (searched recursively) into PNGs under --out.
+
+    Large images are processed in overlapping tiles, so memory does not grow with the image. Unreadable
+    inputs are reported one by one and the rest are still processed; the exit status is then non-zero.
+    """
+    import torch
+    from PIL import Image
+
+    from degrader.errors import UserError
+    from degrader.files import atomic_path
+    from degrader.images import load_rgb, to_tensor
+    from sr.upscale import SuperResolver
+
+    with user_errors():
+        model = SuperResolver.load(checkpoint, device)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; give a folder.")
+        out.mkdir(parents=True, exist_ok=True)
+    jobs, failed = _inputs(inputs)
+    for path, why in failed:
+        console.print(f"[yellow]warning:[/] {path}: {why}")
+    written, used = 0, set()
+    with progress_bar("sr upscale", len(jobs), unit="image") as on_progress:
+        for i, (path, rel) in enumerate(jobs):
+            target = out / rel.with_suffix(".png")
+            if target in used:  # photo.jpg and photo.png in one folder
+                target = out / rel.with_name(rel.name + ".png")
+            try:
+                if target.resolve() == path.resolve():
+                    raise UserError(f"{path}: the output would overwrite this input; choose another --out.")
+                img = load_rgb(path)
+                sr = model.upscale(to_tensor(img)[None], tile=tile, overlap=overlap, batch_size=batch_size)[0]
+                pixels = sr.mul(255).round().to("cpu", torch.uint8).permute(1, 2, 0).numpy()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
+                used.add(target)
+                written += 1
+            except (UserError, OSError) as e:
+                failed.append((path, str(e)))
+                console.print(f"[yellow]warning:[/] {str(e) if str(e).startswith(str(path)) else f'{path}: {e}'}")
+            on_progress(i + 1, len(jobs), {})
+    console.print(f"wrote {written} images, x{model.scale}, to {out}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(failed) + written} inputs failed (see the warnings above).")
+
+
+def _add_rows(table: Table, name: str, size: str, scores: dict, **style: str) -> None:
+    """Two table rows, SR then bicubic; the better value of each metric is green."""
+    for method, label in (("model", "SR"), ("bicubic", "bicubic")):
+        other = scores["bicubic" if method == "model" else "model"]
+        cells = []
+        for metric in ("psnr", "ssim", "psnr_y", "ssim_y"):
+            value = scores[method][metric]
+            text = f"{value:.2f}" if metric.startswith("psnr") else f"{value:.4f}"
+            cells.append(f"[green]{text}[/]" if value > other[metric] else text)
+        table.add_row(name if method == "model" else "", size if method == "model" else "", label, *cells, **style)
+
+
+def render_report(report, shown: int) -> Table:
+    """Per-image rows (the first `shown`) and the mean, SR and bicubic for each."""
+    title = f"{report.checkpoint} on {report.source}\nx{report.scale}, {report.crop_border} px border left out"
+    table = Table(title=title)
+    for name in ("image", "HR size", "method", "PSNR", "SSIM", "PSNR-Y", "SSIM-Y"):
+        table.add_column(name, justify="left" if name in ("image", "method") else "right")
+    for row in report.rows[:shown]:
+        h, w = row.hr_size
+        _add_rows(table, row.name, f"{w}x{h}", row.scores)
+    if len(report.rows) > shown:
+        table.add_row(f"... {len(report.rows) - shown} more")
+    table.add_section()
+    _add_rows(table, f"mean of {len(report.rows)}", "", report.mean, style="bold")
+    return table
+
+
+@click.command("eval")
+@click.option("--checkpoint", type=CHECKPOINT, required=True, help="`sr train` run directory or its sr.safetensors.")
+@click.option("--pairs", type=DIR, help="Folder of NAME_HR.png / NAME_LR.png pairs (searched recursively).")
+@click.option("--hr", "hr", type=DIR, help="Folder of HR images, matched by file name with --lr.")
+@click.option("--lr", "lr", type=DIR, help="Folder of LR images, matched by file name with --hr.")
+@click.option("--shards", help="Paired shards: a directory, manifest, glob or brace pattern.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N shard samples.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all scores here.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help="PNG: LR, bicubic, SR, HR per row.")
+@click.option("--grid-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows in --grid.")
+@click.option("--show", type=click.IntRange(min=0), default=50, show_default=True, help="Images listed in the table.")
+@click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="LR pixels per tile core.")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+def eval_cmd(
+    checkpoint: Path,
+    pairs: Path | None,
+    hr: Path | None,
+    lr: Path | None,
+    shards: str | None,
+    limit: int | None,
+    json_out: Path | None,
+    grid: Path | None,
+    grid_images: int,
+    show: int,
+    tile: int,
+    device: str,
+) -> None:
+    """PSNR and SSIM (RGB and Y, border = scale) of the SR model against bicubic upscaling, per image and mean.
+
+    Give one source: --pairs DIR, or --hr DIR with --lr DIR, or --shards.
+    """
+    from degrader.images import save_grid
+    from sr.evaluate import evaluate_pairs, evaluate_shards
+    from sr.upscale import SuperResolver
+
+    given = [name for name, v in (("--pairs", pairs), ("--hr/--lr", hr or lr), ("--shards", shards)) if v]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one source: --pairs DIR, --hr DIR with --lr DIR, or --shards URLS.")
+    if limit is not None and shards is None:
+        raise click.UsageError("--limit applies to --shards only.")
+    examples = grid_images if grid else 0
+    with user_errors():
+        model = SuperResolver.load(checkpoint, device)
+        model.name = str(checkpoint)
+        with progress_bar("sr eval", None, unit="image") as on_progress:
+            if shards is not None:
+                report = evaluate_shards(
+                    model, shards, limit=limit, tile=tile, examples=examples, on_progress=on_progress
+                )
+            else:
+                report = evaluate_pairs(
+                    model, pairs, hr_dir=hr, lr_dir=lr, tile=tile, examples=examples, on_progress=on_progress
+                )
+        warn_skipped("--pairs" if pairs else "--hr/--lr", [(Path(p), why) for p, why in report.skipped])
+        Console().print(render_report(report, show))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            report.write_json(json_out)
+            console.print(f"scores: {json_out}")
+        if grid is not None:
+            import torch
+
+            rows = [torch.stack([e["lr"], e["bicubic"], e["sr"], e["hr"]]) for e in report.examples]
+            save_grid(rows, grid)
+            console.print(f"grid (LR, bicubic, SR, HR): {grid}")
