@@ -142,8 +142,8 @@ def _encode_batch(images: np.ndarray) -> list[bytes]:
     return [encode_png(a) for a in images]
 
 
-def _die_with_parent() -> None:
-    """Pool workers end when the exporting process is killed, instead of lingering as orphans (Linux)."""
+def _die_with_parent(*_: Any) -> None:
+    """Workers end at once when the exporting process is killed, instead of lingering as orphans (Linux)."""
     try:
         import ctypes
         import signal
@@ -281,7 +281,9 @@ def export_shards(config: ExportConfig, on_progress: Progress | None = None) -> 
 
     crops = _Crops(scan.paths[start[0] :], scan.root, recorded["hr_size"], config.crop, config.seed)
     workers = config.workers
-    loader = DataLoader(crops, batch_size=None, collate_fn=_identity, num_workers=workers)
+    loader = DataLoader(
+        crops, batch_size=None, collate_fn=_identity, num_workers=workers, worker_init_fn=_die_with_parent
+    )
     pool = ProcessPoolExecutor(workers, initializer=_die_with_parent) if workers > 0 else None
     writer = ShardWriter(out, config.samples_per_shard, first_shard=len(state["shards"]))
     in_flight: deque[tuple[list, Future | list[bytes], list[list[int]]]] = deque()  # (samples, LR PNGs, LR sizes)
