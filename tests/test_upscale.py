@@ -119,3 +119,52 @@ def test_tile_windows_cover_each_pixel_once_with_margin(length, margin):
         for i in range(c0, c1):
             covered[i] += 1
     assert covered == [1] * length
+
+
+def test_cli_upscale_mixed_good_and_unreadable(run_dir, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cli.sr_use import upscale
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    rs = np.random.RandomState(0)
+    Image.fromarray(rs.randint(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rs.randint(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / "sub" / "b.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    single = tmp_path / "single.png"
+    Image.fromarray(rs.randint(0, 256, (9, 7), dtype=np.uint8), "L").save(single)  # grayscale: converted
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(run_dir), str(folder), str(single), str(tmp_path / "missing.png"), "--out", str(out)]
+    result = CliRunner().invoke(upscale, [*args, "--tile", "8", "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "broken.png" in result.output and "missing.png" in result.output
+    assert "2 of 5 inputs failed" in result.output and "Traceback" not in result.output
+    assert Image.open(out / "a.png").size == (120, 80)
+    assert Image.open(out / "sub" / "b.png").size == (48, 48)
+    assert Image.open(out / "single.png").size == (28, 36)
+    assert not (out / "broken.png").exists() and not list(out.rglob("*.tmp"))
+    # the file holds the library's result, rounded to 8 bits
+    sr = SuperResolver.load(run_dir)
+    lr = torch.from_numpy(np.array(Image.open(folder / "a.png"))).permute(2, 0, 1).float() / 255
+    expected = sr.upscale(lr[None])[0].mul(255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(Image.open(out / "a.png")), expected)
+    # all good: exit 0
+    result = CliRunner().invoke(upscale, ["--checkpoint", str(run_dir), str(single), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_upscale_bad_checkpoint_and_out(run_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.sr_use import upscale
+
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"nope")
+    result = CliRunner().invoke(upscale, ["--checkpoint", str(bogus), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "not a readable safetensors" in result.output
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(upscale, ["--checkpoint", str(run_dir), str(tmp_path), "--out", str(tmp_path / "file")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
