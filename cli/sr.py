@@ -1,0 +1,146 @@
+"""`sr`: train a Low-to-High SR model on degrader data (`train`), fine-tune it jointly with the degrader
+(`finetune`), and use it (`upscale`, `eval`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.progress import console, progress_bar, user_errors, warn_skipped
+from cli.sr_use import eval_cmd, upscale
+
+DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+@click.group()
+@click.version_option(package_name="degrader")
+def sr() -> None:
+    """Super-resolution trained on realistic, learned degradations (Bulat et al., ECCV 2018)."""
+
+
+def loss_options(f):
+    """--alpha, --beta, --d-steps: the loss of paper section 3.5."""
+    f = click.option("--d-steps", type=click.IntRange(min=1), default=5, show_default=True, help="D updates per G.")(f)
+    f = click.option("--beta", type=click.FloatRange(min=0), default=0.05, show_default=True, help="GAN weight.")(f)
+    f = click.option("--alpha", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Pixel weight.")(f)
+    return f
+
+
+def run_options(f):
+    """Options every training run shares."""
+    for option in reversed(
+        [
+            click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="G updates."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--device", type=DEVICES, default="auto", show_default=True),
+            click.option("--bf16", is_flag=True, help="bf16 autocast (CUDA only)."),
+            click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader procs."),
+            click.option("--sample-every", type=click.IntRange(min=1), default=250, show_default=True),
+            click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True),
+            click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+            click.option("--overwrite", is_flag=True, help="Replace what --out holds."),
+            click.option("--dry-run", is_flag=True, help="Check the data and settings, print the plan, train nothing."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def as_str(options: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+
+
+def report(result, files: list[str]) -> None:
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; state saved. Continue with --resume.")
+    console.print("  ".join(f"{name}: {result.out / name}" for name in files))
+
+
+@sr.command()
+@click.option("--shards", help="Paired shards: a directory, manifest, glob or brace pattern (local files).")
+@click.option(
+    "--degrader",
+    help="Degrade --hr on the fly: a `degrade fit` run directory, or bicubic, bilinear or blur-bilinear.",
+)
+@click.option("--hr", "hr", type=DIR, help="Folder of HR images for --degrader (searched recursively).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
+@click.option(
+    "--preset",
+    type=click.Choice(["small", "paper"]),
+    default="small",
+    show_default=True,
+    help="small: fast on a CPU, residual over bilinear; paper: 17 blocks (12/3/2), width 64, tanh output.",
+)
+@click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Classical degraders only [4; else the data's].")
+@click.option("--lr-size", type=click.IntRange(min=4), help="LR training crop in pixels [the data's; 16 classical].")
+@click.option("--hr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
+@click.option("--pixel-only", is_flag=True, help="Train with the L2 loss alone (no discriminator).")
+@loss_options
+@run_options
+def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
+    """Train a Low-to-High SR model on paired shards (--shards) or on the fly (--degrader with --hr)."""
+    from degrader.gan import LossConfig
+    from sr.train import SRTrainConfig, plan_train
+    from sr.train import train as run_train
+
+    loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
+    config = SRTrainConfig(scale=int(scale) if scale else None, loss=loss, **as_str(options))
+    with user_errors():
+        plan = plan_train(config)
+        if plan.scan is not None:
+            warn_skipped("--hr", plan.scan.skipped)
+        m = plan.model
+        loss_name = "pixel loss only" if config.pixel_only else f"pixel + {loss.beta} GAN, {loss.d_steps} D steps"
+        console.print(
+            f"{plan.source}; x{m.scale}, {m.lr_size}px -> {m.hr_size}px; preset {config.preset}, G "
+            f"{plan.params_g / 1e6:.2f}M / D {plan.params_d / 1e6:.2f}M parameters; {loss_name}; "
+            f"{config.steps} steps on {plan.device}"
+        )
+        if dry_run:
+            console.print("dry run: nothing trained or written.")
+            return
+        with progress_bar("sr train", config.steps) as on_progress:
+            result = run_train(config, on_progress, plan)
+    report(result, ["sr.safetensors", "samples"])
+
+
+@sr.command()
+@click.option("--degrader", type=click.Path(exists=True, path_type=Path), required=True, help="`degrade fit` run.")
+@click.option("--sr", "sr_run", type=click.Path(exists=True, path_type=Path), required=True, help="`sr train` run.")
+@click.option("--hr", "hr", type=DIR, required=True, help="Folder of clean HR images.")
+@click.option("--lr", "lr", type=DIR, required=True, help="Folder of real low-quality images, unpaired with --hr.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory for both new models.")
+@click.option("--hr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
+@click.option("--lr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
+@loss_options
+@run_options
+def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
+    """Fine-tune a degrader and an SR model together, end to end (HR -> degrader -> LR -> SR)."""
+    from degrader.gan import LossConfig
+    from sr.finetune import FinetuneConfig, plan_finetune
+    from sr.finetune import finetune as run_finetune
+
+    loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
+    config = FinetuneConfig(sr=str(sr_run), loss=loss, **as_str(options))
+    with user_errors():
+        plan = plan_finetune(config)
+        warn_skipped("--hr", plan.hr.skipped)
+        warn_skipped("--lr", plan.lr.skipped)
+        console.print(
+            f"{len(plan.hr.paths)} HR images, {len(plan.lr.paths)} real LR images; degrader x{plan.degrader.scale} "
+            f"(step {plan.degrader.step}) + SR (step {plan.sr_step}); {config.steps} joint steps on {plan.device}"
+        )
+        if dry_run:
+            console.print("dry run: nothing trained or written.")
+            return
+        with progress_bar("sr finetune", config.steps) as on_progress:
+            result = run_finetune(config, on_progress, plan)
+    report(result, ["degrader.safetensors", "sr.safetensors", "samples"])
+
+
+# --- `sr upscale` and `sr eval` live in cli/sr_use.py; register them here: ---------------------------------
+sr.add_command(upscale)
+sr.add_command(eval_cmd)

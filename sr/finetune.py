@@ -1,0 +1,241 @@
+"""`finetune()`: joint end-to-end training of the degrader and the SR generator (end of paper section 3.6).
+
+HR -> High-to-Low -> LR -> Low-to-High -> SR, with both losses at once: the degrader's (pixel loss to
+average-pooled HR + hinge loss against real LR images) and the SR model's (pixel loss to HR + hinge loss
+against HR images). The SR loss back-propagates through the degrader, so the degrader learns to make LR
+images the SR model can invert while its own discriminator keeps them realistic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
+from degrader.errors import UserError
+from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.images import PREP_MODES, Scan, load_rgb, make_loader, prepare, save_grid, scan_images, to_tensor
+from degrader.nets import Discriminator
+from degrader.run import (
+    STATE_FILE,
+    STATE_KIND,
+    ProgressFn,
+    append_log,
+    autocast,
+    config_dict,
+    deferred_interrupt,
+    load_state,
+    mean_logs,
+    open_run,
+    resolve_device,
+    save_state,
+)
+from degrader.train import FitResult
+from sr.model import SR_FILE, LowToHighGenerator, load_sr_generator, save_sr_generator
+
+GRID_SAMPLES = 8
+
+
+@dataclass
+class FinetuneConfig:
+    degrader: str  # `degrade fit` run directory (or its degrader.safetensors) to start from
+    sr: str  # `sr train` run directory (or its sr.safetensors) to start from
+    hr: str  # folder of clean HR images
+    lr: str  # folder of real low-quality images, unpaired with `hr` (for the degrader's discriminator)
+    out: str  # run directory for the fine-tuned pair: degrader.safetensors and sr.safetensors
+    hr_prep: str = "resize"  # "resize" (face crops) or "crop" (random crops), as for `degrade fit`
+    lr_prep: str = "resize"  # same for the LR folder
+    steps: int = 2000  # joint generator updates
+    batch_size: int = 16
+    loss: LossConfig = field(default_factory=LossConfig)  # the same weights and Adam settings for both GANs
+    seed: int = 0  # fixes data order, augmentation, noise and any discriminator that starts fresh
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    bf16: bool = False  # bf16 autocast on CUDA
+    workers: int = 2  # DataLoader worker processes per folder
+    log_every: int = 10  # steps between log lines
+    sample_every: int = 250  # steps between sample grids
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    overwrite: bool = False  # replace whatever `out` holds
+
+
+@dataclass
+class FinetunePlan:
+    """The loaded starting point and the data, checked before anything is written."""
+
+    config: FinetuneConfig
+    degrader: Degrader
+    net_sr: LowToHighGenerator
+    sr_step: int
+    hr: Scan
+    lr: Scan
+    device: torch.device
+    d_from: dict[str, str]  # where each discriminator starts: a state file, or "fresh"
+
+
+def trained_discriminator(run: str, net_d: Discriminator, option: str) -> str:
+    """Load a run's discriminator from its state file when there is one; returns where it came from."""
+    state = Path(run) / STATE_FILE if Path(run).is_dir() else Path(run).parent / STATE_FILE
+    if not state.is_file():
+        return "fresh"
+    tensors, _ = load_checkpoint(state, STATE_KIND, option=option)
+    load_module(net_d, "net_d", tensors, state)
+    return str(state)
+
+
+def plan_finetune(config: FinetuneConfig) -> FinetunePlan:
+    """Load both generators, check they fit together, and scan both folders, without writing anything.
+
+    Raises:
+        UserError: a missing or wrong checkpoint, generators of different scales or sizes, a bad folder.
+    """
+    cfg = config
+    if cfg.hr_prep not in PREP_MODES or cfg.lr_prep not in PREP_MODES:
+        raise UserError(f"--hr-prep/--lr-prep must be one of {', '.join(PREP_MODES)}.")
+    device = resolve_device(cfg.device)
+    degrader = Degrader.load(cfg.degrader, device)
+    net_sr, meta = load_sr_generator(cfg.sr, device, option="--sr")
+    if (net_sr.config.scale, net_sr.config.hr_size) != (degrader.scale, degrader.hr_size):
+        raise UserError(
+            f"--sr {cfg.sr} is x{net_sr.config.scale} at {net_sr.config.hr_size} px but --degrader {cfg.degrader} "
+            f"is x{degrader.scale} at {degrader.hr_size} px; pair models trained at the same scale and size."
+        )
+    hr = scan_images(cfg.hr, min_size=degrader.hr_size, option="--hr")
+    lr = scan_images(cfg.lr, min_size=degrader.hr_size // degrader.scale, option="--lr")
+    return FinetunePlan(cfg, degrader, net_sr, int(meta.get("step", 0)), hr, lr, device, {})
+
+
+def finetune(
+    config: FinetuneConfig, on_progress: ProgressFn | None = None, plan: FinetunePlan | None = None
+) -> FitResult:
+    """Fine-tune a degrader and an SR generator together; writes both checkpoints to `config.out`.
+
+    Args:
+        config: the run's settings.
+        on_progress: called after every step as `on_progress(step, total_steps, losses)`.
+        plan: the result of `plan_finetune(config)` if the caller already made it.
+
+    Returns:
+        Where the run is, how far it got, and its last losses. `Degrader.load(out)` and
+        `load_sr_generator(out)` read the results.
+    """
+    plan = plan or plan_finetune(config)
+    cfg, device, loss = config, plan.device, config.loss
+    out = Path(cfg.out)
+    resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
+
+    # --- networks: both generators as trained, their discriminators from their runs where saved ---
+    torch.manual_seed(cfg.seed)
+    net_hl, net_lh = plan.degrader.net_g.train(), plan.net_sr.train()
+    hl, lh = net_hl.config, net_lh.config
+    net_dl = Discriminator(hl.discriminator()).to(device)  # judges LR images
+    net_dh = Discriminator(lh.discriminator()).to(device)  # judges HR images
+    plan.d_from["lr"] = trained_discriminator(cfg.degrader, net_dl, "--degrader")
+    plan.d_from["hr"] = trained_discriminator(cfg.sr, net_dh, "--sr")
+    # One optimizer per side: the SR loss updates the degrader through the shared backward pass.
+    opt_g, opt_d = adam(nn.ModuleList([net_hl, net_lh]), loss), adam(nn.ModuleList([net_dl, net_dh]), loss)
+    z_rng = torch.Generator().manual_seed(cfg.seed)  # fresh z for every sample, drawn on the CPU
+    modules = {"net_hl": net_hl, "net_lh": net_lh, "net_dl": net_dl, "net_dh": net_dh}
+    state = (modules, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
+    step = load_state(out, *state) if resuming else 0
+
+    # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
+    b, k = cfg.batch_size, loss.d_steps
+    hr_batches = make_loader(
+        plan.hr.paths, hl.hr_size, cfg.hr_prep, "paper", batch_size=b, seed=cfg.seed, start=step * (k + 1) * b,
+        workers=cfg.workers,
+    )  # fmt: skip
+    lr_batches = make_loader(
+        plan.lr.paths, hl.lr_size, cfg.lr_prep, "flip", batch_size=b, seed=cfg.seed + 1, start=step * k * b,
+        workers=cfg.workers,
+    )  # fmt: skip
+    grid_hr = first_images(plan.hr, hl.hr_size, cfg.hr_prep)
+    grid_lr = first_images(plan.lr, hl.lr_size, cfg.lr_prep)
+
+    def to_net(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
+
+    def both(hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(hr.shape[0], hl.z_dim, generator=z_rng).to(device)
+        lr = net_hl(hr, z)  # (B, 3, H/s, H/s)
+        return lr, net_lh(lr.clamp(-1, 1))  # (B, 3, H, H); the clamp matches what `Degrader.degrade` hands SR
+
+    def checkpoint() -> None:
+        Degrader(net_hl, name=out.name, step=step).save(out / DEGRADER_FILE, finetuned_from=cfg.degrader)
+        save_sr_generator(out / SR_FILE, net_lh, plan.sr_step + step, finetuned_from=cfg.sr)
+        save_state(out, step, *state)
+        net_hl.train(), net_lh.train()  # Degrader() puts its network in eval mode
+
+    records: list[dict[str, float]] = []
+    logs: dict[str, float] = {}
+    tick = time.perf_counter()
+    with deferred_interrupt() as interrupted:
+        while step < cfg.steps and not interrupted():
+            # --- G step, both Ds frozen: both generator losses, one backward pass through both networks ---
+            hr = to_net(next(hr_batches))  # (B, 3, H, H)
+            with autocast(device, cfg.bf16):
+                lr, sr = both(hr)
+                hl_loss, hl_logs = generator_loss(lr, F.avg_pool2d(hr, hl.scale), net_dl, loss)
+                lh_loss, lh_logs = generator_loss(sr, hr, net_dh, loss)
+            update(opt_g, hl_loss + lh_loss)
+
+            # --- D steps: real LR and real HR images against fresh fakes, detached ---
+            d_logs: dict[str, float] = {}
+            for _ in range(k):
+                hr, real_lr = to_net(next(hr_batches)), to_net(next(lr_batches))
+                with autocast(device, cfg.bf16):
+                    with torch.no_grad():
+                        lr, sr = both(hr)
+                    dl_loss, dl_logs = discriminator_loss(net_dl, real_lr, lr)
+                    dh_loss, dh_logs = discriminator_loss(net_dh, hr, sr)
+                update(opt_d, dl_loss + dh_loss)
+                d_logs = {**prefixed("hl_", dl_logs), **prefixed("lh_", dh_logs)}
+            step += 1
+
+            # --- bookkeeping: log, progress, samples, checkpoints ---
+            step_logs = {**prefixed("hl_", hl_logs), **prefixed("lh_", lh_logs), **d_logs}
+            records.append(step_logs)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                logs = {**mean_logs(records), "hr_per_s": len(records) * (k + 1) * b / (now - tick)}
+                append_log(out, {"step": step, **logs})
+                records, tick = [], now
+            if on_progress:
+                on_progress(step, cfg.steps, step_logs)
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                write_samples(out / "samples" / f"step-{step:06d}.png", net_hl, net_lh, grid_hr, grid_lr, device)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+        checkpoint()
+        return FitResult(out, step, interrupted(), logs)
+
+
+def first_images(scan: Scan, size: int, prep: str) -> torch.Tensor:
+    """The first GRID_SAMPLES images of a folder, prepared without augmentation: the same ones in every grid."""
+    rng = torch.Generator().manual_seed(0)
+    return torch.stack([to_tensor(prepare(load_rgb(p), size, prep, rng)) for p in scan.paths[:GRID_SAMPLES]])
+
+
+def prefixed(prefix: str, logs: dict[str, float]) -> dict[str, float]:
+    return {prefix + k: v for k, v in logs.items()}
+
+
+@torch.no_grad()
+def write_samples(path: Path, net_hl, net_lh, hr: torch.Tensor, real_lr: torch.Tensor, device) -> None:
+    """Rows: HR, its degraded LR (seed 0), SR of that, real LR images, SR of those."""
+    net_hl.eval(), net_lh.eval()
+    z = noise_from_seeds([0] * hr.shape[0], net_hl.config.z_dim).to(device)
+    lr = net_hl(hr.to(device) * 2 - 1, z).clamp(-1, 1)  # (n, 3, H/s, H/s)
+    sr = net_lh(lr)  # (n, 3, H, H)
+    sr_real = net_lh(real_lr.to(device) * 2 - 1)
+    net_hl.train(), net_lh.train()
+
+    def to_image(x: torch.Tensor) -> torch.Tensor:
+        return ((x.float().cpu() + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
+
+    save_grid([hr, to_image(lr), to_image(sr), real_lr, to_image(sr_real)], path)

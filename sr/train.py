@@ -1,0 +1,310 @@
+"""`train()`: the Low-to-High GAN (paper sections 3.4-3.5) on paired data, with the degrader's loop and run files.
+
+Paired data comes from one of two places:
+- shards (`degrader export-shards` output) through the map-style shard reader, for exact resume;
+- on the fly: HR images from a folder through a learned degrader (`Degrader.degrade`) or a classical one
+  (`bicubic`, `bilinear`, `blur-bilinear`), with a fresh noise seed for every sample every time it is drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from degrader.errors import UserError
+from degrader.export import load_degrader
+from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.images import (
+    AUGMENTS,
+    PREP_MODES,
+    InfiniteSampler,
+    Scan,
+    load_rgb,
+    make_loader,
+    prepare,
+    save_grid,
+    scan_images,
+    to_tensor,
+)
+from degrader.nets import Discriminator
+from degrader.run import (
+    ProgressFn,
+    append_log,
+    autocast,
+    config_dict,
+    deferred_interrupt,
+    load_state,
+    mean_logs,
+    open_run,
+    resolve_device,
+    save_state,
+)
+from degrader.train import FitResult
+from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
+
+GRID_SAMPLES = 8  # images in each sample grid
+
+
+@dataclass
+class SRTrainConfig:
+    out: str  # run directory: config, checkpoints, log, sample grids
+    shards: str | None = None  # paired shards: directory, manifest, glob or brace pattern (local files)
+    degrader: str | None = None  # on the fly: a `degrade fit` run dir / .safetensors, or bicubic|bilinear|blur-bilinear
+    hr: str | None = None  # folder of HR images for on-the-fly data (with `degrader`)
+    hr_prep: str = "resize"  # how HR images become hr_size squares: "resize" (face crops) or "crop" (random crops)
+    augment: str = "flip"  # HR augmentation for on-the-fly data: "none", "flip" or "paper"
+    preset: str = "small"  # "small" (2 CPU cores) or "paper"; see sr.model.PRESETS
+    scale: int | None = None  # None follows the data (a learned degrader or the shards); classical default 4
+    lr_size: int | None = None  # LR training crop; None follows the data (classical default 16)
+    steps: int = 2000  # generator updates
+    batch_size: int = 16
+    loss: LossConfig = field(default_factory=LossConfig)  # alpha 1, beta 0.05, Adam 1e-4 (0, 0.9), 5 D steps
+    pixel_only: bool = False  # the L2 loss alone: beta 0 and no discriminator updates (Table 1's "pixel loss")
+    seed: int = 0  # fixes initialisation, data order, crops and the noise seeds of on-the-fly degradation
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    bf16: bool = False  # bf16 autocast on CUDA
+    workers: int = 2  # DataLoader worker processes
+    log_every: int = 10  # steps between log lines (losses averaged over them)
+    sample_every: int = 250  # steps between sample grids
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    overwrite: bool = False  # replace whatever `out` holds
+
+    def effective_loss(self) -> LossConfig:
+        return replace(self.loss, beta=0.0, d_steps=0) if self.pixel_only else self.loss
+
+
+@dataclass
+class SRPlan:
+    """What `train` will do, checked before anything is written (also the answer to --dry-run)."""
+
+    config: SRTrainConfig
+    model: LowToHighConfig
+    source: str  # a one-line description of the data
+    samples: int  # images (on the fly) or pairs (shards) available
+    device: torch.device
+    params_g: int
+    params_d: int
+    scan: Scan | None = None  # on the fly: the HR folder
+    degrader: Any = None  # on the fly: a `Degrader` or a classical degrader
+    shards: Any = None  # shards: the `ShardMapDataset`
+
+
+def noise_seed(seed: int, position: int) -> int:
+    """The degradation seed of the sample at stream `position`: fresh each time, the same on resume."""
+    digest = hashlib.blake2b(f"sr-noise:{seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class PairedShards(torch.utils.data.Dataset):
+    """Shard pairs indexed by `(index, sample_seed)` as `InfiniteSampler` yields them: (lq, gt) in [0, 1].
+
+    An aligned random crop (when the shards hold larger images than `lr_size`) comes from the sample seed,
+    so the stream is the same whatever the number of workers, and resumes exactly.
+    """
+
+    def __init__(self, shards: Any, lr_size: int, scale: int, crop: bool):
+        self.shards, self.gt_size, self.crop = shards, lr_size * scale, crop
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        from degrader.shards import paired_augment
+
+        index, sample_seed = item
+        sample = self.shards[index]
+        if self.crop:
+            sample = paired_augment(sample, random.Random(sample_seed), self.gt_size, flip=False, rot=False)
+        return sample["lq"], sample["gt"]
+
+
+def plan_train(config: SRTrainConfig) -> SRPlan:
+    """Check the config, open the data and size the networks, without writing anything.
+
+    Raises:
+        UserError: no data source or two, a missing folder or shard, a bad checkpoint or option.
+    """
+    cfg = config
+    if cfg.preset not in PRESETS:
+        raise UserError(f"--preset {cfg.preset!r} is not one of {', '.join(PRESETS)}.")
+    if (cfg.shards is None) == (cfg.degrader is None):
+        raise UserError("give either --shards (paired shards) or --degrader with --hr (on-the-fly pairs), not both.")
+    if cfg.hr_prep not in PREP_MODES or cfg.augment not in AUGMENTS:
+        raise UserError(f"--hr-prep must be one of {', '.join(PREP_MODES)}; --augment one of {', '.join(AUGMENTS)}.")
+    if cfg.steps < 0 or cfg.batch_size < 1:
+        raise UserError("--steps must be >= 0 and --batch-size >= 1.")
+    device = resolve_device(cfg.device)
+    scan = degrader = shards = None
+    if cfg.shards is not None:
+        if cfg.hr is not None:
+            raise UserError("--hr is only used with --degrader; shards already hold the HR images.")
+        from degrader.shards_map import ShardMapDataset
+
+        shards = ShardMapDataset(cfg.shards)
+        if len(shards) == 0:
+            raise UserError(f"--shards {cfg.shards}: the shards hold no samples; export some first.")
+        first = shards[0]
+        h, w = first["lq"].shape[-2:]
+        scale = first["gt"].shape[-1] // w
+        if cfg.scale is not None and cfg.scale != scale:
+            raise UserError(f"--scale {cfg.scale}: the shards are x{scale}; drop --scale.")
+        lr_size = cfg.lr_size or min(h, w)
+        if lr_size > min(h, w):
+            raise UserError(f"--lr-size {lr_size}: the shards' LR images are only {w}x{h}.")
+        source, samples = f"{len(shards)} pairs from {len(shards.urls)} shards ({cfg.shards})", len(shards)
+    else:
+        if cfg.hr is None:
+            raise UserError("--degrader needs --hr, the folder of HR images to degrade on the fly.")
+        degrader = load_degrader(cfg.degrader, cfg.scale, cfg.device)
+        scale = degrader.scale
+        if degrader.hr_size is None:  # classical: any size
+            lr_size = cfg.lr_size or 16
+        else:
+            lr_size = degrader.hr_size // scale
+            if cfg.lr_size not in (None, lr_size):
+                raise UserError(f"--lr-size {cfg.lr_size}: the degrader makes {lr_size} px LR images; drop it.")
+        scan = scan_images(cfg.hr, min_size=lr_size * scale, option="--hr")
+        source, samples = f"{len(scan.paths)} HR images ({cfg.hr}) through {cfg.degrader}", len(scan.paths)
+    try:
+        model = LowToHighConfig(lr_size=lr_size, scale=scale, **PRESETS[cfg.preset])
+        net_g, net_d = LowToHighGenerator(model), Discriminator(model.discriminator())
+    except ValueError as e:
+        raise UserError(f"--scale/--lr-size: {e}.") from None
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    return SRPlan(cfg, model, source, samples, device, count(net_g), count(net_d), scan, degrader, shards)
+
+
+def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless stream of (lr, hr) batches in [0, 1], from sample position `start` on (for resume)."""
+    cfg, m = plan.config, plan.model
+    if plan.shards is not None:
+        h, w = plan.shards[0]["lq"].shape[-2:]
+        data = PairedShards(plan.shards, m.lr_size, m.scale, crop=(h, w) != (m.lr_size, m.lr_size))
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=cfg.batch_size,
+            sampler=InfiniteSampler(len(data), cfg.seed, start),
+            num_workers=cfg.workers,
+            persistent_workers=cfg.workers > 0,
+        )
+        yield from loader
+        return
+    hr_batches = make_loader(
+        plan.scan.paths, m.hr_size, cfg.hr_prep, cfg.augment, batch_size=cfg.batch_size, seed=cfg.seed, start=start,
+        workers=cfg.workers,
+    )  # fmt: skip
+    position = start
+    for hr in hr_batches:
+        seeds = [noise_seed(cfg.seed, position + i) for i in range(hr.shape[0])]
+        position += hr.shape[0]
+        lr = plan.degrader.degrade(hr.to(plan.degrader.device), seeds).cpu()  # (B, 3, H/s, H/s)
+        yield lr, hr
+
+
+def sample_pairs(plan: SRPlan, n: int = GRID_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` pairs without augmentation: the same faces in every grid."""
+    m = plan.model
+    if plan.shards is not None:
+        data = PairedShards(plan.shards, m.lr_size, m.scale, crop=True)
+        pairs = [data[(i, 0)] for i in range(min(n, len(data)))]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    rng = torch.Generator().manual_seed(0)
+    paths = plan.scan.paths[:n]
+    hr = torch.stack([to_tensor(prepare(load_rgb(p), m.hr_size, plan.config.hr_prep, rng)) for p in paths])
+    return plan.degrader.degrade(hr.to(plan.degrader.device), list(range(len(paths)))).cpu(), hr
+
+
+@torch.no_grad()
+def write_samples(path: Path, net_g: LowToHighGenerator, lr: torch.Tensor, hr: torch.Tensor, device) -> None:
+    """Rows: LR (enlarged nearest), bicubic upscale, SR, HR."""
+    s = net_g.config.scale
+    bicubic = F.interpolate(lr, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1)  # (n, 3, H, H)
+    net_g.eval()
+    sr = ((net_g(lr.to(device) * 2 - 1).float().cpu() + 1) / 2).clamp(0, 1)  # (n, 3, H, H)
+    net_g.train()
+    save_grid([lr, bicubic, sr, hr], path)
+
+
+def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SRPlan | None = None) -> FitResult:
+    """Train a Low-to-High SR generator; writes checkpoints, log and sample grids to `config.out`.
+
+    Args:
+        config: the run's settings.
+        on_progress: called after every step as `on_progress(step, total_steps, losses)`.
+        plan: the result of `plan_train(config)` if the caller already made it (e.g. after --dry-run).
+
+    Returns:
+        Where the run is, how far it got, and its last losses. Load the generator with `load_sr_generator(out)`.
+    """
+    plan = plan or plan_train(config)
+    cfg, model, device, loss = config, plan.model, plan.device, config.effective_loss()
+    out = Path(cfg.out)
+    resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
+
+    # --- networks and optimizers ---
+    torch.manual_seed(cfg.seed)
+    net_g = LowToHighGenerator(model).to(device)
+    net_d = Discriminator(model.discriminator()).to(device)
+    opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
+    state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {})
+    step = load_state(out, *state) if resuming else 0
+
+    # --- data: each step takes d_steps + 1 batches of pairs ---
+    b, k = cfg.batch_size, loss.d_steps
+    pairs = pair_batches(plan, start=step * (k + 1) * b)
+    grid_lr, grid_hr = sample_pairs(plan)
+
+    def to_net(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
+
+    def checkpoint() -> None:
+        save_sr_generator(out / SR_FILE, net_g, step)
+        save_state(out, step, *state)
+
+    records: list[dict[str, float]] = []
+    logs: dict[str, float] = {}
+    tick = time.perf_counter()
+    with deferred_interrupt() as interrupted:
+        while step < cfg.steps and not interrupted():
+            # --- G step, D frozen: pixel loss to HR + hinge loss ---
+            lr, hr = map(to_net, next(pairs))  # (B, 3, h, h), (B, 3, H, H)
+            with autocast(device, cfg.bf16):
+                fake = net_g(lr)  # (B, 3, H, H)
+                g_loss, g_logs = generator_loss(fake, hr, net_d, loss)
+            update(opt_g, g_loss)
+
+            # --- D steps: real HR images against fresh SR outputs, detached ---
+            d_logs: dict[str, float] = {}
+            for _ in range(k):
+                lr, real = map(to_net, next(pairs))
+                with autocast(device, cfg.bf16):
+                    with torch.no_grad():
+                        fake = net_g(lr)
+                    d_loss, d_logs = discriminator_loss(net_d, real, fake)
+                update(opt_d, d_loss)
+            step += 1
+
+            # --- bookkeeping: log, progress, samples, checkpoints ---
+            records.append({**g_logs, **d_logs})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                logs = {**mean_logs(records), "pairs_per_s": len(records) * (k + 1) * b / (now - tick)}
+                append_log(out, {"step": step, **logs})
+                records, tick = [], now
+            if on_progress:
+                on_progress(step, cfg.steps, {**g_logs, **d_logs})
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_lr, grid_hr, device)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+        checkpoint()
+        return FitResult(out, step, interrupted(), logs)
