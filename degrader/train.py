@@ -13,7 +13,7 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import Scan, load_rgb, make_loader, prepare, save_grid, scan_images, to_tensor
+from degrader.images import BadImageError, Scan, load_rgb, make_loader, prepare, save_grid, scan_images, to_tensor
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
 from degrader.run import (
@@ -193,12 +193,27 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
 
 
 def sample_batches(plan: FitPlan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` HR and LR images, prepared without augmentation: the same faces in every grid."""
+    """The first `n` readable HR and LR images, prepared without augmentation: the same faces in every grid."""
     m = plan.model
     rng = torch.Generator().manual_seed(0)
-    hr = [to_tensor(prepare(load_rgb(p), m.hr_size, plan.config.hr_prep, rng)) for p in plan.hr.paths[:n]]
-    lr = [to_tensor(prepare(load_rgb(p), m.lr_size, plan.config.lr_prep, rng)) for p in plan.lr.paths[:n]]
+    hr = first_readable(plan.hr, n, m.hr_size, plan.config.hr_prep, rng)
+    lr = first_readable(plan.lr, n, m.lr_size, plan.config.lr_prep, rng)
     return torch.stack(hr), torch.stack(lr)
+
+
+def first_readable(scan: Scan, n: int, size: int, prep: str, rng: torch.Generator) -> list[torch.Tensor]:
+    """Up to `n` prepared images; files that pass the scan but fail to decode are skipped, as the loader does."""
+    images: list[torch.Tensor] = []
+    for path in scan.paths:
+        if len(images) == n:
+            break
+        try:
+            images.append(to_tensor(prepare(load_rgb(path), size, prep, rng)))
+        except BadImageError:
+            continue
+    if not images:
+        raise BadImageError(f"{scan.root}: none of the {len(scan.paths)} images decodes; replace the damaged files.")
+    return images
 
 
 @torch.no_grad()
