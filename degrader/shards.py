@@ -72,13 +72,20 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> torch.Tensor:
-    """PNG bytes to a (3, H, W) uint8 tensor. PIL, not torchvision: the latter crashes on some corrupt files."""
+def decode_png(data: bytes, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """PNG bytes to a contiguous (3, H, W) tensor: uint8, or float in [0, 1] for a float `dtype`.
+
+    PIL, not torchvision's decoder, which crashes the process on some corrupt files.
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        rgb = np.array(im.convert("RGB"))  # (H, W, 3)
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+        im.load()
+        rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    if not dtype.is_floating_point:
+        return chw.contiguous()
+    return chw.to(dtype, memory_format=torch.contiguous_format).div_(255)  # one pass: transpose + convert
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -238,8 +245,8 @@ def decode_sample(raw: dict[str, Any], kair_keys: bool = False) -> dict[str, Any
     """Decode a raw sample to {"lq", "gt" (float CHW in [0, 1]), "seed", "key", "lq_path", "gt_path"} (+ L/H)."""
     url, key = raw["__url__"], raw["__key__"]
     try:
-        lq = decode_png(raw["lr.png"]).float().div_(255)  # (3, h, w)
-        gt = decode_png(raw["hr.png"]).float().div_(255)  # (3, h*s, w*s)
+        lq = decode_png(raw["lr.png"], torch.float32)  # (3, h, w)
+        gt = decode_png(raw["hr.png"], torch.float32)  # (3, h*s, w*s)
         seed = int(raw["seed.txt"])
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error... for damaged files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

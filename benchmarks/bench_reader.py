@@ -1,0 +1,113 @@
+"""Shard reader throughput against a folder-of-PNG-pairs loader reading the same pairs (as BasicSR's
+PairedImageDataset does: one LR and one HR file per sample, decoded to float tensors), both through a
+DataLoader with 2 workers.
+
+    python benchmarks/bench_reader.py [--pairs 2000] [--hr-size 128] [--epochs 2]
+
+Generated data only; prints pairs/s for each and the ratio shards / folder, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from degrader.export import ExportConfig, export_shards  # noqa: E402
+from degrader.shards import ShardDataset, iter_raw_samples, shard_urls  # noqa: E402
+from degrader.shards_map import ShardMapDataset  # noqa: E402
+
+
+class PairedFolder(Dataset):
+    """BasicSR's PairedImageDataset in spirit: paired file lists, each item reads and decodes two files (PIL)."""
+
+    def __init__(self, lq_dir: Path, gt_dir: Path):
+        self.lq = sorted(lq_dir.glob("*.png"))
+        self.gt = [gt_dir / p.name for p in self.lq]
+
+    def __len__(self) -> int:
+        return len(self.lq)
+
+    @staticmethod
+    def _read(path: Path) -> torch.Tensor:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float().div_(255)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"lq": self._read(self.lq[i]), "gt": self._read(self.gt[i]), "lq_path": str(self.lq[i])}
+
+
+def write_images(root: Path, n: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        img = c0 * xx[..., None] + c1 * yy[..., None] + rng.normal(0, 6, (size, size, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"{i:05d}.png")
+
+
+def rates(loaders: dict[str, DataLoader], epochs: int) -> dict[str, float]:
+    """Best pairs/s of each loader over `epochs` passes, interleaved so that load from other processes on the
+    machine hits every loader alike (the first pass also warms the page cache)."""
+    best = dict.fromkeys(loaders, 0.0)
+    for _ in range(epochs):
+        for name, loader in loaders.items():
+            start, n = time.perf_counter(), 0
+            for batch in loader:
+                n += len(batch["lq"])
+            best[name] = max(best[name], n / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--hr-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_images(root / "hr", args.pairs, args.hr_size)
+        config = ExportConfig(
+            degrader="bicubic", hr=str(root / "hr"), out=str(root / "shards"), hr_size=args.hr_size,
+            samples_per_shard=250, workers=2, device="cpu",
+        )  # fmt: skip
+        export_shards(config)
+        for d in ("lq", "gt"):  # the same pairs as a folder of PNG files, bytes copied from the shards
+            (root / d).mkdir()
+        for url in shard_urls(root / "shards"):
+            for raw in iter_raw_samples(url):
+                (root / "lq" / f"{raw['__key__']}.png").write_bytes(raw["lr.png"])
+                (root / "gt" / f"{raw['__key__']}.png").write_bytes(raw["hr.png"])
+        kw = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False)
+        r = rates(
+            {
+                "folder": DataLoader(PairedFolder(root / "lq", root / "gt"), shuffle=True, **kw),
+                "shards": DataLoader(ShardDataset(root / "shards", shuffle=True, seed=0), **kw),
+                "mapped": DataLoader(ShardMapDataset(root / "shards"), shuffle=True, **kw),
+            },
+            args.epochs,
+        )
+        folder, shards, mapped = r["folder"], r["shards"], r["mapped"]
+    print(f"{args.pairs} pairs, HR {args.hr_size}px, LR {args.hr_size // 4}px, batch {args.batch_size}, "
+          f"{args.workers} DataLoader workers, best of {args.epochs} epochs")  # fmt: skip
+    print(f"folder of PNG pairs (PairedImageDataset-like): {folder:8.1f} pairs/s")
+    print(f"ShardDataset (iterable, shuffled):             {shards:8.1f} pairs/s")
+    print(f"ShardMapDataset (map-style, shuffled):         {mapped:8.1f} pairs/s")
+    print(f"ratio iterable / folder: {shards / folder:.2f}   map-style / folder: {mapped / folder:.2f}")
+
+
+if __name__ == "__main__":
+    main()
