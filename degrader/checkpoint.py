@@ -85,6 +85,18 @@ def load_module(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]
         raise UserError(f"{path} does not fit this model ({first}); was it written with other settings?") from None
 
 
+def build_network(
+    config_cls: type, net_cls: type, tensors: dict[str, torch.Tensor], meta: dict, path: Path, option: str
+) -> nn.Module:
+    """Rebuild the network a checkpoint describes (its "config") and load its `net_g.*` weights."""
+    try:
+        net = net_cls(config_cls(**meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{option} {path} holds an unusable model config ({e}); was it written by this tool?") from None
+    load_module(net, "net_g", tensors, path)
+    return net
+
+
 # --- training state: networks, optimizers and random generators, for exact resume -------------------------
 
 
@@ -188,8 +200,7 @@ class Degrader:
         """Load from a `degrade fit` run directory or its `degrader.safetensors` file."""
         file = resolve_checkpoint(path, DEGRADER_FILE)
         tensors, meta = load_checkpoint(file, DEGRADER_KIND, option="--degrader")
-        net_g = HighToLowGenerator(HighToLowConfig(**meta["config"]))
-        load_module(net_g, "net_g", tensors, file)
+        net_g = build_network(HighToLowConfig, HighToLowGenerator, tensors, meta, file, "--degrader")
         name = Path(path).name if Path(path).is_dir() else file.stem
         return cls(net_g.to(device), name=name, sha256=sha256_file(file), step=meta.get("step", 0))
 

@@ -14,6 +14,9 @@ from typing import Any
 
 from degrader.errors import UserError
 
+# Files that mark a directory as one of ours (a run, an export), which --overwrite may clear.
+OURS = ("config.json", "manifest.json", ".export-state.json")
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -62,8 +65,12 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
         raise UserError(f"{option} {out} is a file; give a directory path.")
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise UserError(f"{option} {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
+    if overwrite and not resume and out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in OURS):
+        raise UserError(
+            f"{option} {out} holds files this tool did not write; --overwrite only replaces its own runs."
+        )
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"{option} {out} is not writable; choose another directory.")
     return out
 

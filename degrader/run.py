@@ -74,6 +74,7 @@ def open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool
             raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use a new --out.")
         write_json(saved, config)
         return True
+    (out / LOG_FILE).unlink(missing_ok=True)  # --resume of a run that never saved a state starts afresh
     write_json(saved, config)
     return False
 

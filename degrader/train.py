@@ -122,9 +122,10 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
     resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
 
     # --- networks and optimizers ---
-    torch.manual_seed(cfg.seed)
-    net_g = HighToLowGenerator(model).to(device)
-    net_d = Discriminator(model.discriminator()).to(device)
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net_g = HighToLowGenerator(model).to(device)
+        net_d = Discriminator(model.discriminator()).to(device)
     opt_g, opt_d = adam(net_g, cfg.loss), adam(net_d, cfg.loss)
     z_rng = torch.Generator().manual_seed(cfg.seed)  # fresh z for every sample, drawn on the CPU
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
@@ -188,7 +189,8 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
                 write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_hr, grid_lr, device)
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
-        checkpoint()
+        if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
+            checkpoint()
         return FitResult(out, step, interrupted(), logs)
 
 

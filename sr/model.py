@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from degrader.checkpoint import load_checkpoint, load_module, module_tensors, resolve_checkpoint, save_checkpoint
-from degrader.errors import UserError
+from degrader.checkpoint import build_network, load_checkpoint, module_tensors, resolve_checkpoint, save_checkpoint
 from degrader.nets import DiscriminatorConfig, group, log2_exact
 
 SR_FILE = "sr.safetensors"
@@ -138,10 +137,5 @@ def load_sr_generator(
     """
     file = resolve_checkpoint(path, SR_FILE)
     tensors, meta = load_checkpoint(file, SR_KIND, option=option)
-    try:
-        config = LowToHighConfig(**meta["config"])
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{option} {file} has an unreadable SR config ({e}); was it written by `sr train`?") from None
-    net_g = LowToHighGenerator(config)
-    load_module(net_g, "net_g", tensors, file)
+    net_g = build_network(LowToHighConfig, LowToHighGenerator, tensors, meta, file, option)
     return net_g.to(device).eval(), meta

@@ -133,11 +133,6 @@ def test_unwritable_output(tiny_folders, tmp_path):
             locked.chmod(0o700)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: files.check_out_dir tests os.access on the nearest existing path even when it is a file, so a "
-    "--dry-run accepts --out FILE/run, which the real run then refuses",
-)
 def test_dry_run_refuses_an_output_under_a_file(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     (tmp_path / "somefile").write_text("keep")

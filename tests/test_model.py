@@ -248,11 +248,6 @@ def test_weights_that_do_not_fit_the_config(tmp_path, degrader):
     assert_user_error(path, "does not fit")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Degrader.load builds HighToLowConfig(**meta['config']) unchecked, so a missing, unknown or "
-    "invalid config field raises KeyError/TypeError/ValueError instead of UserError",
-)
 @pytest.mark.parametrize("change", [{"new_field": 1}, {"hr_size": 48}, None])
 def test_unusable_config_in_checkpoint(tmp_path, degrader, change):
     path = tmp_path / DEGRADER_FILE
