@@ -65,8 +65,11 @@ def export_shards(dry_run: bool, **options) -> None:
         if dry_run:
             console.print("dry run: nothing written.")
             return
-        with progress_bar("export", plan["samples"], unit="pair") as on_progress:
-            manifest = export_shards(config, on_progress)
+        try:
+            with progress_bar("export", plan["samples"], unit="pair") as on_progress:
+                manifest = export_shards(config, on_progress, plan)
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; the finished shards are kept. Continue with --resume.") from None
     t = manifest["totals"]
     console.print(f"wrote {t['samples']} pairs in {t['shards']} shards to {config.out} (manifest.json)")
 

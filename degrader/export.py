@@ -161,6 +161,8 @@ def plan_export(config: ExportConfig) -> dict[str, Any]:
     """
     from degrader.images import scan_images
 
+    if not config.hr or not config.out:
+        raise UserError("--hr and --out are required: the HR image folder and the folder to write shards to.")
     if config.crop not in CROPS:
         raise UserError(f"--crop {config.crop!r} is not one of {', '.join(CROPS)}.")
     for name in ("per_image", "samples_per_shard", "batch_size"):
@@ -258,16 +260,23 @@ def _samples(
                 yield (i, c, k), sample_key(image_id, c, k), meta, hr, hr_png
 
 
-def export_shards(config: ExportConfig, on_progress: Progress | None = None) -> dict[str, Any]:
+def export_shards(
+    config: ExportConfig, on_progress: Progress | None = None, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Degrade every HR crop `per_image` times and write the pairs as shards; returns the manifest.
 
     Rerunning with `resume=True` after a crash or kill continues where it stopped and ends with the same bytes
-    as an uninterrupted run.
+    as an uninterrupted run (with the same batch size: a learned degrader's float rounding may depend on it).
+
+    Args:
+        config: the export's settings.
+        on_progress: called after every batch as `on_progress(pairs_written, pairs_planned, logs)`.
+        plan: the result of `plan_export(config)` if the caller already made it.
 
     Raises:
         UserError: bad options, missing HR folder, unknown degrader, non-empty `out` without resume/overwrite.
     """
-    plan = plan_export(config)
+    plan = plan or plan_export(config)
     degrader, scan, recorded = plan["degrader"], plan["scan"], plan["config"]
     out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")
     state = _start_or_resume(out, plan, config.resume)

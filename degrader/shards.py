@@ -303,7 +303,8 @@ class ShardDataset(IterableDataset):
     """Iterate paired shards as dicts {"lq", "gt", "seed", "key", "lq_path", "gt_path"} (+ "L", "H" for KAIR).
 
     Work is split over DDP ranks and DataLoader workers: by shard when there are at least as many shards as
-    ranks x workers, otherwise by sample, so each sample is read by exactly one of them per epoch.
+    ranks x workers, otherwise by sample, so each sample is read by exactly one of them per epoch. Ranks may
+    then get unequal counts; with DDP, set `epoch_length` so every rank yields the same number of samples.
 
     Args:
         source: shard directory, manifest, glob, brace pattern, URL or list (see `shard_urls`).
