@@ -115,7 +115,7 @@ def demo(out: Path, steps: int, seed: int) -> None:
             raise click.ClickException(f"{out} is not empty and holds no earlier demo; give an empty or new folder.")
         shutil.rmtree(out, ignore_errors=True)  # an earlier demo's output: the demo always starts fresh
         console.rule("1. built-in data")
-        hr_dir, lr_dir, heldout_dir = write_demo_data(out / "data", seed=seed)
+        hr_dir, lr_dir, heldout_lr, heldout_hr = write_demo_data(out / "data", seed=seed)
         console.print(f"clean HR faces: {hr_dir}\ncamera-degraded 'real' LR faces: {lr_dir}")
 
         console.rule("2. degrade fit: learn the degradation from the unpaired folders")

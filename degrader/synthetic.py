@@ -161,17 +161,18 @@ def write_demo_data(
 ) -> tuple[Path, Path, Path]:
     """Write the demo data set: clean HR faces, unpaired "real" LR faces, and a few held-out LR faces.
 
-    `root/hr` holds clean faces; `root/lr` a disjoint set of faces through `camera_degrade`; `root/heldout_lr`
+    `root/hr` holds clean faces; `root/lr` a disjoint set of faces through `camera_degrade`; `root/heldout_hr`
+    8 further clean faces and `root/heldout_lr` the same faces degraded (same file names), for evaluating SR;
     8 further degraded faces for showing SR results. A second call with the same arguments reuses the files.
 
     Returns:
-        (hr_dir, lr_dir, heldout_dir).
+        (hr_dir, lr_dir, heldout_lr_dir, heldout_hr_dir).
 
     Raises:
         UserError: `root` already holds other data under those names.
     """
     root = Path(root)
-    dirs = (root / "hr", root / "lr", root / "heldout_lr")
+    dirs = (root / "hr", root / "lr", root / "heldout_lr", root / "heldout_hr")
     params = {"n_hr": n_hr, "n_lr": n_lr, "hr_size": hr_size, "scale": scale, "seed": seed, "n_heldout": 8}
     marker = root / "demo.json"
     if marker.exists() and json.loads(marker.read_text()) == params and all(d.is_dir() for d in dirs):
@@ -188,5 +189,6 @@ def write_demo_data(
     _write_set(dirs[0], make_faces(n_hr, hr_size, _seed("hr", seed)))
     _write_set(dirs[1], degraded("lr", n_lr))
     _write_set(dirs[2], degraded("heldout", params["n_heldout"]))
+    _write_set(dirs[3], make_faces(params["n_heldout"], hr_size, _seed("heldout", seed)))
     write_json(marker, params)  # last: its presence means all three sets are complete
     return dirs

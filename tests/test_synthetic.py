@@ -66,12 +66,17 @@ def test_camera_degrade_differs_from_bicubic_and_blurs_edges():
 
 def test_write_demo_data(tmp_path):
     root = tmp_path / "demo"
-    hr, lr, held = write_demo_data(root, n_hr=6, n_lr=5, hr_size=32, scale=4, seed=2)
-    assert (hr, lr, held) == (root / "hr", root / "lr", root / "heldout_lr")
+    hr, lr, held, held_hr = write_demo_data(root, n_hr=6, n_lr=5, hr_size=32, scale=4, seed=2)
+    assert (hr, lr, held, held_hr) == (root / "hr", root / "lr", root / "heldout_lr", root / "heldout_hr")
     assert [len(scan_images(d).paths) for d in (hr, lr, held)] == [6, 5, 8]
     assert {Image.open(p).size for p in hr.iterdir()} == {(32, 32)}
     assert {Image.open(p).size for d in (lr, held) for p in d.iterdir()} == {(8, 8)}
-    assert sorted(p.name for p in root.iterdir()) == ["demo.json", "heldout_lr", "hr", "lr"]  # no temp folders
+    assert sorted(p.name for p in root.iterdir()) == ["demo.json", "heldout_hr", "heldout_lr", "hr", "lr"]  # no temps
+    # The held-out HR faces are the clean sources of the held-out LR faces, under the same names.
+    assert sorted(p.name for p in held_hr.iterdir()) == sorted(p.name for p in held.iterdir())
+    assert [Image.open(p).tobytes() for p in sorted(held_hr.iterdir())] == [
+        f.tobytes() for f in make_faces(8, 32, synthetic._seed("heldout", 2))
+    ]
 
     # The LR faces are different people: none of their clean sources is among the HR faces.
     hr_faces = {Image.open(p).convert("RGB").tobytes() for p in hr.iterdir()}
@@ -81,10 +86,10 @@ def test_write_demo_data(tmp_path):
 
     # Same arguments elsewhere give the same bytes; a second call reuses; other arguments are refused.
     again = write_demo_data(tmp_path / "demo2", n_hr=6, n_lr=5, hr_size=32, scale=4, seed=2)
-    for a, b in zip((hr, lr, held), again, strict=True):
+    for a, b in zip((hr, lr, held, held_hr), again, strict=True):
         assert [p.read_bytes() for p in sorted(a.iterdir())] == [p.read_bytes() for p in sorted(b.iterdir())]
     mtime = (lr / "00000.png").stat().st_mtime_ns
-    assert write_demo_data(root, n_hr=6, n_lr=5, hr_size=32, scale=4, seed=2) == (hr, lr, held)
+    assert write_demo_data(root, n_hr=6, n_lr=5, hr_size=32, scale=4, seed=2) == (hr, lr, held, held_hr)
     assert (lr / "00000.png").stat().st_mtime_ns == mtime
     with pytest.raises(UserError, match="already exists"):
         write_demo_data(root, n_hr=6, n_lr=5, hr_size=32, scale=4, seed=3)
