@@ -19,7 +19,7 @@ from torch import nn
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import PREP_MODES, Scan, load_rgb, make_loader, prepare, save_grid, scan_images, to_tensor
+from degrader.images import PREP_MODES, Scan, make_loader, save_grid, scan_images
 from degrader.nets import Discriminator
 from degrader.run import (
     STATE_FILE,
@@ -35,7 +35,7 @@ from degrader.run import (
     resolve_device,
     save_state,
 )
-from degrader.train import FitResult
+from degrader.train import FitResult, first_readable
 from sr.model import SR_FILE, LowToHighGenerator, load_sr_generator, save_sr_generator
 
 GRID_SAMPLES = 8
@@ -154,8 +154,9 @@ def finetune(
         plan.lr.paths, hl.lr_size, cfg.lr_prep, "flip", batch_size=b, seed=cfg.seed + 1, start=step * k * b,
         workers=cfg.workers,
     )  # fmt: skip
-    grid_hr = first_images(plan.hr, hl.hr_size, cfg.hr_prep)
-    grid_lr = first_images(plan.lr, hl.lr_size, cfg.lr_prep)
+    rng = torch.Generator().manual_seed(0)
+    grid_hr = torch.stack(first_readable(plan.hr, GRID_SAMPLES, hl.hr_size, cfg.hr_prep, rng))
+    grid_lr = torch.stack(first_readable(plan.lr, GRID_SAMPLES, hl.lr_size, cfg.lr_prep, rng))
 
     def to_net(x: torch.Tensor) -> torch.Tensor:
         return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
@@ -213,12 +214,6 @@ def finetune(
                 checkpoint()
         checkpoint()
         return FitResult(out, step, interrupted(), logs)
-
-
-def first_images(scan: Scan, size: int, prep: str) -> torch.Tensor:
-    """The first GRID_SAMPLES images of a folder, prepared without augmentation: the same ones in every grid."""
-    rng = torch.Generator().manual_seed(0)
-    return torch.stack([to_tensor(prepare(load_rgb(p), size, prep, rng)) for p in scan.paths[:GRID_SAMPLES]])
 
 
 def prefixed(prefix: str, logs: dict[str, float]) -> dict[str, float]:

@@ -27,12 +27,9 @@ from degrader.images import (
     PREP_MODES,
     InfiniteSampler,
     Scan,
-    load_rgb,
     make_loader,
-    prepare,
     save_grid,
     scan_images,
-    to_tensor,
 )
 from degrader.nets import Discriminator
 from degrader.run import (
@@ -47,7 +44,7 @@ from degrader.run import (
     resolve_device,
     save_state,
 )
-from degrader.train import FitResult
+from degrader.train import FitResult, first_readable
 from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
 
 GRID_SAMPLES = 8  # images in each sample grid
@@ -217,10 +214,8 @@ def sample_pairs(plan: SRPlan, n: int = GRID_SAMPLES) -> tuple[torch.Tensor, tor
         data = PairedShards(plan.shards, m.lr_size, m.scale, crop=True)
         pairs = [data[(i, 0)] for i in range(min(n, len(data)))]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-    rng = torch.Generator().manual_seed(0)
-    paths = plan.scan.paths[:n]
-    hr = torch.stack([to_tensor(prepare(load_rgb(p), m.hr_size, plan.config.hr_prep, rng)) for p in paths])
-    return plan.degrader.degrade(hr.to(plan.degrader.device), list(range(len(paths)))).cpu(), hr
+    hr = torch.stack(first_readable(plan.scan, n, m.hr_size, plan.config.hr_prep, torch.Generator().manual_seed(0)))
+    return plan.degrader.degrade(hr.to(plan.degrader.device), list(range(hr.shape[0]))).cpu(), hr
 
 
 @torch.no_grad()

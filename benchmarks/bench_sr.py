@@ -1,0 +1,115 @@
+"""SR training throughput: LR->HR pairs/s through one full iteration (G step + 5 D steps) for each preset.
+
+    python benchmarks/bench_sr.py [--batch-size 16] [--iters 3] [--device cpu|cuda|auto] [--bf16]
+    python benchmarks/bench_sr.py --end-to-end   # also time `sr.train.train` itself (bicubic, generated images)
+
+The baseline, measured in the same run on the same batches, is the pixel-only generator step of the same
+preset (what `--pixel-only` trains); the ratio says what the GAN part costs. A pair counts once per batch
+the iteration consumes: (d_steps + 1) * batch_size per iteration, as in the training loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
+from degrader.nets import Discriminator  # noqa: E402
+from degrader.run import autocast, resolve_device  # noqa: E402
+from sr.model import PRESETS, LowToHighConfig, LowToHighGenerator  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def iteration_rate(preset: str, device: torch.device, b: int, iters: int, bf16: bool, pixel_only: bool) -> float:
+    """Pairs/s of the training loop's math on in-memory batches (no data loading)."""
+    torch.manual_seed(0)
+    model = LowToHighConfig(**PRESETS[preset])
+    loss = LossConfig(beta=0.0, d_steps=0) if pixel_only else LossConfig()
+    net_g = LowToHighGenerator(model).to(device)
+    net_d = Discriminator(model.discriminator()).to(device)
+    opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
+    k = loss.d_steps
+    lr = torch.rand(k + 1, b, 3, model.lr_size, model.lr_size, device=device) * 2 - 1
+    hr = torch.rand(k + 1, b, 3, model.hr_size, model.hr_size, device=device) * 2 - 1
+
+    def one() -> None:
+        with autocast(device, bf16):
+            g_loss, _ = generator_loss(net_g(lr[0]), hr[0], net_d, loss)
+        update(opt_g, g_loss)
+        for i in range(1, k + 1):
+            with autocast(device, bf16):
+                with torch.no_grad():
+                    fake = net_g(lr[i])
+                d_loss, _ = discriminator_loss(net_d, hr[i], fake)
+            update(opt_d, d_loss)
+
+    one()  # warm-up: allocator, cuDNN autotuning
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        one()
+    sync(device)
+    return iters * (k + 1) * b / (time.perf_counter() - start)
+
+
+def end_to_end(preset: str, device: str, b: int, steps: int, pixel_only: bool) -> float:
+    """Pairs/s of `sr.train.train` itself: on-the-fly bicubic pairs from generated faces, samples and checkpoints."""
+    from degrader.synthetic import make_faces
+    from sr.train import SRTrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hr = Path(tmp) / "hr"
+        hr.mkdir()
+        for i, img in enumerate(make_faces(64, 64, seed=0)):
+            img.save(hr / f"{i:03d}.png")
+        config = SRTrainConfig(
+            out=f"{tmp}/run", degrader="bicubic", hr=str(hr), preset=preset, steps=steps, batch_size=b,
+            pixel_only=pixel_only, device=device, workers=1, sample_every=steps, checkpoint_every=steps,
+        )  # fmt: skip
+        k = config.effective_loss().d_steps
+        start = time.perf_counter()
+        train(config)
+        return steps * (k + 1) * b / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per measurement (after one warm-up)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--end-to-end", action="store_true", help="also time sr.train.train (small preset)")
+    parser.add_argument("--steps", type=int, default=4, help="training steps for --end-to-end")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    b = args.batch_size
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, batch {b}, torch {torch.__version__}")
+    print(f"{'preset':8} {'pixel-only pairs/s':>19} {'G+5D pairs/s':>13} {'ratio':>7}")
+    full = {}
+    for preset in ("small", "paper"):
+        base = iteration_rate(preset, device, b, args.iters, args.bf16, pixel_only=True)
+        full[preset] = iteration_rate(preset, device, b, args.iters, args.bf16, pixel_only=False)
+        print(f"{preset:8} {base:19.1f} {full[preset]:13.1f} {full[preset] / base:7.2f}")
+    print(f"small / paper, G+5D: {full['small'] / full['paper']:.2f}x")
+    if args.end_to_end:
+        math = full["small"]
+        e2e = end_to_end("small", str(device), b, args.steps, pixel_only=False)
+        print(f"sr.train.train, small, G+5D: {e2e:.1f} pairs/s = {e2e / math:.2f} of the in-memory rate (data + I/O)")
+
+
+if __name__ == "__main__":
+    main()
