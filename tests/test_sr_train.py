@@ -199,3 +199,43 @@ def test_cli_train_dry_run_and_errors(tmp_path, folders):
     res = runner.invoke(sr, [*args, "--steps", "1", "--batch-size", "2", "--d-steps", "1", "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert (out / SR_FILE).is_file()
+
+
+def test_finetune_resume_equals_straight_run(tmp_path, folders, learned_degrader):
+    sr_run = tmp_path / "sr-run"
+    sr_run.mkdir()
+    torch.manual_seed(2)
+    save_sr_generator(sr_run / SR_FILE, LowToHighGenerator(LowToHighConfig(**TINY)), step=0)
+
+    def cfg(name, **kw):
+        return FinetuneConfig(
+            degrader=str(learned_degrader), sr=str(sr_run), hr=str(folders / "hr"), lr=str(folders / "lr"),
+            out=str(tmp_path / name), steps=3, batch_size=2, loss=LossConfig(d_steps=1), device="cpu", workers=0,
+            sample_every=100, **kw,
+        )  # fmt: skip
+
+    def ctrl_c_at_1(step, total, logs):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    straight = finetune(cfg("straight"))
+    cut = finetune(cfg("cut"), ctrl_c_at_1)
+    assert cut.interrupted and cut.step == 1
+    resumed = finetune(cfg("cut", resume=True))
+    for name in (SR_FILE, DEGRADER_FILE):
+        a, b = load_file(straight.out / name), load_file(resumed.out / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_cli_finetune_dry_run(tmp_path, folders, learned_degrader):
+    from cli.sr import sr
+
+    sr_run = tmp_path / "sr-run"
+    sr_run.mkdir()
+    save_sr_generator(sr_run / SR_FILE, LowToHighGenerator(LowToHighConfig(**TINY)), step=0)
+    args = ["finetune", "--degrader", str(learned_degrader), "--sr", str(sr_run), "--hr", str(folders / "hr")]
+    res = CliRunner().invoke(sr, [*args, "--lr", str(folders / "lr"), "--out", str(tmp_path / "ft"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "12 HR images, 8 real LR images" in res.output and not (tmp_path / "ft").exists()
+    res = CliRunner().invoke(sr, [*args, "--lr", str(folders / "lr"), "--out", str(tmp_path / "ft"), "--sr", "x"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
