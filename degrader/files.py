@@ -66,9 +66,7 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise UserError(f"{option} {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
     if overwrite and not resume and out.exists() and any(out.iterdir()) and not any((out / m).exists() for m in OURS):
-        raise UserError(
-            f"{option} {out} holds files this tool did not write; --overwrite only replaces its own runs."
-        )
+        raise UserError(f"{option} {out} holds files this tool did not write; --overwrite only replaces its own runs.")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"{option} {out} is not writable; choose another directory.")

@@ -322,6 +322,21 @@ class ImageFolder(torch.utils.data.Dataset):
         raise BadImageError(f"{len(errors)} images in a row failed to load, last: {errors[-1]}")
 
 
+def first_readable(scan: Scan, n: int, size: int, prep: str, rng: torch.Generator) -> list[torch.Tensor]:
+    """Up to `n` prepared images; files that pass the scan but fail to decode are skipped, as the loader does."""
+    images: list[torch.Tensor] = []
+    for path in scan.paths:
+        if len(images) == n:
+            break
+        try:
+            images.append(to_tensor(prepare(load_rgb(path), size, prep, rng)))
+        except BadImageError:
+            continue
+    if not images:
+        raise BadImageError(f"{scan.root}: none of the {len(scan.paths)} images decodes; replace the damaged files.")
+    return images
+
+
 # ---------------------------------------------------------------------------------------------- sampling
 
 

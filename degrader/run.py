@@ -17,6 +17,7 @@ import dataclasses
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,40 @@ def mean_logs(records: list[dict[str, float]]) -> dict[str, float]:
     """Average each loss over the steps since the last log line."""
     keys = records[0].keys() if records else []
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
+
+
+class LossLog:
+    """Averages the losses of the steps between log lines and appends them to log.jsonl with a throughput.
+
+    `rate` names the throughput field, e.g. "hr_per_s", counted as `per_step` items per training step.
+    """
+
+    def __init__(self, out: Path, every: int, total: int, per_step: int, rate: str):
+        self.out, self.every, self.total, self.per_step, self.rate = out, every, total, per_step, rate
+        self.records: list[dict[str, float]] = []
+        self.tick = time.perf_counter()
+        self.last: dict[str, float] = {}  # the latest logged line
+
+    def add(self, step: int, logs: dict[str, float]) -> None:
+        self.records.append(logs)
+        if due(step, self.every, self.total):
+            now = time.perf_counter()
+            self.last = {**mean_logs(self.records), self.rate: len(self.records) * self.per_step / (now - self.tick)}
+            append_log(self.out, {"step": step, **self.last})
+            self.records, self.tick = [], now
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action (log, samples) falls on this step; the last step always gets one."""
+    return step % every == 0 or step == total
+
+
+@dataclasses.dataclass
+class RunResult:
+    out: Path  # the run directory
+    step: int  # generator updates done in total
+    interrupted: bool  # stopped early by Ctrl-C (the state is saved; continue with resume)
+    logs: dict[str, float]  # the last logged losses
 
 
 @contextlib.contextmanager

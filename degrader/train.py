@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,17 +12,18 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import BadImageError, Scan, load_rgb, make_loader, prepare, save_grid, scan_images, to_tensor
+from degrader.images import Scan, first_readable, make_loader, save_grid, scan_images
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
 from degrader.run import (
+    LossLog,
     ProgressFn,
-    append_log,
+    RunResult,
     autocast,
     config_dict,
     deferred_interrupt,
+    due,
     load_state,
-    mean_logs,
     open_run,
     resolve_device,
     save_state,
@@ -76,14 +76,6 @@ class FitPlan:
     params_d: int
 
 
-@dataclass
-class FitResult:
-    out: Path
-    step: int  # generator updates done in total
-    interrupted: bool  # stopped early by Ctrl-C (the state is saved; continue with resume)
-    logs: dict[str, float]  # the last logged losses
-
-
 def plan_fit(config: FitConfig) -> FitPlan:
     """Check the config, scan both folders and size the networks, without writing anything.
 
@@ -105,7 +97,7 @@ def plan_fit(config: FitConfig) -> FitPlan:
     return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d))
 
 
-def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan | None = None) -> FitResult:
+def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan | None = None) -> RunResult:
     """Train a High-to-Low degrader; writes checkpoints, log and sample grids to `config.out`.
 
     Args:
@@ -154,9 +146,7 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
         save_state(out, step, *state)
         net_g.train()
 
-    records: list[dict[str, float]] = []
-    logs: dict[str, float] = {}
-    tick = time.perf_counter()
+    log = LossLog(out, cfg.log_every, cfg.steps, per_step=(k + 1) * b, rate="hr_per_s")
     with deferred_interrupt() as interrupted:
         while step < cfg.steps and not interrupted():
             # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss ---
@@ -177,21 +167,16 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
             step += 1
 
             # --- bookkeeping: log, progress, samples, checkpoints ---
-            records.append({**g_logs, **d_logs})
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                logs = {**mean_logs(records), "hr_per_s": len(records) * (k + 1) * b / (now - tick)}
-                append_log(out, {"step": step, **logs})
-                records, tick = [], now
+            log.add(step, {**g_logs, **d_logs})
             if on_progress:
                 on_progress(step, cfg.steps, {**g_logs, **d_logs})
-            if step % cfg.sample_every == 0 or step == cfg.steps:
+            if due(step, cfg.sample_every, cfg.steps):
                 write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_hr, grid_lr, device)
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
         if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
             checkpoint()
-        return FitResult(out, step, interrupted(), logs)
+        return RunResult(out, step, interrupted(), log.last)
 
 
 def sample_batches(plan: FitPlan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,21 +186,6 @@ def sample_batches(plan: FitPlan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     hr = first_readable(plan.hr, n, m.hr_size, plan.config.hr_prep, rng)
     lr = first_readable(plan.lr, n, m.lr_size, plan.config.lr_prep, rng)
     return torch.stack(hr), torch.stack(lr)
-
-
-def first_readable(scan: Scan, n: int, size: int, prep: str, rng: torch.Generator) -> list[torch.Tensor]:
-    """Up to `n` prepared images; files that pass the scan but fail to decode are skipped, as the loader does."""
-    images: list[torch.Tensor] = []
-    for path in scan.paths:
-        if len(images) == n:
-            break
-        try:
-            images.append(to_tensor(prepare(load_rgb(path), size, prep, rng)))
-        except BadImageError:
-            continue
-    if not images:
-        raise BadImageError(f"{scan.root}: none of the {len(scan.paths)} images decodes; replace the damaged files.")
-    return images
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ images the SR model can invert while its own discriminator keeps them realistic.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,23 +18,23 @@ from torch import nn
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import PREP_MODES, Scan, make_loader, save_grid, scan_images
+from degrader.images import PREP_MODES, Scan, first_readable, make_loader, save_grid, scan_images
 from degrader.nets import Discriminator
 from degrader.run import (
     STATE_FILE,
     STATE_KIND,
+    LossLog,
     ProgressFn,
-    append_log,
+    RunResult,
     autocast,
     config_dict,
     deferred_interrupt,
+    due,
     load_state,
-    mean_logs,
     open_run,
     resolve_device,
     save_state,
 )
-from degrader.train import FitResult, first_readable
 from sr.model import SR_FILE, LowToHighGenerator, load_sr_generator, save_sr_generator
 
 GRID_SAMPLES = 8
@@ -112,7 +111,7 @@ def plan_finetune(config: FinetuneConfig) -> FinetunePlan:
 
 def finetune(
     config: FinetuneConfig, on_progress: ProgressFn | None = None, plan: FinetunePlan | None = None
-) -> FitResult:
+) -> RunResult:
     """Fine-tune a degrader and an SR generator together; writes both checkpoints to `config.out`.
 
     Args:
@@ -130,11 +129,12 @@ def finetune(
     resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
 
     # --- networks: both generators as trained, their discriminators from their runs where saved ---
-    torch.manual_seed(cfg.seed)
     net_hl, net_lh = plan.degrader.net_g.train(), plan.net_sr.train()
     hl, lh = net_hl.config, net_lh.config
-    net_dl = Discriminator(hl.discriminator()).to(device)  # judges LR images
-    net_dh = Discriminator(lh.discriminator()).to(device)  # judges HR images
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net_dl = Discriminator(hl.discriminator()).to(device)  # judges LR images
+        net_dh = Discriminator(lh.discriminator()).to(device)  # judges HR images
     plan.d_from["lr"] = trained_discriminator(cfg.degrader, net_dl, "--degrader")
     plan.d_from["hr"] = trained_discriminator(cfg.sr, net_dh, "--sr")
     # One optimizer per side: the SR loss updates the degrader through the shared backward pass.
@@ -172,9 +172,7 @@ def finetune(
         save_state(out, step, *state)
         net_hl.train(), net_lh.train()  # Degrader() puts its network in eval mode
 
-    records: list[dict[str, float]] = []
-    logs: dict[str, float] = {}
-    tick = time.perf_counter()
+    log = LossLog(out, cfg.log_every, cfg.steps, per_step=(k + 1) * b, rate="hr_per_s")
     with deferred_interrupt() as interrupted:
         while step < cfg.steps and not interrupted():
             # --- G step, both Ds frozen: both generator losses, one backward pass through both networks ---
@@ -200,20 +198,16 @@ def finetune(
 
             # --- bookkeeping: log, progress, samples, checkpoints ---
             step_logs = {**prefixed("hl_", hl_logs), **prefixed("lh_", lh_logs), **d_logs}
-            records.append(step_logs)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                logs = {**mean_logs(records), "hr_per_s": len(records) * (k + 1) * b / (now - tick)}
-                append_log(out, {"step": step, **logs})
-                records, tick = [], now
+            log.add(step, step_logs)
             if on_progress:
                 on_progress(step, cfg.steps, step_logs)
-            if step % cfg.sample_every == 0 or step == cfg.steps:
+            if due(step, cfg.sample_every, cfg.steps):
                 write_samples(out / "samples" / f"step-{step:06d}.png", net_hl, net_lh, grid_hr, grid_lr, device)
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
-        checkpoint()
-        return FitResult(out, step, interrupted(), logs)
+        if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
+            checkpoint()
+        return RunResult(out, step, interrupted(), log.last)
 
 
 def prefixed(prefix: str, logs: dict[str, float]) -> dict[str, float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,24 +26,25 @@ from degrader.images import (
     PREP_MODES,
     InfiniteSampler,
     Scan,
+    first_readable,
     make_loader,
     save_grid,
     scan_images,
 )
 from degrader.nets import Discriminator
 from degrader.run import (
+    LossLog,
     ProgressFn,
-    append_log,
+    RunResult,
     autocast,
     config_dict,
     deferred_interrupt,
+    due,
     load_state,
-    mean_logs,
     open_run,
     resolve_device,
     save_state,
 )
-from degrader.train import FitResult, first_readable
 from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
 
 GRID_SAMPLES = 8  # images in each sample grid
@@ -229,7 +229,7 @@ def write_samples(path: Path, net_g: LowToHighGenerator, lr: torch.Tensor, hr: t
     save_grid([lr, bicubic, sr, hr], path)
 
 
-def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SRPlan | None = None) -> FitResult:
+def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SRPlan | None = None) -> RunResult:
     """Train a Low-to-High SR generator; writes checkpoints, log and sample grids to `config.out`.
 
     Args:
@@ -246,9 +246,10 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
     resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
 
     # --- networks and optimizers ---
-    torch.manual_seed(cfg.seed)
-    net_g = LowToHighGenerator(model).to(device)
-    net_d = Discriminator(model.discriminator()).to(device)
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net_g = LowToHighGenerator(model).to(device)
+        net_d = Discriminator(model.discriminator()).to(device)
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {})
     step = load_state(out, *state) if resuming else 0
@@ -265,9 +266,7 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
         save_sr_generator(out / SR_FILE, net_g, step)
         save_state(out, step, *state)
 
-    records: list[dict[str, float]] = []
-    logs: dict[str, float] = {}
-    tick = time.perf_counter()
+    log = LossLog(out, cfg.log_every, cfg.steps, per_step=(k + 1) * b, rate="pairs_per_s")
     with deferred_interrupt() as interrupted:
         while step < cfg.steps and not interrupted():
             # --- G step, D frozen: pixel loss to HR + hinge loss ---
@@ -289,17 +288,13 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
             step += 1
 
             # --- bookkeeping: log, progress, samples, checkpoints ---
-            records.append({**g_logs, **d_logs})
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                logs = {**mean_logs(records), "pairs_per_s": len(records) * (k + 1) * b / (now - tick)}
-                append_log(out, {"step": step, **logs})
-                records, tick = [], now
+            log.add(step, {**g_logs, **d_logs})
             if on_progress:
                 on_progress(step, cfg.steps, {**g_logs, **d_logs})
-            if step % cfg.sample_every == 0 or step == cfg.steps:
+            if due(step, cfg.sample_every, cfg.steps):
                 write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_lr, grid_hr, device)
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
-        checkpoint()
-        return FitResult(out, step, interrupted(), logs)
+        if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
+            checkpoint()
+        return RunResult(out, step, interrupted(), log.last)
