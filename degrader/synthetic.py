@@ -123,7 +123,7 @@ def camera_degrade(img: Image.Image, scale: int, rng: random.Random) -> Image.Im
     """
     w, h = img.size
     # Optics: a Gaussian blur wider than the anti-aliasing of a plain downscale.
-    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.25, 0.6) * scale))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 0.35) * scale))
     img = img.resize((w // scale, h // scale), Image.Resampling.BOX)  # sensor: area sampling
     # Colour: sometimes gray, sometimes washed out, and a white-balance cast.
     r = rng.random()
@@ -135,12 +135,12 @@ def camera_degrade(img: Image.Image, scale: int, rng: random.Random) -> Image.Im
     a *= np.array([rng.uniform(0.9, 1.1) for _ in range(3)])
     # Noise: read noise (Gaussian) plus shot noise whose variance grows with the signal (Poisson-like).
     noise = np.random.RandomState(rng.getrandbits(32))  # legacy stream: frozen across numpy versions
-    sigma = np.sqrt(rng.uniform(2, 8) ** 2 + rng.uniform(0.05, 0.3) * np.clip(a, 0, 255))
+    sigma = np.sqrt(rng.uniform(2, 6) ** 2 + rng.uniform(0.05, 0.2) * np.clip(a, 0, 255))
     a += noise.standard_normal(a.shape) * sigma
     img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "RGB")
-    # Compression: JPEG at a low quality, in memory.
+    # Compression: JPEG in memory, at qualities web images use (a 16 px image at quality < 50 is mostly blocks).
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=rng.randint(20, 60))
+    img.save(buf, format="JPEG", quality=rng.randint(50, 90))
     buf.seek(0)
     with Image.open(buf) as jpeg:
         return jpeg.convert("RGB")

@@ -61,7 +61,7 @@ def test_camera_degrade_differs_from_bicubic_and_blurs_edges():
     step = Image.fromarray(step)
     sharp = edge_width(step.resize((16, 16), Image.Resampling.BICUBIC))
     blurred = np.mean([edge_width(camera_degrade(step, 4, random.Random(s))) for s in range(10)])
-    assert blurred > sharp + 1
+    assert blurred > sharp + 0.5  # without the optics blur this is 0
 
 
 def test_write_demo_data(tmp_path):
