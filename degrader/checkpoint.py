@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from degrader import __version__
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.model import HighToLowConfig, HighToLowGenerator
@@ -24,18 +25,9 @@ FORMAT = 1  # bump when a checkpoint written by this version cannot be read by t
 META_KEY = "degrader"
 
 
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("degrader")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write `tensors` and the JSON-serialisable `meta` (must hold a "kind") to one safetensors file."""
-    meta = {"format": FORMAT, "version": package_version(), **meta}
+    meta = {"format": FORMAT, "version": __version__, **meta}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from degrader import __version__
 from degrader.errors import UserError
 from degrader.files import prepare_out_dir, sha256_file, write_json
 from degrader.shards import (
@@ -59,20 +60,6 @@ class ExportConfig:
     device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
     resume: bool = False  # continue an interrupted export in `out`
     overwrite: bool = False  # clear a non-empty `out` first
-
-
-def package_version() -> str:
-    try:
-        from degrader import __version__
-
-        return str(__version__)
-    except ImportError:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version("degrader")
-        except PackageNotFoundError:
-            return "0+unknown"
 
 
 def load_degrader(spec: str, scale: int | None, device: str = "auto") -> Any:
@@ -286,7 +273,7 @@ def export_shards(
     start = tuple(state["shards"][-1]["next"]) if state["shards"] else (0, 0, 0)
     done = sum(e["samples"] for e in state["shards"])
     common = {"scale": degrader.scale, "degrader": degrader.name, "degrader_sha256": degrader.sha256}
-    common["version"] = package_version()
+    common["version"] = __version__
 
     crops = _Crops(scan.paths[start[0] :], scan.root, recorded["hr_size"], config.crop, config.seed)
     workers = config.workers
