@@ -2,14 +2,18 @@
 PairedImageDataset does: one LR and one HR file per sample, decoded to float tensors), both through a
 DataLoader with 2 workers.
 
-    python benchmarks/bench_reader.py [--pairs 2000] [--hr-size 128] [--epochs 2]
+    python benchmarks/bench_reader.py [--pairs 2000] [--hr-size 128] [--epochs 2] [--cache warm|cold|both]
 
 Generated data only; prints pairs/s for each and the ratio shards / folder, measured in the same run.
+"warm" reads from the page cache (a data set that fits in RAM, read before); "cold" evicts every file of both
+data sets from the page cache before each pass (posix_fadvise DONTNEED), so reads come from the disk, as they
+do for a training set larger than RAM or on first use.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -56,12 +60,27 @@ def write_images(root: Path, n: int, size: int) -> None:
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"{i:05d}.png")
 
 
-def rates(loaders: dict[str, DataLoader], epochs: int) -> dict[str, float]:
+def evict(root: Path) -> None:
+    """Drop every file under `root` from the page cache, so the next read comes from the disk."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def rates(loaders: dict[str, DataLoader], epochs: int, cold_root: Path | None = None) -> dict[str, float]:
     """Best pairs/s of each loader over `epochs` passes, interleaved so that load from other processes on the
-    machine hits every loader alike (the first pass also warms the page cache)."""
+    machine hits every loader alike. With `cold_root`, its files are evicted from the page cache before each pass;
+    otherwise the first pass warms the cache."""
     best = dict.fromkeys(loaders, 0.0)
     for _ in range(epochs):
         for name, loader in loaders.items():
+            if cold_root is not None:
+                evict(cold_root)
             start, n = time.perf_counter(), 0
             for batch in loader:
                 n += len(batch["lq"])
@@ -76,8 +95,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--cache", choices=["warm", "cold", "both"], default="both")
+    parser.add_argument("--dir", default=None, help="where to write the data (a disk, not tmpfs, for --cache cold)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         write_images(root / "hr", args.pairs, args.hr_size)
         config = ExportConfig(
@@ -92,21 +113,21 @@ def main() -> None:
                 (root / "lq" / f"{raw['__key__']}.png").write_bytes(raw["lr.png"])
                 (root / "gt" / f"{raw['__key__']}.png").write_bytes(raw["hr.png"])
         kw = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False)
-        r = rates(
-            {
-                "folder": DataLoader(PairedFolder(root / "lq", root / "gt"), shuffle=True, **kw),
-                "shards": DataLoader(ShardDataset(root / "shards", shuffle=True, seed=0), **kw),
-                "mapped": DataLoader(ShardMapDataset(root / "shards"), shuffle=True, **kw),
-            },
-            args.epochs,
-        )
-        folder, shards, mapped = r["folder"], r["shards"], r["mapped"]
-    print(f"{args.pairs} pairs, HR {args.hr_size}px, LR {args.hr_size // 4}px, batch {args.batch_size}, "
-          f"{args.workers} DataLoader workers, best of {args.epochs} epochs")  # fmt: skip
-    print(f"folder of PNG pairs (PairedImageDataset-like): {folder:8.1f} pairs/s")
-    print(f"ShardDataset (iterable, shuffled):             {shards:8.1f} pairs/s")
-    print(f"ShardMapDataset (map-style, shuffled):         {mapped:8.1f} pairs/s")
-    print(f"ratio iterable / folder: {shards / folder:.2f}   map-style / folder: {mapped / folder:.2f}")
+        loaders = {
+            "folder": DataLoader(PairedFolder(root / "lq", root / "gt"), shuffle=True, **kw),
+            "shards": DataLoader(ShardDataset(root / "shards", shuffle=True, seed=0), **kw),
+            "mapped": DataLoader(ShardMapDataset(root / "shards"), shuffle=True, **kw),
+        }
+        print(f"{args.pairs} pairs, HR {args.hr_size}px, LR {args.hr_size // 4}px, batch {args.batch_size}, "
+              f"{args.workers} DataLoader workers, best of {args.epochs} epochs")  # fmt: skip
+        for cache in ("warm", "cold") if args.cache == "both" else (args.cache,):
+            r = rates(loaders, args.epochs, cold_root=root if cache == "cold" else None)
+            folder, shards, mapped = r["folder"], r["shards"], r["mapped"]
+            print(f"-- {cache} page cache")
+            print(f"folder of PNG pairs (PairedImageDataset-like): {folder:8.1f} pairs/s")
+            print(f"ShardDataset (iterable, shuffled):             {shards:8.1f} pairs/s")
+            print(f"ShardMapDataset (map-style, shuffled):         {mapped:8.1f} pairs/s")
+            print(f"ratio iterable / folder: {shards / folder:.2f}   map-style / folder: {mapped / folder:.2f}")
 
 
 if __name__ == "__main__":
