@@ -7,10 +7,8 @@ from pathlib import Path
 import click
 
 from cli.export import export_shards, inspect, verify
+from cli.options import DIR, loss_options, report, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
-
-DIR = click.Path(exists=True, file_okay=False, path_type=Path)
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 @click.group()
@@ -37,8 +35,6 @@ def degrade() -> None:
     show_default=True,
     help="As --hr-prep, for the LR folder; use crop for large real photos to keep their noise.",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Generator updates.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--preset",
     type=click.Choice(["small", "paper"]),
@@ -51,20 +47,8 @@ def degrade() -> None:
 )
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True)
 @click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
-@click.option("--alpha", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Pixel loss weight.")
-@click.option("--beta", type=click.FloatRange(min=0), default=0.05, show_default=True, help="GAN loss weight.")
-@click.option("--d-steps", type=click.IntRange(min=1), default=5, show_default=True, help="D updates per G update.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
-@click.option("--bf16", is_flag=True, help="bf16 autocast (CUDA only).")
-@click.option(
-    "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes per folder."
-)
-@click.option("--sample-every", type=click.IntRange(min=1), default=250, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
-@click.option("--dry-run", is_flag=True, help="Check the data and settings, print the plan, train nothing.")
+@loss_options
+@run_options
 def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
     """Learn a High-to-Low degrader from two unpaired image folders."""
     from degrader.gan import LossConfig
@@ -89,9 +73,7 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
             return
         with progress_bar("fit", config.steps) as on_progress:
             result = fit(config, on_progress, plan)
-    if result.interrupted:
-        console.print(f"[yellow]interrupted[/] at step {result.step}; state saved. Continue with --resume.")
-    console.print(f"degrader: {result.out / 'degrader.safetensors'}  samples: {result.out / 'samples'}")
+    report(result, ["degrader.safetensors", "samples"])
 
 
 @degrade.command()
