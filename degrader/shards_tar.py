@@ -55,6 +55,22 @@ def parse_header(block: bytes) -> tuple[str, int, bytes]:
     return (f"{prefix}/{name}" if prefix else name), _octal(block[124:136]), block[156:157]
 
 
+def read_header(stream: IO[bytes], url: str | Path, last: str) -> tuple[str, int, bytes] | None:
+    """The next member's (name, size, type), or None at the end-of-archive marker. `last` names the member
+    before, for the error message when the header is damaged or missing."""
+    block = _read_exact(stream, 512)
+    if block == bytes(512):
+        return None
+    if not block:
+        raise ShardError(f"{url}: after {last}: truncated (no end-of-archive marker); re-export this shard.")
+    if len(block) < 512:
+        raise ShardError(f"{url}: after {last}: truncated in a header; re-export this shard.")
+    try:
+        return parse_header(block)
+    except ValueError as e:
+        raise ShardError(f"{url}: after {last}: {e}; the shard is corrupt, re-export it.") from None
+
+
 def iter_tar(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
     """Yield (member name, bytes) of the regular files in a tar stream, strictly.
 
@@ -62,18 +78,8 @@ def iter_tar(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
     end-of-archive marker raises a `ShardError` naming the shard and the last member read.
     """
     last, long_name = "(start of shard)", None
-    while True:
-        block = _read_exact(stream, 512)
-        if not block or block == bytes(512):
-            if not block:
-                raise ShardError(f"{url}: after {last}: truncated (no end-of-archive marker); re-export this shard.")
-            return
-        if len(block) < 512:
-            raise ShardError(f"{url}: after {last}: truncated in a header; re-export this shard.")
-        try:
-            name, size, kind = parse_header(block)
-        except ValueError as e:
-            raise ShardError(f"{url}: after {last}: {e}; the shard is corrupt, re-export it.") from None
+    while (header := read_header(stream, url, last)) is not None:
+        name, size, kind = header
         data = _read_exact(stream, size)
         if len(data) < size:
             raise ShardError(f"{url}: {name}: truncated member; re-export this shard.")
@@ -111,18 +117,8 @@ def index_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]
     total = os.path.getsize(path)
     with open(path, "rb") as f:
         offset = 0
-        while True:
-            block = f.read(512)
-            if not block or block == bytes(512):
-                if not block:
-                    raise ShardError(f"{path}: after {last}: truncated (no end-of-archive marker); re-export it.")
-                break
-            if len(block) < 512:
-                raise ShardError(f"{path}: after {last}: truncated in a header; re-export this shard.")
-            try:
-                name, size, kind = parse_header(block)
-            except ValueError as e:
-                raise ShardError(f"{path}: after {last}: {e}; the shard is corrupt, re-export it.") from None
+        while (header := read_header(f, path, last)) is not None:
+            name, size, kind = header
             if offset + 512 + size > total:
                 raise ShardError(f"{path}: {name}: truncated member; re-export this shard.")
             if kind in (b"0", b"\0"):
