@@ -154,10 +154,20 @@ def noise_from_seeds(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
     return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
-def resolve_checkpoint(path: str | Path, filename: str) -> Path:
-    """A run directory means the checkpoint file inside it; a file path is taken as it is."""
+def resolve_checkpoint(path: str | Path, filename: str, option: str = "--checkpoint") -> Path:
+    """A run directory means the checkpoint file inside it; a file path is taken as it is.
+
+    Raises:
+        UserError: the directory holds another model's checkpoint (e.g. a degrader run given to `sr`).
+    """
     path = Path(path)
-    return path / filename if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    file = path / filename
+    others = sorted(p.name for p in path.glob("*.safetensors") if p.name not in (filename, "state.safetensors"))
+    if not file.exists() and others:
+        raise UserError(f"{option} {path} holds {', '.join(others)}, not {filename}; is it the other kind of run?")
+    return file
 
 
 class Degrader:
@@ -190,7 +200,7 @@ class Degrader:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Degrader:
         """Load from a `degrade fit` run directory or its `degrader.safetensors` file."""
-        file = resolve_checkpoint(path, DEGRADER_FILE)
+        file = resolve_checkpoint(path, DEGRADER_FILE, "--degrader")
         tensors, meta = load_checkpoint(file, DEGRADER_KIND, option="--degrader")
         net_g = build_network(HighToLowConfig, HighToLowGenerator, tensors, meta, file, "--degrader")
         name = Path(path).name if Path(path).is_dir() else file.stem

@@ -137,7 +137,7 @@ def load_sr_generator(
     Raises:
         UserError: missing file, not a checkpoint, another kind of model, or weights that do not fit.
     """
-    file = resolve_checkpoint(path, SR_FILE)
+    file = resolve_checkpoint(path, SR_FILE, option)
     tensors, meta = load_checkpoint(file, SR_KIND, option=option)
     net_g = build_network(LowToHighConfig, LowToHighGenerator, tensors, meta, file, option)
     return net_g.to(device).eval(), meta

@@ -235,6 +235,13 @@ def test_checkpoint_of_another_kind(tmp_path, degrader):
     assert_user_error(path, "'train-state'")
 
 
+def test_run_directory_of_the_other_kind(tmp_path, degrader):
+    run = tmp_path / "sr-run"
+    run.mkdir()
+    save_checkpoint(run / "sr.safetensors", module_tensors("net_g", degrader.net_g), {"kind": "low-to-high"})
+    assert_user_error(run, "holds sr.safetensors, not degrader.safetensors")
+
+
 def test_checkpoint_from_a_newer_format(tmp_path, degrader):
     path = tmp_path / DEGRADER_FILE
     degrader.save(path, format=999, version="99.0")
