@@ -77,10 +77,9 @@ def end_to_end(preset: str, device: str, b: int, steps: int, pixel_only: bool) -
             out=f"{tmp}/run", degrader="bicubic", hr=str(hr), preset=preset, steps=steps, batch_size=b,
             pixel_only=pixel_only, device=device, workers=1, sample_every=steps, checkpoint_every=steps,
         )  # fmt: skip
-        k = config.effective_loss().d_steps
         start = time.perf_counter()
         train(config)
-        return steps * (k + 1) * b / (time.perf_counter() - start)
+        return config.pairs_before(steps) / (time.perf_counter() - start)
 
 
 def main() -> None:

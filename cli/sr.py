@@ -37,6 +37,13 @@ def sr() -> None:
 @click.option("--lr-size", type=click.IntRange(min=4), help="LR training crop in pixels [the data's; 16 classical].")
 @click.option("--hr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
 @click.option("--pixel-only", is_flag=True, help="Train with the L2 loss alone (no discriminator).")
+@click.option(
+    "--warmup-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First steps with the L2 loss alone, then the GAN loss joins (short runs: GAN from scratch lags bicubic).",
+)
 @loss_options
 @run_options
 def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
@@ -53,6 +60,8 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
             warn_skipped("--hr", plan.scan.skipped)
         m = plan.model
         loss_name = "pixel loss only" if config.pixel_only else f"pixel + {loss.beta} GAN, {loss.d_steps} D steps"
+        if config.warmup_steps and not config.pixel_only:
+            loss_name += f" after {config.warmup_steps} pixel-only steps"
         console.print(
             f"{plan.source}; x{m.scale}, {m.lr_size}px -> {m.hr_size}px; preset {config.preset}, G "
             f"{plan.params_g / 1e6:.2f}M / D {plan.params_d / 1e6:.2f}M parameters; {loss_name}; "

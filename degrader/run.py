@@ -126,22 +126,24 @@ def mean_logs(records: list[dict[str, float]]) -> dict[str, float]:
 class LossLog:
     """Averages the losses of the steps between log lines and appends them to log.jsonl with a throughput.
 
-    `rate` names the throughput field, e.g. "hr_per_s", counted as `per_step` items per training step.
+    `rate` names the throughput field, e.g. "hr_per_s": the images (`items`) the steps consumed per second.
     """
 
-    def __init__(self, out: Path, every: int, total: int, per_step: int, rate: str):
-        self.out, self.every, self.total, self.per_step, self.rate = out, every, total, per_step, rate
+    def __init__(self, out: Path, every: int, total: int, rate: str):
+        self.out, self.every, self.total, self.rate = out, every, total, rate
         self.records: list[dict[str, float]] = []
+        self.items = 0
         self.tick = time.perf_counter()
         self.last: dict[str, float] = {}  # the latest logged line
 
-    def add(self, step: int, logs: dict[str, float]) -> None:
+    def add(self, step: int, logs: dict[str, float], items: int) -> None:
         self.records.append(logs)
+        self.items += items
         if due(step, self.every, self.total):
             now = time.perf_counter()
-            self.last = {**mean_logs(self.records), self.rate: len(self.records) * self.per_step / (now - self.tick)}
+            self.last = {**mean_logs(self.records), self.rate: self.items / (now - self.tick)}
             append_log(self.out, {"step": step, **self.last})
-            self.records, self.tick = [], now
+            self.records, self.items, self.tick = [], 0, now
 
 
 def due(step: int, every: int, total: int) -> bool:

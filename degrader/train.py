@@ -146,7 +146,7 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
         save_state(out, step, *state)
         net_g.train()
 
-    log = LossLog(out, cfg.log_every, cfg.steps, per_step=(k + 1) * b, rate="hr_per_s")
+    log = LossLog(out, cfg.log_every, cfg.steps, rate="hr_per_s")
     with deferred_interrupt() as interrupted:
         while step < cfg.steps and not interrupted():
             # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss ---
@@ -167,7 +167,7 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
             step += 1
 
             # --- bookkeeping: log, progress, samples, checkpoints ---
-            log.add(step, {**g_logs, **d_logs})
+            log.add(step, {**g_logs, **d_logs}, items=(k + 1) * b)
             if on_progress:
                 on_progress(step, cfg.steps, {**g_logs, **d_logs})
             if due(step, cfg.sample_every, cfg.steps):

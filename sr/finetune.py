@@ -172,7 +172,7 @@ def finetune(
         save_state(out, step, *state)
         net_hl.train(), net_lh.train()  # Degrader() puts its network in eval mode
 
-    log = LossLog(out, cfg.log_every, cfg.steps, per_step=(k + 1) * b, rate="hr_per_s")
+    log = LossLog(out, cfg.log_every, cfg.steps, rate="hr_per_s")
     with deferred_interrupt() as interrupted:
         while step < cfg.steps and not interrupted():
             # --- G step, both Ds frozen: both generator losses, one backward pass through both networks ---
@@ -198,7 +198,7 @@ def finetune(
 
             # --- bookkeeping: log, progress, samples, checkpoints ---
             step_logs = {**prefixed("hl_", hl_logs), **prefixed("lh_", lh_logs), **d_logs}
-            log.add(step, step_logs)
+            log.add(step, step_logs, items=(k + 1) * b)
             if on_progress:
                 on_progress(step, cfg.steps, step_logs)
             if due(step, cfg.sample_every, cfg.steps):

@@ -65,6 +65,7 @@ class SRTrainConfig:
     batch_size: int = 16
     loss: LossConfig = field(default_factory=LossConfig)  # alpha 1, beta 0.05, Adam 1e-4 (0, 0.9), 5 D steps
     pixel_only: bool = False  # the L2 loss alone: beta 0 and no discriminator updates (Table 1's "pixel loss")
+    warmup_steps: int = 0  # first steps with the L2 loss alone (as ESRGAN pre-trains), then the GAN loss too
     seed: int = 0  # fixes initialisation, data order, crops and the noise seeds of on-the-fly degradation
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
@@ -75,8 +76,14 @@ class SRTrainConfig:
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
-    def effective_loss(self) -> LossConfig:
-        return replace(self.loss, beta=0.0, d_steps=0) if self.pixel_only else self.loss
+    def loss_at(self, step: int) -> LossConfig:
+        """The loss of training step `step`: the pixel loss alone (no D updates) while warming up or pixel-only."""
+        return replace(self.loss, beta=0.0, d_steps=0) if self.pixel_only or step < self.warmup_steps else self.loss
+
+    def pairs_before(self, step: int) -> int:
+        """How many pairs the steps before `step` consumed: one batch per G step and one per D step."""
+        warm = step if self.pixel_only else min(step, self.warmup_steps)
+        return self.batch_size * (warm + (step - warm) * (self.loss.d_steps + 1))
 
 
 @dataclass
@@ -241,7 +248,7 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
         Where the run is, how far it got, and its last losses. Load the generator with `load_sr_generator(out)`.
     """
     plan = plan or plan_train(config)
-    cfg, model, device, loss = config, plan.model, plan.device, config.effective_loss()
+    cfg, model, device = config, plan.model, plan.device
     out = Path(cfg.out)
     resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
 
@@ -250,13 +257,12 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
         torch.manual_seed(cfg.seed)
         net_g = LowToHighGenerator(model).to(device)
         net_d = Discriminator(model.discriminator()).to(device)
-    opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
+    opt_g, opt_d = adam(net_g, cfg.loss), adam(net_d, cfg.loss)
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {})
     step = load_state(out, *state) if resuming else 0
 
-    # --- data: each step takes d_steps + 1 batches of pairs ---
-    b, k = cfg.batch_size, loss.d_steps
-    pairs = pair_batches(plan, start=step * (k + 1) * b)
+    # --- data: each step takes d_steps + 1 batches of pairs (one while warming up) ---
+    pairs = pair_batches(plan, start=cfg.pairs_before(step))
     grid_lr, grid_hr = sample_pairs(plan)
 
     def to_net(x: torch.Tensor) -> torch.Tensor:
@@ -266,9 +272,10 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
         save_sr_generator(out / SR_FILE, net_g, step)
         save_state(out, step, *state)
 
-    log = LossLog(out, cfg.log_every, cfg.steps, per_step=(k + 1) * b, rate="pairs_per_s")
+    log = LossLog(out, cfg.log_every, cfg.steps, rate="pairs_per_s")
     with deferred_interrupt() as interrupted:
         while step < cfg.steps and not interrupted():
+            loss = cfg.loss_at(step)  # the pixel loss alone while warming up
             # --- G step, D frozen: pixel loss to HR + hinge loss ---
             lr, hr = map(to_net, next(pairs))  # (B, 3, h, h), (B, 3, H, H)
             with autocast(device, cfg.bf16):
@@ -278,7 +285,7 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
 
             # --- D steps: real HR images against fresh SR outputs, detached ---
             d_logs: dict[str, float] = {}
-            for _ in range(k):
+            for _ in range(loss.d_steps):
                 lr, real = map(to_net, next(pairs))
                 with autocast(device, cfg.bf16):
                     with torch.no_grad():
@@ -288,7 +295,7 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
             step += 1
 
             # --- bookkeeping: log, progress, samples, checkpoints ---
-            log.add(step, {**g_logs, **d_logs})
+            log.add(step, {**g_logs, **d_logs}, items=(loss.d_steps + 1) * cfg.batch_size)
             if on_progress:
                 on_progress(step, cfg.steps, {**g_logs, **d_logs})
             if due(step, cfg.sample_every, cfg.steps):

@@ -109,6 +109,25 @@ def test_interrupted_and_resumed_equals_straight_run(tmp_path, folders, learned_
     assert sorted(p.name for p in (resumed.out / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
 
 
+def test_warmup_trains_the_pixel_loss_first_and_resumes_across_the_switch(tmp_path, folders):
+    data = dict(degrader="blur-bilinear", hr=str(folders / "hr"), steps=5, warmup_steps=3)
+    straight = train(config(tmp_path, "straight", **data))
+    log = [json.loads(line) for line in (straight.out / "log.jsonl").read_text().splitlines()]
+    assert [r["g_adv"] == 0.0 for r in log] == [True, True, True, False, False]
+    assert ["d_loss" in r for r in log] == [False, False, False, True, True]  # D waits for the GAN loss
+    # 3 warm-up steps take one batch each, the 2 GAN steps 1 + d_steps batches each.
+    assert SRTrainConfig(out="x", warmup_steps=3, batch_size=4, loss=LossConfig(d_steps=1)).pairs_before(5) == 28
+
+    def ctrl_c_at_2(step, total, logs):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert train(config(tmp_path, "cut", **data), ctrl_c_at_2).step == 2
+    resumed = train(config(tmp_path, "cut", resume=True, **data))
+    a, b = weights(straight.out), weights(resumed.out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_training_changes_the_weights_and_loads_back(tmp_path, folders):
     cfg = config(tmp_path, degrader="bicubic", hr=str(folders / "hr"), scale=2)
     result = train(cfg)
