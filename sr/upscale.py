@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from degrader.checkpoint import resolve_checkpoint
 from degrader.files import sha256_file
 from degrader.run import resolve_device
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, load_sr_generator
@@ -83,8 +84,7 @@ class SuperResolver:
             UserError: missing file, not an SR checkpoint, weights that do not fit, or CUDA asked for but absent.
         """
         net_g, meta = load_sr_generator(path, resolve_device(device) if isinstance(device, str) else device)
-        path = Path(path)
-        file = path / SR_FILE if path.is_dir() else path
+        path, file = Path(path), resolve_checkpoint(path, SR_FILE)
         name = path.name if path.is_dir() else path.stem
         return cls(net_g, name=name, sha256=sha256_file(file), step=int(meta.get("step", 0)))
 
