@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_export import write_images  # noqa: E402  (the same generated photos as the export benchmark)
+
 from degrader.export import ExportConfig, export_shards  # noqa: E402
 from degrader.shards import ShardDataset, iter_raw_samples, shard_urls  # noqa: E402
 from degrader.shards_map import ShardMapDataset  # noqa: E402
@@ -48,16 +50,6 @@ class PairedFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"lq": self._read(self.lq[i]), "gt": self._read(self.gt[i]), "lq_path": str(self.lq[i])}
-
-
-def write_images(root: Path, n: int, size: int) -> None:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for i in range(n):
-        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        img = c0 * xx[..., None] + c1 * yy[..., None] + rng.normal(0, 6, (size, size, 3))
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"{i:05d}.png")
 
 
 def evict(root: Path) -> None:

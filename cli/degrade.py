@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.export import export_shards, inspect, verify
-from cli.options import DIR, loss_options, report, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, loss_options, report, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 
@@ -21,20 +21,8 @@ def degrade() -> None:
 @click.option("--hr", "hr", type=DIR, required=True, help="Folder of clean HR images (searched recursively).")
 @click.option("--lr", "lr", type=DIR, required=True, help="Folder of real low-quality images, unpaired with --hr.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
-@click.option(
-    "--hr-prep",
-    type=click.Choice(["resize", "crop"]),
-    default="resize",
-    show_default=True,
-    help="resize: shorter side + centre crop (face crops); crop: random crops at native resolution.",
-)
-@click.option(
-    "--lr-prep",
-    type=click.Choice(["resize", "crop"]),
-    default="resize",
-    show_default=True,
-    help="As --hr-prep, for the LR folder; use crop for large real photos to keep their noise.",
-)
+@HR_PREP
+@LR_PREP
 @click.option(
     "--preset",
     type=click.Choice(["small", "paper"]),

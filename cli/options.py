@@ -11,6 +11,21 @@ from cli.progress import console
 DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
+HR_PREP = click.option(
+    "--hr-prep",
+    type=click.Choice(["resize", "crop"]),
+    default="resize",
+    show_default=True,
+    help="resize: shorter side + centre crop (face crops); crop: random crops at native resolution.",
+)
+LR_PREP = click.option(
+    "--lr-prep",
+    type=click.Choice(["resize", "crop"]),
+    default="resize",
+    show_default=True,
+    help="As --hr-prep, for the LR folder; use crop for large real photos to keep their noise.",
+)
+
 
 def loss_options(f):
     """--alpha, --beta, --d-steps: the loss of paper section 3.5."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DIR, as_str, loss_options, report, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.sr_use import eval_cmd, upscale
 
@@ -35,7 +35,7 @@ def sr() -> None:
 )
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Classical degraders only [4; else the data's].")
 @click.option("--lr-size", type=click.IntRange(min=4), help="LR training crop in pixels [the data's; 16 classical].")
-@click.option("--hr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
+@HR_PREP
 @click.option("--pixel-only", is_flag=True, help="Train with the L2 loss alone (no discriminator).")
 @click.option(
     "--warmup-steps",
@@ -81,8 +81,8 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
 @click.option("--hr", "hr", type=DIR, required=True, help="Folder of clean HR images.")
 @click.option("--lr", "lr", type=DIR, required=True, help="Folder of real low-quality images, unpaired with --hr.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory for both new models.")
-@click.option("--hr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
-@click.option("--lr-prep", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
+@HR_PREP
+@LR_PREP
 @loss_options
 @run_options
 def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
