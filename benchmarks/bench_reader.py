@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_export import write_images  # noqa: E402  (the same generated photos as the export benchmark)
 
 from degrader.export import ExportConfig, export_shards  # noqa: E402
-from degrader.shards import ShardDataset, iter_raw_samples, shard_urls  # noqa: E402
-from degrader.shards_map import ShardMapDataset  # noqa: E402
+from degrader.shards import ShardDataset, ShardMapDataset, shard_urls, tar_samples  # noqa: E402
 
 
 class PairedFolder(Dataset):
@@ -100,10 +99,9 @@ def main() -> None:
         export_shards(config)
         for d in ("lq", "gt"):  # the same pairs as a folder of PNG files, bytes copied from the shards
             (root / d).mkdir()
-        for url in shard_urls(root / "shards"):
-            for raw in iter_raw_samples(url):
-                (root / "lq" / f"{raw['__key__']}.png").write_bytes(raw["lr.png"])
-                (root / "gt" / f"{raw['__key__']}.png").write_bytes(raw["hr.png"])
+        for raw in tar_samples(shard_urls(root / "shards")):
+            (root / "lq" / f"{raw['__key__']}.png").write_bytes(raw["lr.png"])
+            (root / "gt" / f"{raw['__key__']}.png").write_bytes(raw["hr.png"])
         kw = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False)
         loaders = {
             "folder": DataLoader(PairedFolder(root / "lq", root / "gt"), shuffle=True, **kw),

@@ -84,7 +84,7 @@ def inspect(shards: str, contact_sheet: str | None, examples: int) -> None:
     """Summarize paired shards: counts, degrader, seeds, sizes."""
     from rich.table import Table
 
-    from degrader.shards_map import summarize_shards
+    from degrader.shards import summarize_shards
 
     with user_errors():
         s = summarize_shards(shards, examples=examples if contact_sheet else 0)
@@ -119,7 +119,7 @@ def inspect(shards: str, contact_sheet: str | None, examples: int) -> None:
 @SOURCE
 def verify(shards: str) -> None:
     """Check every checksum and decode every sample; exit non-zero on any fault."""
-    from degrader.shards_map import verify_shards
+    from degrader.shards import verify_shards
 
     with user_errors():
         faults = verify_shards(shards)

@@ -1,7 +1,7 @@
 """Degrader shards in a BasicSR-style trainer: an `opt` dict builds the dataset, items are BasicSR's dicts.
 
 BasicSR's paired datasets yield {"lq", "gt", "lq_path", "gt_path"} with float CHW images in [0, 1], and its
-models read them in `feed_data`. `degrader.shards_map.ShardMapDataset` yields exactly these keys (plus "seed"
+models read them in `feed_data`. `degrader.shards.ShardMapDataset` yields exactly these keys (plus "seed"
 and "key"), with random access and `len()`, so it drops into such a trainer unchanged. With BasicSR installed,
 register the class below (`DATASET_REGISTRY.register()(ShardPairedDataset)`) and name it in the YAML:
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from degrader.shards_map import ShardMapDataset
+from degrader.shards import ShardMapDataset
 from sr.metrics import psnr
 
 

@@ -9,7 +9,6 @@ Paired data comes from one of two places:
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from degrader.run import (
     resolve_device,
     save_state,
 )
+from degrader.shards import ShardMapDataset
 from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
 
 GRID_SAMPLES = 8  # images in each sample grid
@@ -108,29 +108,6 @@ def noise_seed(seed: int, position: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-class PairedShards(torch.utils.data.Dataset):
-    """Shard pairs indexed by `(index, sample_seed)` as `InfiniteSampler` yields them: (lq, gt) in [0, 1].
-
-    An aligned random crop (when the shards hold larger images than `lr_size`) comes from the sample seed,
-    so the stream is the same whatever the number of workers, and resumes exactly.
-    """
-
-    def __init__(self, shards: Any, lr_size: int, scale: int, crop: bool):
-        self.shards, self.gt_size, self.crop = shards, lr_size * scale, crop
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        from degrader.shards import paired_augment
-
-        index, sample_seed = item
-        sample = self.shards[index]
-        if self.crop:
-            sample = paired_augment(sample, random.Random(sample_seed), self.gt_size, flip=False, rot=False)
-        return sample["lq"], sample["gt"]
-
-
 def plan_train(config: SRTrainConfig) -> SRPlan:
     """Check the config, open the data and size the networks, without writing anything.
 
@@ -151,8 +128,6 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
     if cfg.shards is not None:
         if cfg.hr is not None:
             raise UserError("--hr is only used with --degrader; shards already hold the HR images.")
-        from degrader.shards_map import ShardMapDataset
-
         shards = ShardMapDataset(cfg.shards)
         if len(shards) == 0:
             raise UserError(f"--shards {cfg.shards}: the shards hold no samples; export some first.")
@@ -191,8 +166,7 @@ def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch
     """An endless stream of (lr, hr) batches in [0, 1], from sample position `start` on (for resume)."""
     cfg, m = plan.config, plan.model
     if plan.shards is not None:
-        h, w = plan.shards[0]["lq"].shape[-2:]
-        data = PairedShards(plan.shards, m.lr_size, m.scale, crop=(h, w) != (m.lr_size, m.lr_size))
+        data = plan.shards.view(gt_size=m.lr_size * m.scale, pairs=True)  # items (index, seed): crops from seeds
         loader = torch.utils.data.DataLoader(
             data,
             batch_size=cfg.batch_size,
@@ -218,7 +192,7 @@ def sample_pairs(plan: SRPlan, n: int = GRID_SAMPLES) -> tuple[torch.Tensor, tor
     """The first `n` pairs without augmentation: the same faces in every grid."""
     m = plan.model
     if plan.shards is not None:
-        data = PairedShards(plan.shards, m.lr_size, m.scale, crop=True)
+        data = plan.shards.view(gt_size=m.lr_size * m.scale, pairs=True)
         pairs = [data[(i, 0)] for i in range(min(n, len(data)))]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     hr = torch.stack(first_readable(plan.scan, n, m.hr_size, plan.config.hr_prep, torch.Generator().manual_seed(0)))

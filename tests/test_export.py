@@ -14,8 +14,7 @@ from PIL import Image
 
 from degrader.errors import UserError
 from degrader.export import ExportConfig, export_shards, plan_export
-from degrader.shards import ShardDataset, sample_seed, to_uint8
-from degrader.shards_tar import index_shard
+from degrader.shards import ShardDataset, index_shard, sample_seed, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 

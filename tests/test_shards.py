@@ -19,16 +19,18 @@ from degrader.shards import (
     MEMBERS,
     ShardDataset,
     ShardError,
+    ShardMapDataset,
     ShardWriter,
     encode_png,
+    index_shard,
     paired_augment,
     sample_key,
     sample_seed,
     shard_urls,
+    summarize_shards,
     to_uint8,
+    verify_shards,
 )
-from degrader.shards_map import ShardMapDataset, summarize_shards, verify_shards
-from degrader.shards_tar import index_shard
 
 N_IMAGES, K, PER_SHARD = 6, 2, 5  # 12 samples in shards of 5, 5 and 2
 

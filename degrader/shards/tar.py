@@ -1,7 +1,7 @@
-"""Strict, streaming tar reading for shards: headers, members and an index of member offsets.
+"""Strict tar reading for shards: headers, members as a stream, an index of member offsets, and `ShardError`.
 
 `tarfile` stops quietly at a corrupt header; shards are training data, so every problem here raises a
-`ShardError` naming the shard and the last member read instead.
+`ShardError` naming the shard and the last member read instead. Nothing here knows the sample format.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from webdataset.gopen import gopen
 
 from degrader.errors import UserError
 
@@ -21,8 +23,6 @@ class ShardError(UserError):
 def open_url(url: str) -> IO[bytes]:
     """Open a local path or any URL WebDataset's `gopen` understands (including `pipe:` commands)."""
     if url.startswith("pipe:") or "://" in url:
-        from webdataset.gopen import gopen
-
         return gopen(url, "rb")
     return open(url, "rb")
 

@@ -1,0 +1,152 @@
+"""The paired-shard format, defined once: member names, keys, seeds, the PNG codec, the manifest and sources.
+
+A shard is a plain POSIX tar (`shard-000000.tar`, ...) that stock WebDataset and `tar -tf` read. Each sample
+is four consecutive members sharing a key (no dots in it):
+
+    {key}.hr.png    the HR crop, lossless RGB PNG
+    {key}.lr.png    its degraded LR version, lossless RGB PNG
+    {key}.seed.txt  the noise seed that made the LR image (decimal)
+    {key}.json      metadata: seed, source, image_id, crop, k, scale, hr_size, lr_size, degrader,
+                    degrader_sha256, version
+
+`manifest.json` next to the shards lists them with sample counts and sha256 (see `degrader.export`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from webdataset.shardlists import expand_urls
+from webdataset.utils import glob_with_braces
+
+from degrader.errors import UserError
+from degrader.shards.tar import ShardError
+
+MEMBERS = ("hr.png", "lr.png", "seed.txt", "json")  # in the order they are written, per sample
+MANIFEST = "manifest.json"
+FORMAT = "degrader-shards"
+FORMAT_VERSION = 1
+PNG_LEVEL = 3  # zlib level: 4x faster than the default 6 for about 15% larger files; fixed, so output is stable
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sample_seed(seed: int, image_id: str, k: int) -> int:
+    """The noise seed of variant `k` of the crop `image_id`: a stable hash of all three, in [0, 2**63)."""
+    digest = hashlib.sha256(f"{int(seed)}\0{image_id}\0{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def sample_key(image_id: str, crop: int, k: int) -> str:
+    """A stable, unique, tar- and WebDataset-safe key: readable stem, hash of the id, crop index and variant.
+
+    Example: `faces/0001.png`, crop 0, k 2 -> `faces_0001-3f2a9c81d0e4-c0000-k002`.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", image_id.rsplit(".", 1)[0]).strip("_-")[-40:] or "img"
+    digest = hashlib.sha256(image_id.encode()).hexdigest()[:12]  # keeps "a.b.png" and "a_b.png" apart
+    return f"{stem}-{digest}-c{crop:04d}-k{k:03d}"
+
+
+def check_complete(url: str, key: str, extensions: Any) -> None:
+    """Raise a `ShardError` naming the shard and key unless `extensions` holds every one of MEMBERS."""
+    missing = [ext for ext in MEMBERS if ext not in extensions]
+    if missing:
+        raise ShardError(f"{url}: {key}: missing {', '.join(missing)}; re-export the shard.")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG of a (H, W, 3) uint8 array, byte-identical for the same pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=PNG_LEVEL)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """PNG bytes to a contiguous (3, H, W) tensor: uint8, or float in [0, 1] for a float `dtype`.
+
+    PIL, not torchvision's decoder, which crashes the process on some corrupt files.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    if not dtype.is_floating_point:
+        return chw.contiguous()
+    return chw.to(dtype, memory_format=torch.contiguous_format).div_(255)  # one pass: transpose + convert
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] to (B, H, W, 3) uint8, rounding to nearest."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """Read `manifest.json` from a shard directory.
+
+    Raises:
+        UserError: missing or not a degrader shard manifest.
+    """
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no manifest; is {directory} a finished `degrade export-shards` output?") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}); re-export the shards.") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not a degrader shard manifest.")
+    return manifest
+
+
+def manifest_counts(source: Any) -> list[int] | None:
+    """The manifest's sample count per shard when `source` is a shard directory with a manifest, else None."""
+    if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
+        return [s["samples"] for s in read_manifest(source)["shards"]]
+    return None
+
+
+def shard_urls(source: str | Path | Sequence[str | Path]) -> list[str]:
+    """Expand a shard source into a list of URLs.
+
+    `source` may be a directory (its manifest's shards, else its `*.tar`), a manifest file, a glob
+    (`data/*.tar`), a brace pattern (`shard-{000000..000099}.tar`), any URL WebDataset opens (`pipe:...`,
+    `https://...`), several of these joined by `::`, or a list of them.
+
+    Raises:
+        UserError: a local pattern matches nothing.
+    """
+    if not isinstance(source, (str, Path)):
+        return [url for item in source for url in shard_urls(item)]
+    text = str(source)
+    if text.startswith("pipe:") or "://" in text:
+        return expand_urls(text)
+    if "::" in text:
+        return [url for part in text.split("::") for url in shard_urls(part)]
+    path = Path(text)
+    if path.is_dir():
+        if (path / MANIFEST).exists():
+            return [str(path / s["name"]) for s in read_manifest(path)["shards"]]
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+        if not urls:
+            raise UserError(f"{path} holds no manifest.json and no .tar shards; give a shard directory or pattern.")
+        return urls
+    if path.name == MANIFEST and path.is_file():
+        return shard_urls(path.parent)
+    if path.is_file():
+        return [text]
+    urls = sorted(glob_with_braces(text)) if any(c in text for c in "*?[") else expand_urls(text)
+    urls = [u for u in urls if Path(u).exists()]
+    if not urls:
+        raise UserError(f"no shards match {text}; give a shard directory, a glob or a brace pattern.")
+    return urls

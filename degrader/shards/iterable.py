@@ -1,0 +1,261 @@
+"""The iterable reader in webdataset's shape: small generator steps, chained by `ShardDataset`.
+
+    shard list -> split by node -> split by worker -> samples (strict tar) -> shuffle -> decode -> augment
+
+Each step is a plain generator function that works on its own. Errors go to a handler function, as in
+webdataset: `reraise_exception` (the default) stops the stream with a `ShardError` naming shard and key;
+`warn_and_continue` warns and skips the broken part. A handler of your own either raises (stop) or returns
+(skip and go on).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from degrader.shards.format import MEMBERS, check_complete, manifest_counts, shard_urls
+from degrader.shards.sample import decode_sample, paired_augment
+from degrader.shards.tar import ShardError, iter_tar, open_url, split_name
+
+T = TypeVar("T")
+Handler = Callable[[Exception], Any]  # raises to stop the stream; returns to skip the broken part
+
+
+def reraise_exception(exn: Exception) -> bool:
+    """Stop at the first broken shard or sample: raise the error (the default)."""
+    raise exn
+
+
+def warn_and_continue(exn: Exception) -> bool:
+    """Warn, naming the shard and key, and skip the broken sample (or the rest of a broken shard)."""
+    warnings.warn(f"skipping: {exn}", stacklevel=2)
+    return True
+
+
+def error_handler(on_error: str | Handler) -> Handler:
+    """The handler for `on_error`: "raise", "warn", or a handler function itself."""
+    if callable(on_error):
+        return on_error
+    if on_error == "raise":
+        return reraise_exception
+    if on_error == "warn":
+        return warn_and_continue
+    raise ValueError(f"on_error must be 'raise', 'warn' or a function, not {on_error!r}")
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else from RANK / WORLD_SIZE, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker_info() -> tuple[int, int]:
+    """(worker id, workers) of the DataLoader worker running this, or (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def shard_list(urls: Sequence[str], shuffle_seed: str | None = None) -> list[str]:
+    """The shards in order, or shuffled from `shuffle_seed`: the same order in every rank and worker, so the
+    splits after it partition the shards."""
+    order = list(urls)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    return order
+
+
+def split_by_node(items: Iterable[T], rank: int, world: int, workers: int = 1) -> Iterator[T]:
+    """This rank's items: blocks of `workers` consecutive items dealt to the ranks in turn, so that after
+    `split_by_worker` the worker in slot rank * workers + worker holds every (world * workers)-th item."""
+    for i, item in enumerate(items):
+        if (i // workers) % world == rank:
+            yield item
+
+
+def split_by_worker(items: Iterable[T], worker: int, workers: int) -> Iterator[T]:
+    """Every `workers`-th item, from the `worker`-th on."""
+    for i, item in enumerate(items):
+        if i % workers == worker:
+            yield item
+
+
+def tar_samples(urls: Iterable[str], handler: Handler = reraise_exception) -> Iterator[dict[str, Any]]:
+    """The samples of each shard as {"__key__", "__url__", ext: bytes, ...}, each checked complete.
+
+    A shard that cannot be opened or is corrupt goes to `handler`; if it returns, the rest of that shard is
+    skipped (a last sample read whole is kept). An incomplete sample goes to `handler` too.
+    """
+    for url in urls:
+        sample: dict[str, Any] = {}
+        try:
+            with open_url(url) as stream:
+                for name, data in iter_tar(stream, url):
+                    key, ext = split_name(name)
+                    if sample and sample["__key__"] != key:
+                        yield from _if_complete(sample, handler)
+                        sample = {}
+                    sample.setdefault("__key__", key)
+                    sample["__url__"] = url
+                    sample[ext] = data
+        except (ShardError, OSError) as e:
+            handler(e if isinstance(e, ShardError) else ShardError(f"{url}: cannot read ({e}); check the path or URL."))
+            if sample and all(ext in sample for ext in MEMBERS):
+                yield sample
+            continue
+        if sample:
+            yield from _if_complete(sample, handler)
+
+
+def _if_complete(sample: dict[str, Any], handler: Handler) -> Iterator[dict[str, Any]]:
+    try:
+        check_complete(sample["__url__"], sample["__key__"], sample)
+    except ShardError as e:
+        handler(e)
+        return
+    yield sample
+
+
+def shuffle(samples: Iterable[T], buffer_size: int, rng: random.Random) -> Iterator[T]:
+    """Shuffle through a buffer of `buffer_size` items drawn with `rng` (no shuffling for a size of 0 or 1)."""
+    if buffer_size <= 1:
+        yield from samples
+        return
+    buffer: list[T] = []
+    for item in samples:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(len(buffer))
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def decode(
+    samples: Iterable[dict[str, Any]], kair_keys: bool = False, handler: Handler = reraise_exception
+) -> Iterator[dict[str, Any]]:
+    """Raw samples to tensors (see `decode_sample`); a sample that does not decode goes to `handler`."""
+    for raw in samples:
+        try:
+            sample = decode_sample(raw, kair_keys)
+        except ShardError as e:
+            handler(e)
+            continue
+        yield sample
+
+
+def augment(
+    samples: Iterable[dict[str, Any]], rng: random.Random, gt_size: int | None, flip: bool, rot: bool
+) -> Iterator[dict[str, Any]]:
+    """The aligned random crop and flips of `paired_augment`, drawn with `rng`."""
+    for sample in samples:
+        yield paired_augment(sample, rng, gt_size, flip, rot)
+
+
+def passes(make_pass: Callable[[int], Iterable[T]], repeat: bool) -> Iterator[T]:
+    """One pass (`make_pass(0)`), or pass after pass (`make_pass(1)`, ...) while they yield anything."""
+    cycle = 0
+    while True:
+        got = 0
+        for item in make_pass(cycle):
+            got += 1
+            yield item
+        if not repeat or got == 0:
+            return
+        cycle += 1
+
+
+class ShardDataset(IterableDataset):
+    """Iterate paired shards as dicts {"lq", "gt", "seed", "key", "lq_path", "gt_path"} (+ "L", "H" for KAIR).
+
+    Work is split over DDP ranks and DataLoader workers: by shard when there are at least as many shards as
+    ranks x workers, otherwise by sample, so each sample is read by exactly one of them per epoch. Ranks may
+    then get unequal counts; with DDP, set `epoch_length` so every rank yields the same number of samples.
+
+    Args:
+        source: shard directory, manifest, glob, brace pattern, URL or list (see `shard_urls`).
+        shuffle: shuffle the shard order and the samples through a buffer, from `seed` and the epoch.
+        buffer_size: samples held in the shuffle buffer (per worker).
+        seed: base seed for shuffling, crops and flips; the same seed gives the same stream.
+        epoch_length: if set, every epoch yields exactly this many samples in total over all ranks (each rank
+            `epoch_length // world_size`), cycling through the shards as needed, whatever the worker count.
+        gt_size: if set, a random aligned crop of this many HR pixels (and gt_size / scale LR pixels).
+        flip: random horizontal and vertical flips; rot: random transposition (with flips: all 8 rotations).
+        kair_keys: also yield "L", "H", "L_path", "H_path" (KAIR's names).
+        on_error: "raise" a `ShardError` naming shard and key, "warn" and skip the broken part, or a handler
+            function (`reraise_exception`, `warn_and_continue` or your own: raise to stop, return to skip).
+
+    Example:
+        >>> ds = ShardDataset("shards/", shuffle=True, epoch_length=10_000, gt_size=64)
+        >>> loader = DataLoader(ds, batch_size=16, num_workers=4)
+        >>> for epoch in range(10):
+        ...     ds.set_epoch(epoch)
+        ...     for batch in loader: ...
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[str | Path],
+        *,
+        shuffle: bool = False,
+        buffer_size: int = 256,
+        seed: int = 0,
+        epoch_length: int | None = None,
+        gt_size: int | None = None,
+        flip: bool = False,
+        rot: bool = False,
+        kair_keys: bool = False,
+        on_error: str | Handler = "raise",
+    ):
+        super().__init__()
+        self.handler = error_handler(on_error)
+        self.urls = shard_urls(source)
+        self.counts = manifest_counts(source)
+        self.shuffle, self.buffer_size, self.seed, self.epoch = shuffle, buffer_size, seed, 0
+        self.epoch_length, self.gt_size, self.flip, self.rot = epoch_length, gt_size, flip, rot
+        self.kair_keys = kair_keys
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch; shuffling differs per epoch. Call before iterating (not seen by persistent workers)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Samples per rank in one epoch: exact with `epoch_length`, else from the manifest counts."""
+        rank, world = dist_info()
+        if self.epoch_length is not None:
+            return self.epoch_length // world
+        if self.counts is None:
+            raise TypeError("length unknown: read shards through their directory (with manifest) or set epoch_length")
+        return sum(self.counts) // world
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = dist_info()
+        worker, workers = worker_info()
+        quota = None  # this worker's share of a fixed epoch length
+        if self.epoch_length is not None:
+            per_rank = self.epoch_length // world
+            quota = per_rank // workers + (worker < per_rank % workers)
+        rng = random.Random(f"{self.seed}:{self.epoch}:{rank * workers + worker}")  # buffer, crops and flips
+        by_shard = len(self.urls) >= world * workers  # else every worker reads every shard and keeps its samples
+
+        def split(items: Iterable[T]) -> Iterator[T]:
+            return split_by_worker(split_by_node(items, rank, world, workers), worker, workers)
+
+        def one_pass(cycle: int) -> Iterator[dict[str, Any]]:
+            urls = shard_list(self.urls, f"{self.seed}:{self.epoch}:{cycle}" if self.shuffle else None)
+            samples = tar_samples(split(urls) if by_shard else urls, self.handler)
+            return shuffle(samples if by_shard else split(samples), self.buffer_size if self.shuffle else 0, rng)
+
+        stream = passes(one_pass, repeat=quota is not None)
+        stream = augment(decode(stream, self.kair_keys, self.handler), rng, self.gt_size, self.flip, self.rot)
+        return islice(stream, quota) if quota is not None else stream

@@ -1,0 +1,112 @@
+"""Checking and describing shards: `verify_shards` (what `degrade verify` runs) and `summarize_shards` (inspect)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from degrader.files import sha256_file
+from degrader.shards.format import MANIFEST, read_manifest, shard_urls
+from degrader.shards.iterable import tar_samples
+from degrader.shards.sample import decode_sample
+from degrader.shards.tar import ShardError
+
+
+def verify_shards(source: str | Path) -> list[str]:
+    """Check paired shards: every checksum and count against the manifest, and every sample decoded.
+
+    Returns a list of faults, each naming the shard (and the key where there is one); empty when all is well.
+    A source without a manifest (a glob, a list) is checked by decoding alone.
+    """
+    faults: list[str] = []
+    directory = Path(source) if Path(source).is_dir() else None
+    expected: dict[str, dict[str, Any]] = {}
+    if directory is not None and (directory / MANIFEST).is_file():
+        manifest = read_manifest(directory)
+        expected = {str(directory / s["name"]): s for s in manifest["shards"]}
+        listed = {s["name"] for s in manifest["shards"]}
+        faults += [
+            f"{p.name}: not listed in the manifest" for p in sorted(directory.glob("*.tar")) if p.name not in listed
+        ]
+        urls = list(expected)
+    else:
+        urls = shard_urls(source)
+    seen: set[str] = set()
+    for url in urls:
+        name = Path(url).name if directory is not None else url
+        if url in expected:
+            if not Path(url).is_file():
+                faults.append(f"{name}: missing")
+                continue
+            if sha256_file(url) != expected[url]["sha256"]:
+                faults.append(f"{name}: sha256 does not match the manifest (the file changed)")
+        count = 0
+        try:
+            for raw in tar_samples([url]):
+                count += 1
+                problem = check_sample(raw)
+                if raw["__key__"] in seen:
+                    problem = problem or "duplicate key"
+                seen.add(raw["__key__"])
+                if problem:
+                    faults.append(f"{name}: {raw['__key__']}: {problem}")
+        except ShardError as e:
+            faults.append(f"{name}: {str(e).removeprefix(url + ': ')}")
+            continue
+        if url in expected and count != expected[url]["samples"]:
+            faults.append(f"{name}: holds {count} samples, the manifest says {expected[url]['samples']}")
+    return faults
+
+
+def check_sample(raw: dict[str, Any]) -> str | None:
+    """Decode one raw sample and check its parts agree; return the problem, or None."""
+    try:
+        sample = decode_sample(raw)
+        meta = json.loads(raw["json"])
+    except ShardError as e:
+        return str(e).split(": ", 2)[-1]
+    except ValueError as e:
+        return f"bad json metadata ({e})"
+    lq, gt = sample["lq"], sample["gt"]
+    scale = meta.get("scale")
+    if scale and (gt.shape[-1] != lq.shape[-1] * scale or gt.shape[-2] != lq.shape[-2] * scale):
+        return f"HR {tuple(gt.shape[-2:])} is not {scale}x LR {tuple(lq.shape[-2:])}"
+    if meta.get("seed") != sample["seed"]:
+        return f"seed.txt {sample['seed']} differs from the json seed {meta.get('seed')}"
+    return None
+
+
+def summarize_shards(source: str | Path, examples: int = 0) -> dict[str, Any]:
+    """Count and describe paired shards by reading every sample's metadata (what `degrade inspect` shows).
+
+    Returns a dict with shards, samples, degrader, seed range, HR and LR sizes, scales, sources, the manifest
+    (or None) and the first `examples` decoded samples (for a contact sheet).
+    """
+    manifest = read_manifest(source) if Path(source).is_dir() and (Path(source) / MANIFEST).is_file() else None
+    urls = shard_urls(source)
+    seeds: list[int] = []
+    hr_sizes, lr_sizes, degraders, sources = set(), set(), set(), set()
+    decoded: list[dict[str, Any]] = []
+    for raw in tar_samples(urls):
+        meta = json.loads(raw["json"])
+        seeds.append(int(raw["seed.txt"]))
+        hr_sizes.add(tuple(meta.get("hr_size", ())))
+        lr_sizes.add(tuple(meta.get("lr_size", ())))
+        degraders.add((meta.get("degrader"), meta.get("degrader_sha256")))
+        sources.add(meta.get("source"))
+        if len(decoded) < examples:
+            decoded.append(decode_sample(raw))
+    return {
+        "shards": len(urls),
+        "samples": len(seeds),
+        "seed_min": min(seeds, default=None),
+        "seed_max": max(seeds, default=None),
+        "unique_seeds": len(set(seeds)),
+        "hr_sizes": sorted(hr_sizes),
+        "lr_sizes": sorted(lr_sizes),
+        "degraders": sorted(degraders, key=str),
+        "sources": len(sources),
+        "manifest": manifest,
+        "examples": decoded,
+    }
