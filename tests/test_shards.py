@@ -27,9 +27,12 @@ from degrader.shards import (
     sample_key,
     sample_seed,
     shard_urls,
+    split_by_node,
+    split_by_worker,
     summarize_shards,
     to_uint8,
     verify_shards,
+    warn_and_continue,
 )
 
 N_IMAGES, K, PER_SHARD = 6, 2, 5  # 12 samples in shards of 5, 5 and 2
@@ -81,6 +84,8 @@ def test_writer_is_byte_reproducible_and_never_leaves_a_partial_final_name(tmp_p
         assert not list((tmp_path / run).glob("shard-*")), "a shard being written has no final name"
         entry = writer.write("k1", members)
         assert entry["name"] == "shard-000000.tar" and entry["samples"] == 2
+        # pinned: shards written by earlier versions must keep reading, so the bytes never change
+        assert entry["sha256"] == "fed50ba26bd70eb66d8d71d56b947a37b81bbd81937d05045bf0611b7493f038"
         writer.write("k2", members)
         writer.abort()
         assert sorted(p.name for p in (tmp_path / run).iterdir()) == ["shard-000000.tar"]
@@ -126,7 +131,7 @@ def test_map_style_matches_iterable_and_works_in_a_dataloader(shards):
     assert sum(len(b["key"]) for b in batches) == 12 and batches[0]["lq"].shape == (4, 3, 8, 8)
 
 
-def test_stock_webdataset_and_tar_read_the_shards(shards):
+def test_stock_webdataset_reads_the_shards(shards):
     import webdataset as wds
 
     out, _ = shards
@@ -138,10 +143,15 @@ def test_stock_webdataset_and_tar_read_the_shards(shards):
     assert len(pairs) == 12 and pairs[0][0].size == (8, 8) and pairs[0][1].size == (32, 32)
     first = next(iter(ShardDataset(out)))
     assert np.array_equal(np.asarray(pairs[0][0]), to_uint8(first["lq"][None])[0])
-    if shutil.which("tar"):
-        names = subprocess.run(["tar", "-tf", out / "shard-000000.tar"], capture_output=True, text=True, check=True)
-        listed = names.stdout.split()
-        assert len(listed) == 5 * len(MEMBERS) and listed[:4] == [f"{first['key']}.{ext}" for ext in MEMBERS]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="no tar program on PATH")
+def test_tar_lists_the_members_in_order(shards):
+    out, _ = shards
+    first = next(iter(ShardDataset(out)))
+    names = subprocess.run(["tar", "-tf", out / "shard-000000.tar"], capture_output=True, text=True, check=True)
+    listed = names.stdout.split()
+    assert len(listed) == 5 * len(MEMBERS) and listed[:4] == [f"{first['key']}.{ext}" for ext in MEMBERS]
 
 
 def test_urls_dir_glob_brace_and_pipe(shards):
@@ -163,6 +173,16 @@ def test_each_sample_once_per_epoch_whatever_the_workers(shards, workers):
     out, _ = shards
     keys = keys_of(ShardDataset(out, shuffle=True, buffer_size=4, seed=1), workers)
     assert sorted(keys) == sorted(s["key"] for s in ShardDataset(out))
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 3), (2, 2), (3, 2)])
+def test_split_steps_give_slot_rank_times_workers_plus_worker(world, workers):
+    items = range(23)
+    for rank in range(world):
+        for worker in range(workers):
+            got = list(split_by_worker(split_by_node(items, rank, world, workers), worker, workers))
+            slot, slots = rank * workers + worker, world * workers
+            assert got == list(items[slot::slots])  # the assignment every earlier stream was drawn with
 
 
 def test_ranks_partition_the_samples(shards, monkeypatch):
@@ -220,6 +240,24 @@ def test_crop_options_through_both_datasets(shards):
         assert sample["lq"].shape == (3, 4, 4) and sample["gt"].shape == (3, 16, 16)
 
 
+def test_map_style_items_by_index_and_seed_for_exact_resume(shards):
+    import random
+
+    out, _ = shards
+    full = ShardMapDataset(out)
+    pairs = full.view(gt_size=16, pairs=True)
+    lq, gt = pairs[(3, 7)]
+    assert torch.equal(lq, pairs[(3, 7)][0]) and lq.shape == (3, 4, 4) and gt.shape == (3, 16, 16)
+    expected = paired_augment(full[3], random.Random(7), 16, flip=False, rot=False)
+    assert torch.equal(lq, expected["lq"]) and torch.equal(gt, expected["gt"])
+    assert any(not torch.equal(lq, pairs[(3, seed)][0]) for seed in range(8)), "the crop follows the seed"
+    assert pairs.entries is full.entries and full[3]["lq"].shape == (3, 8, 8)  # one index, other options
+    del pairs  # a view closes only its own descriptors
+    assert full.raw(11)["__key__"] == full.entries[11].key
+    with pytest.raises(TypeError, match="shuffle"):
+        full.view(shuffle=True)
+
+
 def flip_byte(path, offset):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
@@ -239,6 +277,12 @@ def test_truncated_shard_names_shard_and_key_or_is_skipped(shards, tmp_path):
     assert len(kept) == 5 + 1 + 2  # the samples before the cut are kept
     with pytest.raises(ShardError, match="shard-000001.tar"):
         ShardMapDataset(out)
+    errors = []  # a handler function of one's own: returning skips the broken part
+    assert len(list(ShardDataset(out, on_error=errors.append))) == 8
+    assert len(errors) == 1 and isinstance(errors[0], ShardError) and key in str(errors[0])
+    assert len(list(ShardDataset(out, on_error=warn_and_continue, shuffle=True, epoch_length=20))) == 20
+    with pytest.raises(ValueError, match="on_error"):
+        ShardDataset(out, on_error="ignore")
 
 
 def test_corrupt_header_and_pixels_are_caught(shards, tmp_path):
