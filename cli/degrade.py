@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
 from cli.options import DIR, HR_PREP, LR_PREP, loss_options, report, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
@@ -123,3 +124,4 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
 degrade.add_command(export_shards)
 degrade.add_command(inspect)
 degrade.add_command(verify)
+degrade.add_command(eval_cmd)

@@ -1,0 +1,110 @@
+"""FID and KID on features from a user-provided TorchScript extractor (never downloaded).
+
+The extractor is any TorchScript module (`torch.jit.save`), for example the Inception network file common FID
+tools use. It is called as `module(images)` with float32 (B, 3, H, W) images in [0, 1], resized first to
+`size` x `size` when a size is given, and must return (B, D) features (a trailing (1, 1) is flattened).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from degrader.errors import UserError
+
+
+class FeatureExtractor:
+    """A TorchScript feature network, run in batches without gradients.
+
+    Args:
+        path: the `.pt` file written by `torch.jit.save`.
+        size: resize images (bilinear, antialiased) to size x size first; None keeps their own size.
+        batch_size: images per call.
+
+    Raises:
+        UserError: the file is missing or not TorchScript.
+    """
+
+    def __init__(self, path: str | Path, size: int | None = None, batch_size: int = 64):
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"--features {path}: no such file; give a TorchScript feature extractor (.pt).")
+        try:
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"--features {path} is not a TorchScript file ({first}); save it with torch.jit.save."
+            ) from None
+        self.path, self.size, self.batch_size = path, size, batch_size
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, D) float64 features."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = images[i : i + self.batch_size].float()
+            if self.size is not None:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            try:
+                f = self.net(x)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[-1]
+                raise UserError(
+                    f"--features {self.path} failed on {tuple(x.shape)} images in [0, 1]: {first}"
+                ) from None
+            out.append(f.reshape(f.shape[0], -1).double())
+        return torch.cat(out)
+
+
+def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix (tiny negative eigenvalues from rounding -> 0)."""
+    vals, vecs = torch.linalg.eigh(a)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
+
+    tr (S1 S2)^(1/2) is computed as tr (S1^(1/2) S2 S1^(1/2))^(1/2): the same eigenvalues, but a symmetric
+    matrix, so `eigh` applies (no scipy, no complex parts to discard).
+    """
+    mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
+    root1 = _sqrtm_psd(sigma1)
+    middle = root1 @ sigma2 @ root1
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + sigma1.trace() + sigma2.trace() - 2 * tr_covmean)
+
+
+def fid(fake: torch.Tensor, real: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets (unbiased covariances)."""
+    return frechet_distance(fake.mean(0), torch.cov(fake.double().T), real.mean(0), torch.cov(real.double().T))
+
+
+def kid(
+    fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Kernel inception distance: the unbiased MMD^2 with the kernel (x.y / D + 1)^3 (Binkowski et al. 2018).
+
+    Averaged over `subsets` random subsets of min(subset_size, N) features per set, as common FID tools do.
+
+    Returns:
+        (mean, standard deviation over the subsets).
+    """
+    fake, real = fake.double(), real.double()
+    m = min(subset_size, len(fake), len(real))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 features per set, got {min(len(fake), len(real))}")
+    d = fake.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = fake[torch.randperm(len(fake), generator=gen)[:m]]
+        y = real[torch.randperm(len(real), generator=gen)[:m]]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        off_diag = (kxx.sum() - kxx.trace() + kyy.sum() - kyy.trace()) / (m * (m - 1))
+        values.append(float(off_diag - 2 * kxy.mean()))
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std(correction=0))
