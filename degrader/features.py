@@ -7,6 +7,7 @@ tools use. It is called as `module(images)` with float32 (B, 3, H, W) images in 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ class FeatureExtractor:
         if not path.is_file():
             raise UserError(f"--features {path}: no such file; give a TorchScript feature extractor (.pt).")
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; FID tools still ship it
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(
