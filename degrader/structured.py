@@ -34,6 +34,7 @@ class StructuredConfig:
     z_dim: int = 64  # noise vector length; z only sets per-image parameters (and seeds the noise images)
     hidden: int = 64  # width of the MLP that embeds z
     head_init: float = 0.1  # scale of the heads' initial weights: how much images differ at step 0
+    head_lr_mult: float = 100.0  # the heads learn this many times faster than the rest (equalised lr)
     # blur: a mixture of anisotropic Gaussians in HR pixels
     kernel_size: int = 13  # odd; covers sigma up to about kernel_size / 6
     gaussians: int = 2  # mixture components
@@ -57,6 +58,7 @@ class StructuredConfig:
     rounding: str = "ste"  # "ste" or "cubic" rounding of DCT coefficients
     # free-form residual on the LR output (the paper's network's role), zero-initialised
     residual_width: int = 32  # 0 turns it off
+    residual_max: float = 0.1  # bound on its change per pixel ([0, 1] units), so it cannot replace the chain
     round_output: bool = True  # quantise to 8 bits (straight-through), as every real image is
     d_width: int = 32  # discriminator width
 
@@ -91,14 +93,22 @@ def _log_range(raw: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return torch.exp(_in_range(raw, math.log(lo), math.log(hi)))
 
 
-class Head(nn.Linear):
-    """A linear map from the z embedding to a step's raw parameters, starting near `init` for every image."""
+class Head(nn.Module):
+    """A linear map from the z embedding to a step's raw parameters, starting near `init` for every image.
 
-    def __init__(self, hidden: int, init: list[float], scale: float):
-        super().__init__(hidden, len(init))
-        with torch.no_grad():
-            self.weight.mul_(scale)
-            self.bias.copy_(torch.tensor(init))
+    Weights are stored divided by `lr_mult` and multiplied back in `forward` (StyleGAN's equalised learning
+    rate): under Adam this makes the raw parameters move `lr_mult` times faster than the residual network's
+    weights, so a physical parameter crosses its range in hundreds of steps at the paper's learning rate.
+    """
+
+    def __init__(self, hidden: int, init: list[float], cfg: StructuredConfig):
+        super().__init__()
+        self.lr_mult = lr_mult = cfg.head_lr_mult
+        self.weight = nn.Parameter(torch.randn(len(init), hidden) * (cfg.head_init / math.sqrt(hidden) / lr_mult))
+        self.bias = nn.Parameter(torch.tensor(init) / lr_mult)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight * self.lr_mult, self.bias * self.lr_mult)
 
 
 class Embedding(nn.Sequential):
@@ -139,7 +149,7 @@ class Blur(nn.Module):
         self.cfg = cfg
         frac = (cfg.sigma_init - cfg.sigma_min) / (cfg.sigma_max - cfg.sigma_min)
         # per component: two sigmas, an angle, a mixture logit
-        self.head = Head(hidden, [_logit(frac), _logit(frac), 0.0, 0.0] * cfg.gaussians, cfg.head_init)
+        self.head = Head(hidden, [_logit(frac), _logit(frac), 0.0, 0.0] * cfg.gaussians, cfg)
 
     def params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -163,7 +173,7 @@ class Colour(nn.Module):
     def __init__(self, hidden: int, cfg: StructuredConfig):
         super().__init__()
         self.cfg = cfg
-        self.head = Head(hidden, [0.0] * 3 + [0.0] * 3 + [1.0], cfg.head_init)  # gains, offsets, saturation
+        self.head = Head(hidden, [0.0] * 6 + [1.0], cfg)  # gains, offsets, saturation
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
 
     def params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -206,7 +216,7 @@ class SensorNoise(nn.Module):
     def __init__(self, hidden: int, cfg: StructuredConfig):
         super().__init__()
         self.cfg = cfg
-        self.head = Head(hidden, [_logit(cfg.noise_init)] * 2 + [math.pi / 4], cfg.head_init)
+        self.head = Head(hidden, [_logit(cfg.noise_init)] * 2 + [math.pi / 4], cfg)
 
     def _split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg, raw = self.cfg, self.head(h)
@@ -241,7 +251,7 @@ class Jpeg(nn.Module):
         super().__init__()
         self.cfg = cfg
         frac = (cfg.quality_init - cfg.quality_min) / (cfg.quality_max - cfg.quality_min)
-        self.head = Head(hidden, [_logit(frac), _logit(cfg.subsample_init)], cfg.head_init)
+        self.head = Head(hidden, [_logit(frac), _logit(cfg.subsample_init)], cfg)
 
     def params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         raw = self.head(h)
@@ -269,12 +279,14 @@ class Residual(nn.Module):
     """The free-form part: a small conv net on the LR image and its noise, zero-initialised, added on top.
 
     z enters as a per-image bias after the first conv. No normalisation layers, so every image is
-    independent of the rest of its batch.
+    independent of the rest of its batch. Its output is bounded (`residual_max` * tanh): unbounded, with a
+    weak pixel loss, it learned a texture of its own from the noise images that covered every face.
     """
 
     def __init__(self, hidden: int, cfg: StructuredConfig):
         super().__init__()
         w = cfg.residual_width
+        self.max = cfg.residual_max
         self.inp = nn.Conv2d(3 + NOISE_CHANNELS, w, 3, padding=1)
         self.style = nn.Linear(hidden, w)
         self.body = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(w, w, 3, padding=1), nn.LeakyReLU(0.2))
@@ -284,7 +296,7 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         y = self.inp(torch.cat([x * 2 - 1, noise], dim=1)) + self.style(h)[:, :, None, None]
-        return x + self.out(self.body(y))
+        return x + self.max * torch.tanh(self.out(self.body(y)))
 
 
 # ----------------------------------------------------------------------------------------------- generator

@@ -43,7 +43,7 @@ def set_head(module: torch.nn.Module, raw: list[float]) -> None:
     """Make a step's parameters the same for every z: zero weights, `raw` as the bias."""
     with torch.no_grad():
         module.head.weight.zero_()
-        module.head.bias.copy_(torch.tensor(raw))
+        module.head.bias.copy_(torch.tensor(raw) / module.head.lr_mult)
 
 
 # ------------------------------------------------------------------------------------------------ blur
@@ -214,7 +214,7 @@ def test_generator_refuses_a_size_not_divisible_by_the_scale():
 def test_gradients_reach_every_parameter():
     net = tiny()
     hr, z = faces(4, 32) * 2 - 1, torch.randn(4, 16)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     for _ in range(2):  # the residual's inner layers see a gradient once its zero-initialised output layer moved
         opt.zero_grad()
         net(hr, z).sub(-0.5).square().mean().backward()
@@ -227,8 +227,8 @@ def test_seeds_reproduce_samples_byte_identically():
     hr = faces(3, 32) * 2 - 1
     net = tiny()
     with torch.no_grad():
-        net.jpeg.head.bias.fill_(0.0)  # mid quality and stronger noise, so the noise shows in the output
-        net.noise.head.bias.fill_(1.0)
+        set_head(net.jpeg, [0.0, 0.0])  # mid quality and stronger noise, so the noise shows in the output
+        set_head(net.noise, [1.0, 1.0, 0.5])
         a = net(hr, noise_from_seeds([7, 8, 9], 16))
         b = tiny_with(net)(hr[[2, 0]], noise_from_seeds([9, 7], 16))  # another instance, another batch
         c = net(hr, noise_from_seeds([7, 8, 10], 16))
@@ -256,6 +256,18 @@ def test_a_crop_aligned_to_jpeg_blocks_degrades_as_the_same_part_of_the_whole():
     # 3-px reach and the chroma upsampling's 1 px, is the same
     assert torch.allclose(part[..., 20:], whole[..., 36:], atol=1e-6)
     assert not torch.allclose(part[..., :4], whole[..., 16:20], atol=1e-3)
+
+
+def test_the_residual_is_bounded():
+    net = tiny(residual_max=0.05)
+    hr, z = faces(2, 32) * 2 - 1, noise_from_seeds([0, 1], 16)
+    with torch.no_grad():
+        net.residual.out.weight.normal_(0, 10.0)  # a residual gone wild
+        free = net(hr, z)
+        net.residual = None
+        chain = net(hr, z)
+    diff = (free - chain).abs() / 2  # in [0, 1] units
+    assert 0.04 < diff.max() <= 0.05 + 1 / 255
 
 
 def test_params_are_readable_and_start_near_plain_downscaling():
