@@ -20,8 +20,8 @@ from degrader import __version__
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.model import HighToLowConfig, HighToLowGenerator
+from degrader.nets import FORMAT, upgrade_state_dict  # FORMAT: bump when the previous version cannot read a file
 
-FORMAT = 1  # bump when a checkpoint written by this version cannot be read by the previous one
 META_KEY = "degrader"
 
 
@@ -56,11 +56,11 @@ def load_checkpoint(
         meta = json.loads(header[META_KEY])
     except (KeyError, json.JSONDecodeError):
         raise UserError(f"{option} {path} is a safetensors file but not a degrader checkpoint.") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{option} {path}: its degrader metadata is not a JSON object; is the file corrupt?")
     if meta.get("kind") != kind:
         raise UserError(f"{option} {path} holds a {meta.get('kind')!r} model, but a {kind!r} model is needed here.")
-    if meta.get("format", 0) > FORMAT:
-        raise UserError(f"{option} {path} was written by degrader {meta.get('version')}; upgrade to read it.")
-    return tensors, meta
+    return upgrade_state_dict(tensors, meta, f"{option} {path}"), meta  # refuses unknown formats
 
 
 def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,7 +82,7 @@ def build_network(
 ) -> nn.Module:
     """Rebuild the network a checkpoint describes (its "config") and load its `net_g.*` weights."""
     try:
-        net = net_cls(config_cls(**meta["config"]))
+        net = net_cls(config_cls.from_dict(meta["config"], f"{option} {path}"))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{option} {path} holds an unusable model config ({e}); was it written by this tool?") from None
     load_module(net, "net_g", tensors, path)

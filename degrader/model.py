@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from degrader.nets import DiscriminatorConfig, group, log2_exact
+from degrader.nets import DiscriminatorConfig, ToImage, config_from_dict, group, log2_exact
 
 
 @dataclass
@@ -27,6 +28,20 @@ class HighToLowConfig:
 
     def discriminator(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> HighToLowConfig:
+        """The config a checkpoint stores, type- and range-checked before a network is built from it.
+
+        The ranges are generous (the paper uses 64, 4, 64, 64, 2) but keep a damaged or hostile file from
+        asking for gigabytes, e.g. width 2**31.
+
+        Raises:
+            UserError: a field of the wrong type, out of range or unknown; the message starts with `source`.
+        """
+        ranges = {"hr_size": (4, 512), "scale": (1, 64), "z_dim": (1, 512), "width": (1, 512)}
+        ranges |= {"blocks_per_group": (0, 16), "d_width": (1, 512)}
+        return config_from_dict(cls, d, source, ranges)
 
 
 # `paper` follows the authors' network and plain tanh output; `small` trains on 2 CPU cores in minutes and
@@ -76,22 +91,30 @@ class HighToLowGenerator(nn.Module):
             raise ValueError(f"hr_size {config.hr_size} is too small for scale {config.scale}")
         w, b = config.width, config.blocks_per_group
         self.noise = NoiseChannel(config.z_dim, config.hr_size)
-        layers: list[nn.Module] = [nn.Conv2d(4, w, 3, padding=1)]
+        self.head = nn.Conv2d(4, w, 3, padding=1)  # HR and noise channel in
+        body: list[nn.Module] = []
         for _ in range(n_down):
-            layers += [group(w, w, b), nn.AvgPool2d(2)]  # resolution halves, down to (B, w, 4, 4)
+            body += [group(w, w, b), nn.AvgPool2d(2)]  # resolution halves, down to (B, w, 4, 4)
         for _ in range(n_up):
-            layers += [group(w, w, b), Upsample(w)]  # resolution doubles, up to (B, w, H/s, W/s)
-        layers += [nn.BatchNorm2d(w), nn.ReLU(), nn.Conv2d(w, 3, 3, padding=1)]
-        self.body = nn.Sequential(*layers)
-        if config.residual:
-            # Start as plain average pooling so every face survives step one; training adds the degradation.
-            nn.init.zeros_(self.body[-1].weight)
-            nn.init.zeros_(self.body[-1].bias)
+            body += [group(w, w, b), Upsample(w)]  # resolution doubles, up to (B, w, H/s, W/s)
+        self.body = nn.Sequential(*body)
+        self.tail = ToImage(w)  # (B, 3, H/s, W/s)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """PyTorch's default init everywhere, except the residual variant's output conv, which starts at zero.
+
+        Zero-initialising the last layer of a residual branch (timm's `zero_init_last`) makes the residual
+        generator start as plain average pooling, so every face survives step one and training adds the
+        degradation. The plain variant keeps it random: its tanh output has no skip to fall back on.
+        """
+        if self.config.residual:
+            self.tail.zero_init()
 
     def forward(self, hr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Map hr (B, 3, H, H) in [-1, 1] and z (B, z_dim) to lr (B, 3, H/s, H/s), about [-1, 1]."""
         x = torch.cat([hr, self.noise(z)], dim=1)  # (B, 4, H, H)
-        out = self.body(x)  # (B, 3, H/s, H/s)
+        out = self.tail(self.body(self.head(x)))  # (B, 3, H/s, H/s)
         if self.config.residual:
             return F.avg_pool2d(hr, self.config.scale) + out
         return torch.tanh(out)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from degrader.checkpoint import build_network, load_checkpoint, module_tensors, resolve_checkpoint, save_checkpoint
-from degrader.nets import DiscriminatorConfig, group, log2_exact
+from degrader.nets import DiscriminatorConfig, ToImage, config_from_dict, group, log2_exact
 
 SR_FILE = "sr.safetensors"
 SR_KIND = "low-to-high"
@@ -46,6 +46,16 @@ class LowToHighConfig:
     def discriminator(self) -> DiscriminatorConfig:
         """The degrader's discriminator at HR size: at 64x64 it max-pools in two more blocks than at 16x16."""
         return DiscriminatorConfig(in_size=self.hr_size, width=self.d_width)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> LowToHighConfig:
+        """The config a checkpoint stores, type- and range-checked before a network is built from it.
+
+        Raises:
+            UserError: a field of the wrong type, out of range or unknown; the message starts with `source`.
+        """
+        ranges = {"lr_size": (1, 1024), "scale": (2, 16), "width": (1, 512), "blocks": (1, 64), "d_width": (1, 512)}
+        return config_from_dict(cls, d, source, ranges)
 
 
 # `paper` is the authors' generator (block counts as in their code, one width) with plain tanh output;
@@ -99,23 +109,30 @@ class LowToHighGenerator(nn.Module):
         if not config.blocks or min(config.blocks) < 1:
             raise ValueError(f"every group needs at least one block, got {config.blocks}")
         w = config.width
-        layers: list[nn.Module] = [nn.Conv2d(3, w, 3, padding=1)]  # (B, w, h, w)
+        self.head = nn.Conv2d(3, w, 3, padding=1)  # (B, w, h, w)
+        body: list[nn.Module] = []
         level = 0
         for n_blocks, target in zip(config.blocks, group_levels(len(config.blocks), n_up), strict=True):
             for _ in range(target - level):
-                layers.append(Upsample2x())  # resolution doubles
+                body.append(Upsample2x())  # resolution doubles
             level = target
-            layers.append(SkipGroup(w, w, n_blocks))
-        layers += [nn.BatchNorm2d(w), nn.ReLU(), nn.Conv2d(w, 3, 3, padding=1)]  # (B, 3, h*s, w*s)
-        self.body = nn.Sequential(*layers)
-        if config.residual:
-            # Start as plain bilinear upscaling; training learns the missing detail.
-            nn.init.zeros_(self.body[-1].weight)
-            nn.init.zeros_(self.body[-1].bias)
+            body.append(SkipGroup(w, w, n_blocks))
+        self.body = nn.Sequential(*body)  # (B, w, h*s, w*s)
+        self.tail = ToImage(w)  # (B, 3, h*s, w*s)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """PyTorch's default init, except the residual variant's output conv, which starts at zero.
+
+        As timm's `zero_init_last`: the residual generator then starts as plain bilinear upscaling, a sensible
+        image from step one, and training learns the missing detail. The tanh variant has no skip to start from.
+        """
+        if self.config.residual:
+            self.tail.zero_init()
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """Map lr (B, 3, h, w) in [-1, 1] to sr (B, 3, h*s, w*s), about [-1, 1]."""
-        out = self.body(lr)  # (B, 3, h*s, w*s)
+        out = self.tail(self.body(self.head(lr)))  # (B, 3, h*s, w*s)
         if self.config.residual:
             return F.interpolate(lr, scale_factor=self.config.scale, mode="bilinear", align_corners=False) + out
         return torch.tanh(out)

@@ -25,7 +25,7 @@ def test_shapes_gradients_and_no_nan(scale, residual):
     config = LowToHighConfig(scale=scale, residual=residual, **TINY)
     net = LowToHighGenerator(config)
     if residual:  # the zero-initialised last conv would block every gradient below it at step one
-        torch.nn.init.normal_(net.body[-1].weight, std=0.01)
+        torch.nn.init.normal_(net.tail.conv.weight, std=0.01)
     lr = torch.rand(2, 3, 16, 16) * 2 - 1
     sr = net(lr)
     assert sr.shape == (2, 3, 16 * scale, 16 * scale)
@@ -42,9 +42,9 @@ def test_paper_layout_is_17_blocks_with_the_big_group_at_lr():
     groups = [m for m in net.body if isinstance(m, SkipGroup)]
     assert [len(g.body) for g in groups] == [12, 3, 2]
     sizes = []
-    x = torch.zeros(1, 3, 16, 16)
+    x = net.head(torch.zeros(1, 3, 16, 16))
     for m in net.body:
-        x = m(x) if not isinstance(m, torch.nn.BatchNorm2d) else x
+        x = m(x)
         if isinstance(m, SkipGroup):
             sizes.append(x.shape[-1])
     assert sizes == [16, 32, 64]
@@ -57,8 +57,10 @@ def test_group_levels_keep_the_last_group_at_hr():
 
 
 def test_bad_scale_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scale must be a power of two, got 3"):
         LowToHighGenerator(LowToHighConfig(scale=3, **TINY))
+    with pytest.raises(ValueError, match="scale must be 2 or more, got 1"):
+        LowToHighGenerator(LowToHighConfig(scale=1, **TINY))
 
 
 def test_residual_starts_as_bilinear_upscaling():

@@ -43,7 +43,7 @@ def learned_degrader(tmp_path_factory):
     run = tmp_path_factory.mktemp("degrader-run")
     torch.manual_seed(0)
     net = HighToLowGenerator(HighToLowConfig(z_dim=8, width=8, blocks_per_group=1, residual=True, d_width=8))
-    torch.nn.init.normal_(net.body[-1].weight, std=0.05)  # some noise-dependent output, not plain avg pooling
+    torch.nn.init.normal_(net.tail.conv.weight, std=0.05)  # some noise-dependent output, not plain avg pooling
     Degrader(net).save(run / DEGRADER_FILE)
     return run
 
@@ -134,7 +134,7 @@ def test_training_changes_the_weights_and_loads_back(tmp_path, folders):
     net, meta = load_sr_generator(result.out)
     assert meta["step"] == 4 and net.config.scale == 2 and net.config.hr_size == 32
     fresh = LowToHighGenerator(net.config)
-    assert not torch.equal(fresh.body[-1].weight, net.body[-1].weight)
+    assert not torch.equal(fresh.tail.conv.weight, net.tail.conv.weight)
 
 
 def test_shard_training_follows_the_data_and_crops(tmp_path, shards):

@@ -20,7 +20,7 @@ def make_net(scale: int = 4, residual: bool = False) -> LowToHighGenerator:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    torch.nn.init.normal_(net.body[-1].weight, std=0.1)  # residual nets start at zero here
+    torch.nn.init.normal_(net.tail.conv.weight, std=0.1)  # residual nets start at zero here
     return net.eval()
 
 
