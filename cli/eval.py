@@ -28,7 +28,7 @@ def print_tables(report: dict) -> None:
         for j, h in enumerate(header):
             t.add_column(h, justify="left" if j == 0 else "right")
         for i, row in enumerate(rows):
-            cells = [f"[bold green]{c}[/]" if best.get(j) == i else c for j, c in enumerate(row)]
+            cells = [f"[bold green]{c}[/]" if i in best.get(j, ()) else c for j, c in enumerate(row)]
             t.add_row(*cells, style="dim italic" if i == 0 else None)
         console.print(t)
 

@@ -10,6 +10,7 @@ relative to bicubic: (d - floor) / (d_bicubic - floor), 1 = as good as bicubic, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,14 +144,21 @@ def _classical(spec: str) -> bool:
     return spec in CLASSICAL
 
 
-def _load(paths: list, count: int, size: int, prep: str, seed: int, tag: str, tick) -> torch.Tensor:
-    """`count` images drawn at random (seeded) and prepared as `fit` prepares them, without augmentation."""
+def draw_images(
+    paths: list, count: int, size: int, prep: str, seed: int, tag: str = "eval", tick: Callable | None = None
+) -> torch.Tensor:
+    """`count` images drawn at random and prepared as `fit` prepares them, without augmentation. (count, 3, s, s).
+
+    The draw and the crops ("crop" prep) are fixed by (seed, tag); different tags draw independently. A file
+    that fails to decode is replaced by the next one, as in `fit`. Also what a `RealismProbe` is built from.
+    """
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(_hash_int(tag, seed) % 2**63))
     folder = ImageFolder([paths[int(i)] for i in order[:count]], size, prep, "none")
     images = []
     for i in range(count):
         images.append(folder[i, _hash_int(tag, seed, i)])
-        tick(1)
+        if tick:
+            tick(1)
     return torch.stack(images)
 
 
@@ -204,8 +212,8 @@ def evaluate_degraders(
             on_progress(done, total, {})
 
     # --- data: n HR images, 2n real LR images (halves A and B), prepared as fit does ---
-    hr = _load(plan.hr.paths, n, plan.hr_size, cfg.hr_prep, cfg.seed, "eval-hr", tick)  # (n, 3, H, H)
-    real = _load(plan.lr.paths, 2 * n, lr_size, cfg.lr_prep, cfg.seed, "eval-lr", tick)  # (2n, 3, h, h)
+    hr = draw_images(plan.hr.paths, n, plan.hr_size, cfg.hr_prep, cfg.seed, "eval-hr", tick)  # (n, 3, H, H)
+    real = draw_images(plan.lr.paths, 2 * n, lr_size, cfg.lr_prep, cfg.seed, "eval-lr", tick)  # (2n, 3, h, h)
     real_a, real_b = real[:n], real[n:]
     reference = SWDReference(real_a, cfg.seed)
     real_stats = image_statistics(real_a)

@@ -102,11 +102,20 @@ def kid(
         raise ValueError(f"KID needs at least 2 features per set, got {min(len(fake), len(real))}")
     d = fake.shape[1]
     gen = torch.Generator().manual_seed(seed)
+    kernel = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    # Up to a few thousand features, the three kernel matrices once, then each subset indexes them: 100 subsets
+    # of 1,000 2048-d features cost one product instead of 300 (minutes -> seconds on a CPU).
+    full = max(len(fake), len(real)) <= 4096
+    if full:
+        kxx_all, kyy_all, kxy_all = kernel(fake, fake), kernel(real, real), kernel(fake, real)
     values = []
     for _ in range(subsets):
-        x = fake[torch.randperm(len(fake), generator=gen)[:m]]
-        y = real[torch.randperm(len(real), generator=gen)[:m]]
-        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        i, j = torch.randperm(len(fake), generator=gen)[:m], torch.randperm(len(real), generator=gen)[:m]
+        if full:
+            kxx, kyy, kxy = kxx_all[i][:, i], kyy_all[j][:, j], kxy_all[i][:, j]
+        else:
+            x, y = fake[i], real[j]
+            kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
         off_diag = (kxx.sum() - kxx.trace() + kyy.sum() - kyy.trace()) / (m * (m - 1))
         values.append(float(off_diag - 2 * kxy.mean()))
     t = torch.tensor(values, dtype=torch.float64)

@@ -57,8 +57,8 @@ def statistics_columns() -> list[Column]:
     return [(name, name, lambda m, r, name=name: _num(m[name])) for name in STATISTICS]
 
 
-def table(report: dict[str, Any], columns: list[Column]) -> tuple[list[str], list[list[str]], dict[int, int]]:
-    """Header, rows (the floor first, then each degrader) and, per column, the row index of the best degrader."""
+def table(report: dict[str, Any], columns: list[Column]) -> tuple[list[str], list[list[str]], dict[int, set[int]]]:
+    """Header, rows (the floor first, then each degrader) and, per column, the row indices of the best degraders."""
     header = ["degrader", *[f"{title} ↓" for title, _, _ in columns]]
     rows = [[FLOOR_LABEL, *[cell(report["floor"], _floor_relative(key)) for _, key, cell in columns]]]
     rows += [[r["name"], *[cell(r["metrics"], r["relative"]) for _, key, cell in columns]] for r in report["degraders"]]
@@ -66,8 +66,9 @@ def table(report: dict[str, Any], columns: list[Column]) -> tuple[list[str], lis
     for j, (_, key, _) in enumerate(columns):
         values = [_value(r, key) for r in report["degraders"]]
         finite = [(v, i) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
-        if len(finite) > 1:
-            best[j + 1] = min(finite)[1] + 1  # +1: the floor row comes first
+        if len(finite) > 1 and len({v for v, _ in finite}) > 1:  # nothing to highlight when all tie
+            low = min(v for v, _ in finite)
+            best[j + 1] = {i + 1 for v, i in finite if v == low}  # +1: the floor row comes first
     return header, rows, best
 
 
@@ -139,12 +140,12 @@ def plot_samples(rows: list[tuple[str, torch.Tensor]], path: Path, n: int = GRID
 # ---------------------------------------------------------------------------------------------- eval report
 
 
-def _html_table(header: list[str], rows: list[list[str]], best: dict[int, int]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], best: dict[int, set[int]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
         cells = "".join(
-            f'<td class="{"best" if best.get(j) == i else ""}">{html.escape(c)}</td>' for j, c in enumerate(row)
+            f'<td class="{"best" if i in best.get(j, ()) else ""}">{html.escape(c)}</td>' for j, c in enumerate(row)
         )
         body.append(f'<tr class="{"floor" if i == 0 else ""}">{cells}</tr>')
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"

@@ -107,3 +107,18 @@ def test_eval_is_seeded_and_bad_input_gets_one_line(folders, tmp_path):
     assert dry.exit_code == 0 and f"reduced to {N}" in dry.output and not (tmp_path / "b").exists()
     with pytest.raises(UserError, match="not empty"):
         plan_evaluation(EvalConfig(degraders=[], hr=str(hr), lr=str(lr), out=str(tmp_path)))
+
+
+def test_table_marks_the_best_degrader_per_column_and_no_tie():
+    from degrader.report import statistics_columns, summary_columns, table
+
+    def row(name: str, swd: float, c2st: float) -> dict:
+        metrics = {"swd": swd, "c2st": c2st, "c2st_low": c2st - 0.05, "c2st_high": c2st + 0.05}
+        return {"name": name, "metrics": metrics, "relative": {"swd": swd / 100, "c2st": c2st}}
+
+    report = {"floor": row("floor", 10, 0.5)["metrics"], "degraders": [row("bicubic", 100, 0.9), row("run", 50, 0.9)]}
+    header, rows, best = table(report, summary_columns(has_features=False))
+    assert header[1].endswith("↓") and rows[0][0].endswith("(floor)") and [r[0] for r in rows[1:]] == ["bicubic", "run"]
+    assert best[1] == {2} and best[2] == {2}  # SWD relative and SWD: the run (row 2) is best
+    assert 3 not in best  # C2ST: a tie, nothing highlighted
+    assert len(statistics_columns()) == 6
