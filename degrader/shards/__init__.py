@@ -16,6 +16,7 @@ from degrader.shards.format import (
     decode_png,
     encode_png,
     manifest_counts,
+    manifest_problem,
     read_manifest,
     sample_key,
     sample_seed,
@@ -41,8 +42,8 @@ from degrader.shards.iterable import (
     worker_info,
 )
 from degrader.shards.mapped import ShardMapDataset
-from degrader.shards.sample import decode_sample, paired_augment
-from degrader.shards.tar import ShardError, index_shard, iter_tar, open_url, split_name
+from degrader.shards.sample import decode_sample, paired_augment, parse_meta, parse_seed
+from degrader.shards.tar import ShardError, index_shard, iter_tar, member_fault, open_url, split_name
 from degrader.shards.verify import check_sample, summarize_shards, verify_shards
 from degrader.shards.writer import ShardWriter
 
@@ -69,8 +70,12 @@ __all__ = [
     "index_shard",
     "iter_tar",
     "manifest_counts",
+    "manifest_problem",
+    "member_fault",
     "open_url",
     "paired_augment",
+    "parse_meta",
+    "parse_seed",
     "passes",
     "read_manifest",
     "reraise_exception",

@@ -79,7 +79,11 @@ def decode_png(data: bytes, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit gray: 0..65535 to 0..255 as images.py does
+            gray = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+            rgb = np.repeat(gray[..., None], 3, axis=-1)  # (H, W, 3); PIL's convert("RGB") would clip
+        else:
+            rgb = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
     chw = torch.from_numpy(rgb).permute(2, 0, 1)
     if not dtype.is_floating_point:
         return chw.contiguous()
@@ -92,21 +96,44 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Read `manifest.json` from a shard directory.
+    """Read `manifest.json` from a shard directory, checking every field the readers and `inspect` use.
 
     Raises:
-        UserError: missing or not a degrader shard manifest.
+        UserError: missing; ShardError: not a degrader shard manifest, or damaged.
     """
     path = Path(directory) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise UserError(f"{path}: no manifest; is {directory} a finished `degrade export-shards` output?") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}); re-export the shards.") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a degrader shard manifest.")
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ShardError(f"{path} is not readable JSON ({str(e)[:200]}); re-export the shards.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ShardError(f"{path} is not a degrader shard manifest.")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ShardError(f"{path}: {problem}; re-export the shards.")
     return manifest
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields, or None."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return '"shards" is missing or not a list'
+    for i, entry in enumerate(shards):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            return f"shard entry {i} has no plain file name"
+        samples = entry.get("samples")
+        if type(samples) is not int or samples < 0 or not isinstance(entry.get("sha256"), str):
+            return f"shard entry {i} ({name}) needs a sample count and a sha256"
+    config = manifest.get("config")
+    if not isinstance(config, dict) or not all(k in config for k in ("crop", "per_image", "seed")):
+        return '"config" is missing or incomplete'
+    if not isinstance(manifest.get("version"), str) or not isinstance(manifest.get("skipped"), list):
+        return '"version" or "skipped" is missing'
+    return None
 
 
 def manifest_counts(source: Any) -> list[int] | None:
@@ -145,8 +172,16 @@ def shard_urls(source: str | Path | Sequence[str | Path]) -> list[str]:
         return shard_urls(path.parent)
     if path.is_file():
         return [text]
-    urls = sorted(glob_with_braces(text)) if any(c in text for c in "*?[") else expand_urls(text)
-    urls = [u for u in urls if Path(u).exists()]
-    if not urls:
+    if any(c in text for c in "*?["):
+        urls = [u for u in sorted(glob_with_braces(text)) if Path(u).is_file()]
+        if not urls:
+            raise UserError(f"no shards match {text}; give a shard directory, a glob or a brace pattern.")
+        return urls
+    urls = expand_urls(text)  # a brace pattern names every shard: each must be there
+    missing = [u for u in urls if not Path(u).is_file()]
+    if len(missing) == len(urls):
         raise UserError(f"no shards match {text}; give a shard directory, a glob or a brace pattern.")
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{missing[0]}{more}, named by {text}, is not a shard file; fix the pattern or the files.")
     return urls

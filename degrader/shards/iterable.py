@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from degrader.shards.format import MEMBERS, check_complete, manifest_counts, shard_urls
 from degrader.shards.sample import decode_sample, paired_augment
-from degrader.shards.tar import ShardError, iter_tar, open_url, split_name
+from degrader.shards.tar import ShardError, iter_tar, member_fault, open_url, split_name
 
 T = TypeVar("T")
 Handler = Callable[[Exception], Any]  # raises to stop the stream; returns to skip the broken part
@@ -92,31 +92,39 @@ def tar_samples(urls: Iterable[str], handler: Handler = reraise_exception) -> It
     """The samples of each shard as {"__key__", "__url__", ext: bytes, ...}, each checked complete.
 
     A shard that cannot be opened or is corrupt goes to `handler`; if it returns, the rest of that shard is
-    skipped (a last sample read whole is kept). An incomplete sample goes to `handler` too.
+    skipped (a last sample read whole is kept). An incomplete sample, one with a member twice, and a key seen
+    before in the shard go to `handler` too.
     """
     for url in urls:
         sample: dict[str, Any] = {}
+        keys: set[str] = set()
+        fault: str | None = None  # what is wrong with `sample`, found while reading its members
         try:
             with open_url(url) as stream:
                 for name, data in iter_tar(stream, url):
                     key, ext = split_name(name)
                     if sample and sample["__key__"] != key:
-                        yield from _if_complete(sample, handler)
-                        sample = {}
+                        yield from _if_whole(sample, fault, handler)
+                        sample, fault = {}, None
+                    fault = fault or member_fault(key, ext, sample, keys)
+                    keys.add(key)
                     sample.setdefault("__key__", key)
                     sample["__url__"] = url
-                    sample[ext] = data
+                    if fault is None:
+                        sample[ext] = data
         except (ShardError, OSError) as e:
             handler(e if isinstance(e, ShardError) else ShardError(f"{url}: cannot read ({e}); check the path or URL."))
-            if sample and all(ext in sample for ext in MEMBERS):
+            if sample and fault is None and all(ext in sample for ext in MEMBERS):
                 yield sample
             continue
         if sample:
-            yield from _if_complete(sample, handler)
+            yield from _if_whole(sample, fault, handler)
 
 
-def _if_complete(sample: dict[str, Any], handler: Handler) -> Iterator[dict[str, Any]]:
+def _if_whole(sample: dict[str, Any], fault: str | None, handler: Handler) -> Iterator[dict[str, Any]]:
     try:
+        if fault is not None:
+            raise ShardError(f"{sample['__url__']}: {sample['__key__']}: {fault}; re-export the shard.")
         check_complete(sample["__url__"], sample["__key__"], sample)
     except ShardError as e:
         handler(e)

@@ -59,10 +59,13 @@ class ShardMapDataset(Dataset):
             raise UserError(f"{remote[0]}: random access needs local shards; use ShardDataset for streamed URLs.")
         counts = manifest_counts(source)
         self.entries: list[Entry] = []
+        first_shard: dict[str, str] = {}  # key -> the shard that holds it
         for i, url in enumerate(self.urls):
             samples = index_shard(url)
             for key, members in samples:
                 check_complete(url, key, members)
+                if first_shard.setdefault(key, url) != url:
+                    raise ShardError(f"{url}: {key}: also in {first_shard[key]}; a shard is listed twice or copied.")
             if counts is not None and len(samples) != counts[i]:
                 raise ShardError(f"{url}: holds {len(samples)} samples, the manifest says {counts[i]}; re-export it.")
             self.entries.extend(Entry(i, key, members) for key, members in samples)

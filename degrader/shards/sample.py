@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from typing import Any
 
 import torch
@@ -11,6 +13,53 @@ from degrader.errors import UserError
 from degrader.shards.format import decode_png
 from degrader.shards.tar import ShardError
 
+INT, TEXT, SIZE = "an integer", "a string", "[height, width]"
+META_FIELDS = {"seed": INT, "k": INT, "crop": INT, "scale": INT, "hr_size": SIZE, "lr_size": SIZE,
+               "degrader": TEXT, "degrader_sha256": TEXT, "source": TEXT, "version": TEXT}  # fmt: skip
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def parse_seed(data: bytes) -> int:
+    """The decimal noise seed of a `seed.txt` member, in [0, 2**63).
+
+    Raises:
+        ValueError: anything else (text, a sign, 5,000 digits).
+    """
+    text = data.strip()
+    if not re.fullmatch(rb"[0-9]{1,19}", text) or int(text) >= 2**63:
+        raise ValueError(f"seed.txt is not a decimal seed below 2**63: {text[:24]!r}")
+    return int(text)
+
+
+def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
+    """The `json` member of a raw sample: an object whose known fields have their types.
+
+    Raises:
+        ShardError: not JSON, not an object, or a field of the wrong type; names shard and key.
+    """
+    where = f"{raw['__url__']}: {raw['__key__']}"
+    try:
+        meta = json.loads(raw["json"])
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ShardError(f"{where}: the json member is not JSON ({_first_line(e)}); re-export the shard.") from None
+    if not isinstance(meta, dict):
+        raise ShardError(f"{where}: the json member is not a JSON object; re-export the shard.")
+    for name, kind in META_FIELDS.items():
+        value = meta.get(name)
+        if kind == INT:
+            ok = type(value) is int
+        elif kind == TEXT:
+            ok = isinstance(value, str)
+        else:
+            ok = isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value)
+        if name in meta and not ok:
+            raise ShardError(f"{where}: json field {name!r} is not {kind}; re-export the shard.")
+    return meta
+
 
 def decode_sample(raw: dict[str, Any], kair_keys: bool = False) -> dict[str, Any]:
     """Decode a raw sample to {"lq", "gt" (float CHW in [0, 1]), "seed", "key", "lq_path", "gt_path"} (+ L/H)."""
@@ -18,10 +67,10 @@ def decode_sample(raw: dict[str, Any], kair_keys: bool = False) -> dict[str, Any
     try:
         lq = decode_png(raw["lr.png"], torch.float32)  # (3, h, w)
         gt = decode_png(raw["hr.png"], torch.float32)  # (3, h*s, w*s)
-        seed = int(raw["seed.txt"])
+        seed = parse_seed(raw["seed.txt"])
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error... for damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ShardError(f"{url}: {key}: cannot decode ({first}); the shard is corrupt, re-export it.") from None
+        problem = _first_line(e)
+        raise ShardError(f"{url}: {key}: cannot decode ({problem}); the shard is corrupt, re-export it.") from None
     out = {
         "lq": lq,
         "gt": gt,

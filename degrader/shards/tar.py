@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from webdataset.gopen import gopen
 
@@ -21,16 +22,28 @@ class ShardError(UserError):
 
 
 def open_url(url: str) -> IO[bytes]:
-    """Open a local path or any URL WebDataset's `gopen` understands (including `pipe:` commands)."""
+    """Open a local shard file or any URL WebDataset's `gopen` understands (including `pipe:` commands).
+
+    Raises:
+        ShardError: a local path that is missing, unreadable, or not a regular file (a folder, a FIFO).
+    """
     if url.startswith("pipe:") or "://" in url:
         return gopen(url, "rb")
-    return open(url, "rb")
+    try:
+        if not stat.S_ISREG(os.stat(url).st_mode):  # opening a FIFO would block forever
+            raise ShardError(f"{url}: not a shard file (a folder or a special file); give .tar files.")
+        return open(url, "rb")  # noqa: SIM115 (the caller closes it)
+    except OSError as e:
+        raise ShardError(f"{url}: cannot read ({e.strerror or e}); check the path or re-export the shards.") from None
+
+
+MAX_MEMBER = 1 << 31  # bytes; no image of a shard comes near it, so a larger size field is damage
 
 
 def _read_exact(stream: IO[bytes], n: int) -> bytes:
     chunks, left = [], n
     while left > 0:
-        chunk = stream.read(left)
+        chunk = stream.read(min(left, 1 << 24))
         if not chunk:
             break
         chunks.append(chunk)
@@ -42,6 +55,8 @@ def _octal(field: bytes) -> int:
     if field[:1] == b"\x80":  # GNU base-256 for large sizes
         return int.from_bytes(field[1:], "big")
     text = field.rstrip(b"\0 ").lstrip(b" ")
+    if text.strip(b"01234567"):
+        raise ValueError("bad number in a tar header")
     return int(text, 8) if text else 0
 
 
@@ -66,9 +81,12 @@ def read_header(stream: IO[bytes], url: str | Path, last: str) -> tuple[str, int
     if len(block) < 512:
         raise ShardError(f"{url}: after {last}: truncated in a header; re-export this shard.")
     try:
-        return parse_header(block)
+        name, size, kind = parse_header(block)
     except ValueError as e:
         raise ShardError(f"{url}: after {last}: {e}; the shard is corrupt, re-export it.") from None
+    if size > MAX_MEMBER:
+        raise ShardError(f"{url}: {name}: size field of {size} bytes is damaged; the shard is corrupt, re-export it.")
+    return name, size, kind
 
 
 def iter_tar(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
@@ -104,6 +122,18 @@ def split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{key}" if folder else key), ext
 
 
+def member_fault(key: str, ext: str, sample: Any, keys: Any) -> str | None:
+    """Why member `key.ext` cannot join `sample` (the members of `key` read so far; empty for a new sample)
+    in a shard whose samples so far had `keys`; None when it can."""
+    if ext.startswith("__"):
+        return f"member name {key}.{ext} is reserved"
+    if not sample and key in keys:
+        return "a second sample with this key"
+    if ext in sample:
+        return f"two {ext} members"
+    return None
+
+
 def index_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     """List the samples of a local shard from its tar headers alone (seeking over the data).
 
@@ -113,18 +143,22 @@ def index_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]
         ShardError: a header is corrupt or a member is cut short.
     """
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    keys: set[str] = set()
     last = "(start of shard)"
-    total = os.path.getsize(path)
-    with open(path, "rb") as f:
-        offset = 0
+    with open_url(str(path)) as f:
+        total, offset = os.fstat(f.fileno()).st_size, 0
         while (header := read_header(f, path, last)) is not None:
             name, size, kind = header
             if offset + 512 + size > total:
                 raise ShardError(f"{path}: {name}: truncated member; re-export this shard.")
             if kind in (b"0", b"\0"):
                 key, ext = split_name(name)
-                if not samples or samples[-1][0] != key:
+                new = not samples or samples[-1][0] != key
+                if fault := member_fault(key, ext, {} if new else samples[-1][1], keys):
+                    raise ShardError(f"{path}: {key}: {fault}; re-export this shard.")
+                if new:
                     samples.append((key, {}))
+                    keys.add(key)
                 samples[-1][1][ext] = (offset + 512, size)
                 last = name
             elif kind in (b"L", b"x"):

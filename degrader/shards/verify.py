@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from degrader.files import sha256_file
 from degrader.shards.format import MANIFEST, read_manifest, shard_urls
 from degrader.shards.iterable import tar_samples
-from degrader.shards.sample import decode_sample
+from degrader.shards.sample import decode_sample, parse_meta, parse_seed
 from degrader.shards.tar import ShardError
 
 
-def verify_shards(source: str | Path) -> list[str]:
+def verify_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
     """Check paired shards: every checksum and count against the manifest, and every sample decoded.
 
     Returns a list of faults, each naming the shard (and the key where there is one); empty when all is well.
     A source without a manifest (a glob, a list) is checked by decoding alone.
     """
     faults: list[str] = []
-    directory = Path(source) if Path(source).is_dir() else None
+    directory = Path(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
     expected: dict[str, dict[str, Any]] = {}
     if directory is not None and (directory / MANIFEST).is_file():
         manifest = read_manifest(directory)
@@ -63,11 +63,9 @@ def check_sample(raw: dict[str, Any]) -> str | None:
     """Decode one raw sample and check its parts agree; return the problem, or None."""
     try:
         sample = decode_sample(raw)
-        meta = json.loads(raw["json"])
+        meta = parse_meta(raw)
     except ShardError as e:
         return str(e).split(": ", 2)[-1]
-    except ValueError as e:
-        return f"bad json metadata ({e})"
     lq, gt = sample["lq"], sample["gt"]
     scale = meta.get("scale")
     if scale and (gt.shape[-1] != lq.shape[-1] * scale or gt.shape[-2] != lq.shape[-2] * scale):
@@ -89,8 +87,11 @@ def summarize_shards(source: str | Path, examples: int = 0) -> dict[str, Any]:
     hr_sizes, lr_sizes, degraders, sources = set(), set(), set(), set()
     decoded: list[dict[str, Any]] = []
     for raw in tar_samples(urls):
-        meta = json.loads(raw["json"])
-        seeds.append(int(raw["seed.txt"]))
+        meta = parse_meta(raw)
+        try:
+            seeds.append(parse_seed(raw["seed.txt"]))
+        except ValueError as e:
+            raise ShardError(f"{raw['__url__']}: {raw['__key__']}: {e}; re-export the shard.") from None
         hr_sizes.add(tuple(meta.get("hr_size", ())))
         lr_sizes.add(tuple(meta.get("lr_size", ())))
         degraders.add((meta.get("degrader"), meta.get("degrader_sha256")))

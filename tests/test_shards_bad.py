@@ -1,0 +1,252 @@
+"""Bad shards, built in the test, each ending in one clean `ShardError` (or a named fault from `verify_shards`):
+damaged manifests, a huge tar size field, missing or special shard files, bad json and seed members, duplicate
+members and keys, 16-bit gray PNGs, brace patterns naming missing shards."""
+
+import io
+import json
+import os
+import shutil
+import signal
+import tarfile
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from degrader.errors import UserError
+from degrader.shards import (
+    MANIFEST,
+    ShardDataset,
+    ShardError,
+    ShardMapDataset,
+    ShardWriter,
+    decode_png,
+    encode_png,
+    shard_urls,
+    summarize_shards,
+    verify_shards,
+)
+
+HR, LR = encode_png(np.full((16, 16, 3), 200, np.uint8)), encode_png(np.full((4, 4, 3), 50, np.uint8))
+
+
+def members(seed=1, **changes):
+    meta = {"seed": seed, "scale": 4, "hr_size": [16, 16], "lr_size": [4, 4], "degrader": "bicubic", "source": "a"}
+    out = {"hr.png": HR, "lr.png": LR, "seed.txt": str(seed).encode(), "json": json.dumps(meta).encode()}
+    return {**out, **changes}
+
+
+def write_shards(root, per_shard=(2, 2), **changes):
+    """Shards of `per_shard` samples (the first sample of the first shard takes `changes`) and a manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    writer, entries = ShardWriter(root, samples_per_shard=max(per_shard)), []
+    for s, count in enumerate(per_shard):
+        for i in range(count):
+            entry = writer.write(f"s{s}x{i}", members(**(changes if s == i == 0 else {})))
+        entries.append(entry or writer.finish_shard())
+    manifest = {"format": "degrader-shards", "version": "0", "config": {"crop": "center", "per_image": 1, "seed": 0}}
+    (root / MANIFEST).write_text(json.dumps({**manifest, "shards": entries, "skipped": []}))
+    return root
+
+
+def write_tar(path, named):
+    """A tar of (member name, bytes) in order, whatever they are: for layouts ShardWriter never makes."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in named:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def every_reader_fails(source, match):
+    """The four readers each raise one ShardError matching `match` (verify may report it as a fault instead)."""
+    with pytest.raises(ShardError, match=match):
+        list(ShardDataset(source))
+    with pytest.raises(ShardError, match=match):
+        ShardMapDataset(source)
+    with pytest.raises(ShardError, match=match):
+        summarize_shards(source)
+    try:
+        faults = verify_shards(source)
+    except ShardError as e:
+        assert e.args[0].count("\n") == 0
+    else:
+        assert len(faults) >= 1 and any(_matches(match, f) for f in faults), faults
+
+
+def _matches(pattern, text):
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda m: m.pop("shards"), '"shards" is missing'),
+        (lambda m: m.update(shards={"name": "shard-000000.tar"}), '"shards" is missing or not a list'),
+        (lambda m: m.pop("config"), '"config" is missing'),
+        (lambda m: m["shards"][0].update(name="../shard-000000.tar"), "shard entry 0 has no plain file name"),
+        (lambda m: m["shards"][1].update(samples="2"), r"shard entry 1 \(shard-000001.tar\) needs a sample count"),
+        (lambda m: m["shards"].append(7), "shard entry 2 has no plain file name"),
+    ],
+)
+def test_manifest_edge_cases_are_one_line_errors(tmp_path, change, match):
+    root = write_shards(tmp_path / "s")
+    manifest = json.loads((root / MANIFEST).read_text())
+    change(manifest)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    every_reader_fails(root, f"{MANIFEST}: {match}")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[1, 2]", '"degrader-shards"', "{not json", "[" * 100_000, "\udcff"],
+    ids=["list", "str", "not-json", "deep", "not-utf8"],
+)
+def test_manifest_that_is_not_an_object_or_not_json(tmp_path, text):
+    root = write_shards(tmp_path / "s")
+    (root / MANIFEST).write_bytes(text.encode("utf-8", "surrogateescape"))
+    every_reader_fails(root, f"{MANIFEST}(:| is not)")
+
+
+def set_size_field(path, field):
+    """Rewrite the first header's size field and fix its checksum, so only the size is wrong."""
+    data = bytearray(path.read_bytes())
+    data[124:136] = field
+    data[148:156] = b" " * 8
+    data[148:156] = f"{sum(data[:512]):06o}\0 ".encode()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("field", "match"),
+    [(b"\x80" + (2**87).to_bytes(11, "big"), "size field of .* bytes is damaged"), (b"\xff" * 12, "bad number")],
+)
+def test_huge_or_negative_base256_size_field(tmp_path, field, match):
+    root = write_shards(tmp_path / "s")
+    set_size_field(root / "shard-000000.tar", field)
+    every_reader_fails(root / "shard-000000.tar", match)
+    assert any(_matches(match, f) for f in verify_shards(root))
+
+
+@contextmanager
+def no_hang(seconds=20):
+    def fail(*_):
+        raise TimeoutError("a reader hung")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "fifo"])
+def test_listed_shard_missing_a_folder_or_a_fifo(tmp_path, kind):
+    root = write_shards(tmp_path / "s")
+    shard = root / "shard-000001.tar"
+    shard.unlink()
+    if kind == "folder":
+        shard.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(shard)
+    match = "shard-000001.tar: cannot read" if kind == "missing" else "shard-000001.tar: not a shard file"
+    with no_hang():
+        with pytest.raises(ShardError, match=match):
+            list(ShardDataset(root))
+        with pytest.raises(ShardError, match=match):
+            ShardMapDataset(root)
+        with pytest.warns(UserWarning, match=match):
+            assert len(list(ShardDataset(root, on_error="warn"))) == 2  # the other shard still reads
+        assert any(f.startswith("shard-000001.tar: missing") for f in verify_shards(root))
+
+
+@pytest.mark.parametrize(
+    ("changes", "fault"),
+    [
+        ({"json": b"{not json"}, "the json member is not JSON"),
+        ({"json": b"[1, 2]"}, "the json member is not a JSON object"),
+        ({"json": b'{"hr_size": 16}'}, "json field 'hr_size' is not"),
+        ({"json": b'{"degrader": ["x"]}'}, "json field 'degrader' is not a string"),
+    ],
+)
+def test_json_member_not_json_or_not_an_object(tmp_path, changes, fault):
+    root = write_shards(tmp_path / "s", **changes)
+    assert any(f.startswith("shard-000000.tar: s0x0: ") and fault in f for f in verify_shards(root))
+    with pytest.raises(ShardError, match=f"shard-000000.tar: s0x0: {fault}"):
+        summarize_shards(root)
+    assert len(list(ShardDataset(root))) == 4  # training reads pixels and seed.txt, not the metadata
+
+
+@pytest.mark.parametrize("seed", [b"seven", b"9" * 5000, b"-3", b"1_000", b"9223372036854775808"])
+def test_seed_txt_text_or_too_many_digits(tmp_path, seed):
+    root = write_shards(tmp_path / "s", **{"seed.txt": seed})
+    match = "shard-000000.tar: s0x0: cannot decode \\(seed.txt is not a decimal seed below 2\\*\\*63"
+    with pytest.raises(ShardError, match=match):
+        list(ShardDataset(root))
+    with pytest.raises(ShardError, match=match):
+        ShardMapDataset(root)[0]
+    with pytest.raises(ShardError, match="s0x0: seed.txt is not a decimal seed"):
+        summarize_shards(root)
+    assert any(f.startswith("shard-000000.tar: s0x0: cannot decode (seed.txt") for f in verify_shards(root))
+    with pytest.warns(UserWarning, match="s0x0"):
+        assert [s["key"] for s in ShardDataset(root, on_error="warn")][0] == "s0x1"
+
+
+def sample_members(key, **changes):
+    return [(f"{key}.{ext}", data) for ext, data in members(**changes).items()]
+
+
+@pytest.mark.parametrize(
+    ("named", "fault"),
+    [
+        (sample_members("a") + [("a.lr.png", HR)], "a: two lr.png members"),
+        (sample_members("a") + sample_members("b") + sample_members("a"), "a: a second sample with this key"),
+        (sample_members("a") + [("a.__key__", b"b")], "a: member name a.__key__ is reserved"),
+    ],
+)
+def test_duplicate_members_and_keys_are_faults(tmp_path, named, fault):
+    shard = write_tar(tmp_path / "x.tar", named)
+    every_reader_fails(shard, f"x.tar: {fault}")
+    with pytest.warns(UserWarning, match=fault):
+        kept = [s["key"] for s in ShardDataset(shard, on_error="warn")]
+    assert kept.count("a") <= 1 and kept.count("b") <= 1
+
+
+def test_a_key_in_two_shards_is_a_fault(tmp_path):
+    root = write_shards(tmp_path / "s")
+    shutil.copy(root / "shard-000000.tar", tmp_path / "copy.tar")
+    with pytest.raises(ShardError, match="copy.tar: s0x0: also in .*shard-000000.tar"):
+        ShardMapDataset([root / "shard-000000.tar", tmp_path / "copy.tar"])
+    faults = verify_shards([str(root / "shard-000000.tar"), str(tmp_path / "copy.tar")])
+    assert any("copy.tar: s0x0: duplicate key" in f for f in faults)
+
+
+def test_16_bit_gray_png_decodes_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16).repeat(4, 0)  # (4, 4)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")  # mode I;16
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")  # really stored as 16-bit
+    decoded = decode_png(buf.getvalue())
+    assert decoded.shape == (3, 4, 4) and decoded[:, 0].tolist() == [[0, 1, 128, 255]] * 3
+    root = write_shards(tmp_path / "s", **{"lr.png": buf.getvalue()})
+    lq = next(iter(ShardDataset(root)))["lq"]
+    assert torch.allclose(lq.mean(), torch.tensor((0 + 1 + 128 + 255) / 4 / 255))
+    assert verify_shards(root) == []
+
+
+def test_brace_pattern_naming_a_missing_shard_is_an_error(tmp_path):
+    root = write_shards(tmp_path / "s", per_shard=(2, 2, 1))
+    assert len(shard_urls(f"{root}/shard-{{000000..000002}}.tar")) == 3
+    pattern = f"{root}/shard-{{000000..000004}}.tar"
+    for read in (shard_urls, ShardMapDataset, ShardDataset, verify_shards):
+        with pytest.raises(UserError, match=r"shard-000003.tar \(and 1 more\), named by .* is not a shard file"):
+            read(pattern)
+    with pytest.raises(UserError, match="no shards match"):
+        shard_urls(f"{root}/shard-{{000007..000009}}.tar")
