@@ -1,4 +1,4 @@
-"""Image folders: scanning, robust decoding, preparation, augmentation and an infinite, resumable loader.
+"""Image folders: robust decoding, preparation, augmentation and an infinite, resumable loader (scan: `scan.py`).
 
 Every sample is a pure function of `(index, sample_seed)`, so a run gives the same data whatever the number
 of workers, and a resumed run continues the exact stream (`InfiniteSampler(start=...)`).
@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import random
 import signal
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,116 +21,16 @@ from torchvision.transforms import v2
 
 from degrader.errors import UserError
 from degrader.files import atomic_path
+from degrader.scan import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported: callers find the scan here too
+from degrader.scan import NotRegularFileError, Scan, open_regular
+from degrader.scan import scan_images as scan_images
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 PREP_MODES = ("resize", "crop")
 AUGMENTS = ("none", "flip", "paper")
 
 
 class BadImageError(UserError):
     """A file that cannot be decoded into an RGB image."""
-
-
-@dataclass
-class Scan:
-    """The result of `scan_images`: usable images, and the files skipped with a short reason each."""
-
-    root: Path
-    paths: list[Path]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------- scanning
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Files under `root` with an image suffix; hidden files and folders (".name") are left out silently."""
-    seen: set[str] = set()  # real paths of visited folders, so a symlink loop ends
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                yield Path(dirpath) / name
-
-
-def _looks_truncated(f, fmt: str | None) -> bool:
-    """Cheap tail check: a JPEG should end with EOI, a PNG with IEND. Only suspects get a full decode."""
-    if fmt not in ("JPEG", "PNG"):
-        return False
-    f.seek(0, os.SEEK_END)
-    f.seek(max(0, f.tell() - 64))
-    tail = f.read()
-    if fmt == "JPEG":
-        return b"\xff\xd9" not in tail  # tolerant of the trailers some cameras append after EOI
-    return b"IEND" not in tail[-16:]
-
-
-def _check_header(path: Path, min_size: int) -> str | None:
-    """None if `path` looks like a usable image, else a short reason."""
-    try:
-        with open(path, "rb") as f, Image.open(f) as im:  # lazy: reads the header only
-            w, h = im.size
-            if _looks_truncated(f, im.format):
-                f.seek(0)
-                try:
-                    with Image.open(f) as full:
-                        full.load()
-                except (OSError, SyntaxError, ValueError):
-                    return "truncated"
-    except Image.DecompressionBombError:
-        return "too large"
-    except (Image.UnidentifiedImageError, SyntaxError, ValueError):
-        return "not an image"
-    except OSError as e:  # permissions, I/O errors: the file may be fine, but it cannot be read here
-        return f"unreadable ({e.strerror or e})"
-    if min(w, h) < min_size:
-        return f"too small ({w}x{h} < {min_size})"
-    return None
-
-
-def scan_images(root: str | Path, *, min_size: int = 0, option: str = "--hr") -> Scan:
-    """Find the usable images under a folder, recursively.
-
-    Args:
-        root: the folder to scan.
-        min_size: images whose shorter side is below this are skipped.
-        option: the CLI option that named the folder, quoted in error messages.
-
-    Returns:
-        A `Scan` with paths sorted by their relative posix path (stable across machines) and the skipped files.
-
-    Raises:
-        UserError: the folder is missing, not a folder, has no image files, or no usable image.
-    """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise UserError(f"{option} {root} does not exist; give a folder of images.")
-    if not root.is_dir():
-        raise UserError(f"{option} {root} is a file, not a folder; give the folder that holds the images.")
-    candidates = sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix())
-    if not candidates:
-        raise UserError(f"{option} {root} holds no image files ({', '.join(IMAGE_SUFFIXES)}); check the path.")
-    paths, skipped = [], []
-    for path in candidates:
-        reason = _check_header(path, min_size)
-        if reason is None:
-            paths.append(path)
-        else:
-            skipped.append((path, reason))
-    if not paths:
-        counts = Counter(r.split(" (")[0] for _, r in skipped)
-        why = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
-        need = f" of at least {min_size}x{min_size} pixels" if min_size else ""
-        raise UserError(
-            f"{option} {root} holds {len(candidates)} files but none is a readable image{need}; "
-            f"skipped: {why}. Give a folder of valid images."
-        )
-    return Scan(root=root, paths=paths, skipped=skipped)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -168,7 +65,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         BadImageError: the file cannot be read or decoded; the message names it.
     """
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             im.load()
             # Broken EXIF must not cost the image itself: keep the stored orientation then.
             with contextlib.suppress(Exception):
@@ -176,6 +73,8 @@ def load_rgb(path: str | Path) -> Image.Image:
             return _to_rgb(im)
     except Image.DecompressionBombError as e:
         raise BadImageError(f"{path}: too large to decode safely ({e}); downscale or remove it.") from None
+    except NotRegularFileError:
+        raise BadImageError(f"{path} is not a regular file (a named pipe, socket or device); remove it.") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(f"{path}: cannot decode ({e}); remove or replace the file.") from None
 

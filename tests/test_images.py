@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import signal
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -98,6 +101,73 @@ def test_scan_errors_name_option_and_path(tmp_path, case):
     assert msg.startswith(f"--lr {target} ") and "\n" not in msg
     if case == "all_bad":
         assert "2 files" in msg and "16x16" in msg and "1 not an image" in msg and "1 too small" in msg
+
+
+@contextmanager
+def no_hang(seconds: int = 10):
+    """Fail instead of blocking forever (a FIFO opened for reading waits for a writer)."""
+
+    def on_alarm(*_):
+        raise TimeoutError("hung")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+
+
+@needs_fifo
+def test_scan_skips_a_fifo_named_like_an_image(tmp_path):
+    good = write(tmp_path / "a.png", noise_image(8, 8))
+    os.mkfifo(tmp_path / "x.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with no_hang():
+        scan = scan_images(tmp_path)
+    assert scan.paths == [good]
+    assert dict((p.name, r) for p, r in scan.skipped) == {
+        "x.png": "not a regular file (a named pipe, socket or device)",
+        "gone.png": "unreadable (No such file or directory)",
+    }
+
+
+@needs_fifo
+def test_decoding_a_fifo_fails_at_once(tmp_path):
+    """A file replaced by a FIFO after the scan: the loader names it and moves on to the next image."""
+    paths = [write(tmp_path / f"{i}.png", noise_image(20, 20, seed=i)) for i in range(2)]
+    paths[0].unlink()
+    os.mkfifo(paths[0])
+    with no_hang():
+        with pytest.raises(BadImageError, match=r"0.png is not a regular file"):
+            load_rgb(paths[0])
+        ds = ImageFolder(paths, 16)
+        assert torch.equal(ds[(0, 1)], ds[(1, 1)])
+
+
+def corrupt_in_the_middle(path: Path) -> None:
+    """Overwrite bytes inside the compressed image data; the header and the IEND chunk stay intact."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def test_scan_skips_a_png_corrupt_in_the_middle(tmp_path):
+    good = write(tmp_path / "a.png", noise_image(64, 64, seed=1))
+    bad = write(tmp_path / "b.png", noise_image(64, 64, seed=2))
+    corrupt_in_the_middle(bad)
+    assert bad.read_bytes()[-12:-4] == b"\0\0\0\0IEND" and Image.open(bad).size == (64, 64)  # looks fine
+    with pytest.raises(BadImageError, match="b.png"):
+        load_rgb(bad)  # the damage shows only in a full decode ...
+    scan = scan_images(tmp_path)  # ... or in the chunk checksums the scan reads
+    assert scan.paths == [good]
+    [(path, reason)] = scan.skipped
+    assert path == bad and reason == "corrupt (broken PNG file, bad header checksum in IDAT)"
 
 
 # ------------------------------------------------------------------------------------------------ decode
