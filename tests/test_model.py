@@ -117,6 +117,18 @@ def test_residual_starts_as_average_pooling_and_then_trains_everything():
     assert not torch.equal(net_g(hr, z_batch(2)), F.avg_pool2d(hr, 4))
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_init_weights_zeroes_only_the_residual_output_conv(residual):
+    net_g = tiny_generator(32, 4, residual=residual)
+    assert [name for name, _ in net_g.named_children()] == ["noise", "head", "body", "tail"]
+    weights = {n: p for n, p in net_g.named_parameters() if n.endswith("weight") and p.dim() > 1}  # convs, linears
+    zero = sorted(n for n, p in weights.items() if not p.any())
+    assert zero == (["tail.conv.weight"] if residual else [])
+    torch.nn.init.normal_(net_g.tail.conv.weight)
+    net_g.init_weights()
+    assert net_g.tail.conv.weight.any() != residual  # init_weights() puts the zero back, and only there
+
+
 def test_z_changes_the_output():
     net_g = tiny_generator(32, 4).eval()
     hr = hr_batch(2, 32)
