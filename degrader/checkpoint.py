@@ -20,7 +20,7 @@ from degrader import __version__
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.model import HighToLowConfig, HighToLowGenerator
-from degrader.nets import FORMAT, upgrade_state_dict  # FORMAT: bump when the previous version cannot read a file
+from degrader.nets import FORMAT, check_fits, upgrade_state_dict  # FORMAT: bump when old code cannot read a file
 
 META_KEY = "degrader"
 
@@ -82,7 +82,9 @@ def build_network(
 ) -> nn.Module:
     """Rebuild the network a checkpoint describes (its "config") and load its `net_g.*` weights."""
     try:
-        net = net_cls(config_cls.from_dict(meta["config"], f"{option} {path}"))
+        config = config_cls.from_dict(meta["config"], f"{option} {path}")
+        check_fits(net_cls, config, tensors, "net_g", f"{option} {path}")  # before allocating the network
+        net = net_cls(config)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{option} {path} holds an unusable model config ({e}); was it written by this tool?") from None
     load_module(net, "net_g", tensors, path)

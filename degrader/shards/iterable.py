@@ -88,12 +88,15 @@ def split_by_worker(items: Iterable[T], worker: int, workers: int) -> Iterator[T
             yield item
 
 
-def tar_samples(urls: Iterable[str], handler: Handler = reraise_exception) -> Iterator[dict[str, Any]]:
+def tar_samples(
+    urls: Iterable[str], handler: Handler = reraise_exception, counts: dict[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """The samples of each shard as {"__key__", "__url__", ext: bytes, ...}, each checked complete.
 
     A shard that cannot be opened or is corrupt goes to `handler`; if it returns, the rest of that shard is
-    skipped (a last sample read whole is kept). An incomplete sample, one with a member twice, and a key seen
-    before in the shard go to `handler` too.
+    skipped (a last sample read whole is kept). An incomplete sample, one with a member twice, a key seen
+    before in the shard, and a shard holding another number of samples than `counts` (url -> samples, from
+    the manifest) says go to `handler` too.
     """
     for url in urls:
         sample: dict[str, Any] = {}
@@ -119,6 +122,8 @@ def tar_samples(urls: Iterable[str], handler: Handler = reraise_exception) -> It
             continue
         if sample:
             yield from _if_whole(sample, fault, handler)
+        if counts is not None and url in counts and len(keys) != counts[url]:
+            handler(ShardError(f"{url}: holds {len(keys)} samples, the manifest says {counts[url]}; re-export it."))
 
 
 def _if_whole(sample: dict[str, Any], fault: str | None, handler: Handler) -> Iterator[dict[str, Any]]:
@@ -229,6 +234,7 @@ class ShardDataset(IterableDataset):
         self.handler = error_handler(on_error)
         self.urls = shard_urls(source)
         self.counts = manifest_counts(source)
+        self.expected = None if self.counts is None else dict(zip(self.urls, self.counts, strict=True))
         self.shuffle, self.buffer_size, self.seed, self.epoch = shuffle, buffer_size, seed, 0
         self.epoch_length, self.gt_size, self.flip, self.rot = epoch_length, gt_size, flip, rot
         self.kair_keys = kair_keys
@@ -261,7 +267,7 @@ class ShardDataset(IterableDataset):
 
         def one_pass(cycle: int) -> Iterator[dict[str, Any]]:
             urls = shard_list(self.urls, f"{self.seed}:{self.epoch}:{cycle}" if self.shuffle else None)
-            samples = tar_samples(split(urls) if by_shard else urls, self.handler)
+            samples = tar_samples(split(urls) if by_shard else urls, self.handler, self.expected)
             return shuffle(samples if by_shard else split(samples), self.buffer_size if self.shuffle else 0, rng)
 
         stream = passes(one_pass, repeat=quota is not None)

@@ -71,6 +71,9 @@ def decode_sample(raw: dict[str, Any], kair_keys: bool = False) -> dict[str, Any
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error... for damaged files
         problem = _first_line(e)
         raise ShardError(f"{url}: {key}: cannot decode ({problem}); the shard is corrupt, re-export it.") from None
+    (h, w), (hh, ww) = lq.shape[-2:], gt.shape[-2:]
+    if hh % h or ww % w or hh // h != ww // w:  # also catches an LR larger than its HR (scale 0)
+        raise ShardError(f"{url}: {key}: HR {hh}x{ww} is not a whole multiple of LR {h}x{w}; re-export the shard.")
     out = {
         "lq": lq,
         "gt": gt,
@@ -94,7 +97,8 @@ def paired_augment(
         lq_size = gt_size // scale
         h, w = lq.shape[-2:]
         if gt_size % scale or lq_size > min(h, w):
-            raise UserError(f"gt_size {gt_size} must be a multiple of {scale} and fit the {h * scale} px samples.")
+            where = sample.get("lq_path", "a sample")
+            raise UserError(f"{where}: gt_size {gt_size} must be a multiple of {scale} and fit its {h * scale} px HR.")
         top, left = rng.randrange(h - lq_size + 1), rng.randrange(w - lq_size + 1)  # on the LR grid, so aligned
         lq = lq[:, top : top + lq_size, left : left + lq_size]
         gt = gt[:, top * scale : (top + lq_size) * scale, left * scale : (left + lq_size) * scale]
