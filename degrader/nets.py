@@ -128,6 +128,25 @@ def config_from_dict(cls: type, d: Any, source: str, ranges: dict[str, tuple[int
     return cls(**d)
 
 
+def check_fits(net_cls: type, config: Any, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
+    """Refuse weights that do not fit `net_cls(config)` before any memory is allocated for the network.
+
+    The network is built on the meta device (shapes only), so a hostile config cannot make the loader allocate
+    gigabytes for weights the file does not hold.
+
+    Raises:
+        UserError: a tensor is missing, unexpected or of another shape; the message names the first one.
+    """
+    with torch.device("meta"):
+        probe = net_cls(config)
+    want = {f"{prefix}.{k}": tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix + ".")}
+    if want != have:
+        key = min(want.keys() ^ have.keys() or {k for k in want if want[k] != have[k]})
+        why = f"{key}: {have.get(key, 'missing')} in the file, {want.get(key, 'none')} in the model"
+        raise UserError(f"{source} does not fit this model ({why}); was it written with other settings?")
+
+
 # ---------------------------------------------------------------------------------------------- discriminator
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import signal
 import struct
 
@@ -185,6 +186,20 @@ def test_hostile_sr_config_is_refused(tmp_path, change, field):
     save_with(path, json.dumps({"kind": "low-to-high", "config": config, "format": FORMAT}), net)
     with pytest.raises(UserError, match=field):
         load_sr_generator(path)
+
+
+def test_a_huge_config_in_range_is_refused_without_allocating_it(tmp_path):
+    """The largest config the ranges allow asks for about 5 GB; the loader compares shapes on the meta device."""
+    net = HighToLowGenerator(HighToLowConfig(**TINY_HL))
+    huge = {**vars(net.config), "hr_size": 512, "scale": 1, "z_dim": 512, "width": 512, "blocks_per_group": 16}
+    path = tmp_path / DEGRADER_FILE
+    save_with(path, json.dumps({"kind": DEGRADER_KIND, "config": huge, "format": FORMAT}), net)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(
+        UserError, match=r"does not fit this model \(net_g\.body\.0\.1\.body\.0\.bias: missing in the file"
+    ):
+        Degrader.load(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000
 
 
 def test_discriminator_config_from_dict():
