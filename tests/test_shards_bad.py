@@ -282,3 +282,50 @@ def test_a_crop_larger_than_a_sample_names_the_sample(tmp_path):
     assert ShardMapDataset(root, gt_size=12)[1]["gt"].shape == (3, 12, 12)
     with pytest.raises(UserError, match=r"shard-000000.tar/s0x0.lr.png: gt_size 12 must be a multiple of 8"):
         ShardMapDataset(root, gt_size=12)[0]
+
+
+def read_everything(root):
+    """Every reader over `root`; returns the keys streamed, or raises."""
+    keys = [s["key"] for s in ShardDataset(root)]
+    mapped = ShardMapDataset(root, gt_size=8)
+    assert [mapped[(i, 0)]["key"] for i in range(len(mapped))] == keys
+    summarize_shards(root, examples=1)
+    return keys
+
+
+def test_fuzz_every_read_ends_in_a_clean_error_or_the_right_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    clean = write_shards(tmp_path / "clean", per_shard=(2,))
+    originals = {name: (clean / name).read_bytes() for name in ("shard-000000.tar", MANIFEST)}
+    expected = read_everything(clean)
+    outcomes = {"error": 0, "read": 0}
+    signal.alarm(120)  # a hang ends the test run instead of blocking it
+    try:
+        for _ in range(200):
+            for name, original in originals.items():
+                (clean / name).write_bytes(original)
+            target = MANIFEST if rng.random() < 0.2 else "shard-000000.tar"
+            data = bytearray(originals[target])
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+            if rng.random() < 0.1:
+                data = data[: int(rng.integers(0, len(data)))]
+            (clean / target).write_bytes(bytes(data))
+            try:
+                keys = read_everything(clean)
+            except UserError as e:  # ShardError included: one line naming the shard or manifest
+                assert "\n" not in str(e) and ("shard-000000.tar" in str(e) or MANIFEST in str(e)), str(e)
+                outcomes["error"] += 1
+            else:
+                assert keys == expected  # what reads is the samples written (bytes in unused header fields)
+                outcomes["read"] += 1
+            try:
+                faults = verify_shards(clean)
+            except UserError as e:
+                assert "\n" not in str(e) and target == MANIFEST, str(e)
+            else:
+                changed = target != MANIFEST and bytes(data) != originals[target]  # a byte may be set to itself
+                assert faults or not changed  # the manifest's sha256 catches every change to the shard
+    finally:
+        signal.alarm(0)
+    assert outcomes["error"] > 80 and outcomes["read"] > 0, outcomes
