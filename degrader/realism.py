@@ -310,8 +310,11 @@ class RealismProbe:
     Built once from fixed HR images and held-out real LR images: the real LR set is split into two halves A
     and B, the reference is A, the floor is SWD(B, A) and bicubic's figure is SWD(bicubic(HR), A), all with
     m = min(len(hr), len(real_lr) // 2) images per set. `score` then degrades the same m HR images with the same
-    seeds and costs one degrader pass plus one SWD: about 0.1 s of SWD for m = 128 16x16 images on one CPU thread
-    (the degrader's own forward pass comes on top), so it can run every few hundred steps.
+    seeds and costs one degrader pass plus one SWD. Measured on one thread of a busy 2-core machine with 16x16
+    LR: building 0.45 s (m = 128) / 0.7 s (m = 256); the SWD of a score 0.08 s / 0.23 s; the `small` preset's
+    forward pass on top of it took 2.7 s / 6 s there (it dominates: keep m at 128-256 and score every few
+    hundred steps). With m = 128 the figure is noisier than `degrade eval`'s n = 1,000 (a run scoring 0.55 there
+    scored 0.43 at m = 128 and 0.51 at m = 256, on the same held-out set).
 
     Args:
         hr: fixed HR images (N, 3, H, W) in [0, 1].
