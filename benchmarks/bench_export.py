@@ -20,7 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from degrader.export import ExportConfig, export_shards, load_degrader  # noqa: E402
+from degrader.checkpoint import load_degrader  # noqa: E402
+from degrader.export import ExportConfig, export_shards, plan_export  # noqa: E402
 from degrader.images import load_rgb, prepare, scan_images, to_tensor  # noqa: E402
 from degrader.shards import sample_seed  # noqa: E402
 
@@ -90,7 +91,7 @@ def main() -> None:
             device="cpu",
         )  # fmt: skip
         start = time.perf_counter()
-        manifest = export_shards(config)
+        manifest = export_shards(plan_export(config))
         export = manifest["totals"]["samples"] / (time.perf_counter() - start)
     print(f"degrader {args.degrader}, {manifest['totals']['samples']} pairs, {args.hr_size}px HR, x4, "
           f"workers {args.workers}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")  # fmt: skip

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_export import write_images  # noqa: E402  (the same generated photos as the export benchmark)
 
-from degrader.export import ExportConfig, export_shards  # noqa: E402
+from degrader.export import ExportConfig, export_shards, plan_export  # noqa: E402
 from degrader.shards import ShardDataset, ShardMapDataset, shard_urls, tar_samples  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def main() -> None:
             degrader="bicubic", hr=str(root / "hr"), out=str(root / "shards"), hr_size=args.hr_size,
             samples_per_shard=250, workers=2, device="cpu",
         )  # fmt: skip
-        export_shards(config)
+        export_shards(plan_export(config))
         for d in ("lq", "gt"):  # the same pairs as a folder of PNG files, bytes copied from the shards
             (root / d).mkdir()
         for raw in tar_samples(shard_urls(root / "shards")):

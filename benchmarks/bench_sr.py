@@ -66,7 +66,7 @@ def iteration_rate(preset: str, device: torch.device, b: int, iters: int, bf16: 
 def end_to_end(preset: str, device: str, b: int, steps: int, pixel_only: bool) -> float:
     """Pairs/s of `sr.train.train` itself: on-the-fly bicubic pairs from generated faces, samples and checkpoints."""
     from degrader.synthetic import make_faces
-    from sr.train import SRTrainConfig, train
+    from sr.train import SRTrainConfig, plan_train, train
 
     with tempfile.TemporaryDirectory() as tmp:
         hr = Path(tmp) / "hr"
@@ -78,7 +78,7 @@ def end_to_end(preset: str, device: str, b: int, steps: int, pixel_only: bool) -
             pixel_only=pixel_only, device=device, workers=1, sample_every=steps, checkpoint_every=steps,
         )  # fmt: skip
         start = time.perf_counter()
-        train(config)
+        train(plan_train(config))
         return config.pairs_before(steps) / (time.perf_counter() - start)
 
 

@@ -8,7 +8,7 @@ import click
 
 from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
-from cli.options import DIR, HR_PREP, LR_PREP, loss_options, report, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 
@@ -38,15 +38,13 @@ def degrade() -> None:
 @click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
 @loss_options
 @run_options
-def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
+def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
     """Learn a High-to-Low degrader from two unpaired image folders."""
     from degrader.gan import LossConfig
     from degrader.train import FitConfig, fit, plan_fit
 
     loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
-    config = FitConfig(
-        scale=int(scale), loss=loss, **{k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    )
+    config = FitConfig(scale=int(scale), loss=loss, **as_str(options))
     with user_errors():
         plan = plan_fit(config)
         warn_skipped("--hr", plan.hr.skipped)
@@ -61,7 +59,7 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
             console.print("dry run: nothing trained or written.")
             return
         with progress_bar("fit", config.steps) as on_progress:
-            result = fit(config, on_progress, plan)
+            result = fit(plan, on_progress)
     report(result, ["degrader.safetensors", "samples"])
 
 
@@ -84,7 +82,7 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     from cli.sr import train as sr_train
     from degrader.gan import LossConfig
     from degrader.synthetic import write_demo_data
-    from degrader.train import FitConfig, fit
+    from degrader.train import FitConfig, fit, plan_fit
 
     with user_errors():
         if out.exists() and any(out.iterdir()) and not (out / "data" / "demo.json").exists():
@@ -100,7 +98,7 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
             loss=LossConfig(d_steps=2), seed=seed, workers=1, sample_every=steps, checkpoint_every=steps,
         )  # fmt: skip
         with progress_bar("fit", steps) as on_progress:
-            fit(config, on_progress)
+            fit(plan_fit(config), on_progress)
         console.print(f"degrader: {out / 'degrader'}  samples: {out / 'degrader' / 'samples'}")
 
     console.rule("3. degrade export-shards: paired (seed, LR, HR) shards from the learned degrader")

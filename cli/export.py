@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import DEVICES
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 SOURCE = click.argument("shards", metavar="SHARDS")
@@ -45,7 +46,7 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
     "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Decode / PNG-encode processes."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Crops per call.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the plan; write nothing.")
@@ -56,18 +57,18 @@ def export_shards(dry_run: bool, **options) -> None:
     config = ExportConfig(**options)
     with user_errors():
         plan = plan_export(config)
-        warn_skipped("--hr", plan["scan"].skipped)
-        d, c = plan["degrader"], plan["config"]
+        warn_skipped("--hr", plan.scan.skipped)
+        d = plan.degrader
         console.print(
-            f"{plan['images']} images -> {plan['crops']} {c['hr_size']}px crops ({config.crop}) x {config.per_image} "
-            f"= {plan['samples']} pairs in {plan['shards']} shards, degrader {d.name} (x{d.scale})"
+            f"{len(plan.scan.paths)} images -> {plan.crops} {plan.recorded['hr_size']}px crops ({config.crop}) x "
+            f"{config.per_image} = {plan.samples} pairs in {plan.shards} shards, degrader {d.name} (x{d.scale})"
         )
         if dry_run:
             console.print("dry run: nothing written.")
             return
         try:
-            with progress_bar("export", plan["samples"], unit="pair") as on_progress:
-                manifest = export_shards(config, on_progress, plan)
+            with progress_bar("export", plan.samples, unit="pair") as on_progress:
+                manifest = export_shards(plan, on_progress)
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; the finished shards are kept. Continue with --resume.") from None
     t = manifest["totals"]

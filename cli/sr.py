@@ -46,7 +46,7 @@ def sr() -> None:
 )
 @loss_options
 @run_options
-def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
+def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
     """Train a Low-to-High SR model on paired shards (--shards) or on the fly (--degrader with --hr)."""
     from degrader.gan import LossConfig
     from sr.train import SRTrainConfig, plan_train
@@ -71,7 +71,7 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
             console.print("dry run: nothing trained or written.")
             return
         with progress_bar("sr train", config.steps) as on_progress:
-            result = run_train(config, on_progress, plan)
+            result = run_train(plan, on_progress)
     report(result, ["sr.safetensors", "samples"])
 
 
@@ -85,7 +85,7 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
 @LR_PREP
 @loss_options
 @run_options
-def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:  # noqa: D417
+def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
     """Fine-tune a degrader and an SR model together, end to end (HR -> degrader -> LR -> SR)."""
     from degrader.gan import LossConfig
     from sr.finetune import FinetuneConfig, plan_finetune
@@ -105,7 +105,7 @@ def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: boo
             console.print("dry run: nothing trained or written.")
             return
         with progress_bar("sr finetune", config.steps) as on_progress:
-            result = run_finetune(config, on_progress, plan)
+            result = run_finetune(plan, on_progress)
     report(result, ["degrader.safetensors", "sr.safetensors", "samples"])
 
 

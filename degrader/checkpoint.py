@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from degrader import __version__
+from degrader.classical import CLASSICAL, make_classical
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.model import HighToLowConfig, HighToLowGenerator
@@ -145,7 +146,28 @@ def unpack_state(
         gen.set_state(tensors[f"rng.{name}"])
 
 
-# --- the learned degrader, ready for inference ------------------------------------------------------------
+# --- degraders: the protocol, the learned one, and loading either -----------------------------------------
+
+
+class DegraderLike(Protocol):
+    """What `export_shards` and `sr train` need of a degrader, learned (`Degrader`) or classical (`Bicubic`)."""
+
+    @property
+    def name(self) -> str: ...  # recorded in shards and manifests
+
+    @property
+    def sha256(self) -> str: ...  # of the weights file; "" for a classical degrader
+
+    @property
+    def scale(self) -> int: ...  # HR size / LR size
+
+    @property
+    def hr_size(self) -> int | None: ...  # the HR size it takes; None: any size divisible by `scale`
+
+    def degrade(self, hr: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """(B, 3, H, W) HR in [0, 1] on any device, one seed per image -> (B, 3, H/s, W/s) LR in [0, 1]."""
+        ...
+
 
 DEGRADER_FILE = "degrader.safetensors"
 DEGRADER_KIND = "high-to-low"
@@ -223,3 +245,23 @@ class Degrader:
         z = noise_from_seeds(seeds, self.config.z_dim).to(self.device)
         lr = self.net_g(hr.to(self.device) * 2 - 1, z)  # (B, 3, H/s, H/s)
         return ((lr + 1) / 2).clamp(0, 1)
+
+
+def load_degrader(spec: str, scale: int | None, device: str = "auto") -> DegraderLike:
+    """A classical degrader by name, or a learned one from a run directory or checkpoint file.
+
+    Raises:
+        UserError: `spec` is neither, or `scale` contradicts a learned degrader's.
+    """
+    if spec in CLASSICAL:
+        return make_classical(spec, scale or 4)
+    if not Path(spec).exists():
+        raise UserError(
+            f"--degrader {spec}: no such run directory or checkpoint, and not one of {', '.join(CLASSICAL)}."
+        )
+    from degrader.run import resolve_device  # run.py imports this module
+
+    degrader = Degrader.load(spec, device=resolve_device(device))
+    if scale is not None and scale != degrader.scale:
+        raise UserError(f"--scale {scale} differs from the degrader's scale {degrader.scale}; leave --scale out.")
+    return degrader

@@ -26,8 +26,7 @@ class Bicubic:
     def __init__(self, scale: int = 4):
         self.scale = scale
         self.sha256 = ""  # no weights
-        self.hr_size: int | None = None  # any HR size divisible by the scale
-        self.device = torch.device("cpu")  # runs on whatever device its input is on
+        self.hr_size: int | None = None  # any HR size divisible by the scale; runs on its input's device
 
     def _check(self, hr: torch.Tensor, seeds: Sequence[int]) -> None:
         if hr.ndim != 4 or hr.shape[1] != 3:

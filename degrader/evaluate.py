@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from degrader.checkpoint import load_degrader
 from degrader.errors import UserError
-from degrader.export import load_degrader
 from degrader.features import FeatureExtractor, fid, kid
 from degrader.images import ImageFolder, Scan, _hash_int, scan_images
 from degrader.realism import (
@@ -29,7 +29,7 @@ from degrader.realism import (
     relative,
     statistics_distances,
 )
-from degrader.run import ProgressFn
+from degrader.run import Progress
 
 REFERENCE = "bicubic"  # always evaluated: the headline figures are relative to it
 LOWER_IS_BETTER = ("swd", "c2st", *STATISTICS, "fid", "kid")  # the metrics that get a relative figure
@@ -187,7 +187,7 @@ def compare(
 
 
 def evaluate_degraders(
-    config: EvalConfig, on_progress: ProgressFn | None = None, plan: EvalPlan | None = None
+    config: EvalConfig, on_progress: Progress | None = None, plan: EvalPlan | None = None
 ) -> EvalResult:
     """Degrade n HR images with each degrader and measure how real the results look (see the module doc).
 

@@ -8,10 +8,13 @@ the output does not depend on worker count or batch size, and a resumed run rewr
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import random
+import signal
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from degrader import __version__
+from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.errors import UserError
 from degrader.files import prepare_out_dir, sha256_file, write_json
+from degrader.images import Scan, load_rgb, prepare, scan_images
+from degrader.run import Progress
 from degrader.shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -40,7 +47,6 @@ from degrader.shards import (
 CROPS = ("center", "random", "grid")
 STATE = ".export-state.json"  # progress of an unfinished export; removed once the manifest is written
 RUN_ONLY = ("out", "workers", "batch_size", "device", "resume", "overwrite")  # never change the output bytes
-Progress = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass
@@ -60,25 +66,6 @@ class ExportConfig:
     device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
     resume: bool = False  # continue an interrupted export in `out`
     overwrite: bool = False  # clear a non-empty `out` first
-
-
-def load_degrader(spec: str, scale: int | None, device: str = "auto") -> Any:
-    """A classical degrader by name, or a learned one from a run directory or checkpoint file."""
-    from degrader.classical import CLASSICAL, make_classical
-
-    if spec in CLASSICAL:
-        return make_classical(spec, scale or 4)
-    if not Path(spec).exists():
-        raise UserError(
-            f"--degrader {spec}: no such run directory or checkpoint, and not one of {', '.join(CLASSICAL)}."
-        )
-    from degrader.checkpoint import Degrader
-    from degrader.run import resolve_device
-
-    degrader = Degrader.load(spec, device=resolve_device(device))
-    if scale is not None and scale != degrader.scale:
-        raise UserError(f"--scale {scale} differs from the degrader's scale {degrader.scale}; leave --scale out.")
-    return degrader
 
 
 def grid_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
@@ -103,8 +90,6 @@ class _Crops(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, str, list, str | None]:
-        from degrader.images import load_rgb, prepare
-
         image_id = self.paths[i].relative_to(self.root).as_posix()
         try:
             img = load_rgb(self.paths[i])
@@ -131,23 +116,29 @@ def _encode_batch(images: np.ndarray) -> list[bytes]:
 
 def _die_with_parent(*_: Any) -> None:
     """Workers end at once when the exporting process is killed, instead of lingering as orphans (Linux)."""
-    try:
-        import ctypes
-        import signal
-
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
-def plan_export(config: ExportConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExportPlan:
+    """What `export_shards` will do, checked before anything is written (also the answer to --dry-run)."""
+
+    config: ExportConfig
+    degrader: DegraderLike
+    scan: Scan  # the HR images
+    recorded: dict[str, Any]  # the options that fix the output bytes, as the manifest records them
+    crops: int  # HR crops in all
+    samples: int  # pairs to write: crops x per_image
+    shards: int  # tar files to write
+
+
+def plan_export(config: ExportConfig) -> ExportPlan:
     """Check the options and count the work without writing anything (what `--dry-run` shows).
 
     Raises:
         UserError: bad option, missing HR folder, unknown degrader, no usable image.
     """
-    from degrader.images import scan_images
-
     if not config.hr or not config.out:
         raise UserError("--hr and --out are required: the HR image folder and the folder to write shards to.")
     if config.crop not in CROPS:
@@ -166,7 +157,6 @@ def plan_export(config: ExportConfig) -> dict[str, Any]:
         raise UserError(f"--hr-size {size} is not divisible by the scale {degrader.scale}.")
     scan = scan_images(config.hr, min_size=size, option="--hr")
     if config.crop == "grid":
-        from PIL import Image
 
         def count(path: Path) -> int:
             with Image.open(path) as im:  # header only
@@ -178,25 +168,16 @@ def plan_export(config: ExportConfig) -> dict[str, Any]:
     samples = crops * config.per_image
     recorded = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
     recorded.update(hr=str(Path(config.hr).resolve()), hr_size=size, scale=degrader.scale)
-    return {
-        "degrader": degrader,
-        "scan": scan,
-        "config": recorded,
-        "images": len(scan.paths),
-        "skipped": len(scan.skipped),
-        "crops": crops,
-        "samples": samples,
-        "shards": -(-samples // config.samples_per_shard),
-    }
+    return ExportPlan(config, degrader, scan, recorded, crops, samples, -(-samples // config.samples_per_shard))
 
 
-def _describe(degrader: Any) -> dict[str, Any]:
+def _describe(degrader: DegraderLike) -> dict[str, Any]:
     return {"name": degrader.name, "sha256": degrader.sha256, "scale": degrader.scale, "hr_size": degrader.hr_size}
 
 
-def _start_or_resume(out: Path, plan: dict[str, Any], resume: bool) -> dict[str, Any]:
+def _start_or_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any]:
     """The saved progress of an export in `out` (checked against this one), or a fresh state."""
-    fresh = {"config": plan["config"], "degrader": _describe(plan["degrader"]), "shards": [], "failed": []}
+    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "shards": [], "failed": []}
     state_path, manifest_path = out / STATE, out / MANIFEST
     saved = None
     if resume and manifest_path.exists():
@@ -229,10 +210,10 @@ def _start_or_resume(out: Path, plan: dict[str, Any], resume: bool) -> dict[str,
 
 
 def _samples(
-    loader: Iterator, k_per_crop: int, start: tuple[int, int, int], failed: list, plan: dict[str, Any]
+    loader: Iterator, k_per_crop: int, start: tuple[int, int, int], failed: list, plan: ExportPlan
 ) -> Iterator[tuple[tuple[int, int, int], str, dict[str, Any], np.ndarray, bytes]]:
     """The export's samples in their fixed order from position `start`: (position, key, meta, HR, HR PNG)."""
-    offset, mode, seed = start[0], plan["config"]["crop"], plan["config"]["seed"]
+    offset, mode, seed = start[0], plan.config.crop, plan.config.seed
     for i, image_id, crops, reason in loader:
         i += offset
         if reason is not None:
@@ -247,24 +228,20 @@ def _samples(
                 yield (i, c, k), sample_key(image_id, c, k), meta, hr, hr_png
 
 
-def export_shards(
-    config: ExportConfig, on_progress: Progress | None = None, plan: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict[str, Any]:
     """Degrade every HR crop `per_image` times and write the pairs as shards; returns the manifest.
 
     Rerunning with `resume=True` after a crash or kill continues where it stopped and ends with the same bytes
     as an uninterrupted run (with the same batch size: a learned degrader's float rounding may depend on it).
 
     Args:
-        config: the export's settings.
+        plan: the result of `plan_export(config)`.
         on_progress: called after every batch as `on_progress(pairs_written, pairs_planned, logs)`.
-        plan: the result of `plan_export(config)` if the caller already made it.
 
     Raises:
-        UserError: bad options, missing HR folder, unknown degrader, non-empty `out` without resume/overwrite.
+        UserError: `out` changed since the plan, or holds an export with other options.
     """
-    plan = plan or plan_export(config)
-    degrader, scan, recorded = plan["degrader"], plan["scan"], plan["config"]
+    config, degrader, scan, recorded = plan.config, plan.degrader, plan.scan, plan.recorded
     out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")
     state = _start_or_resume(out, plan, config.resume)
     if "format" in state:
@@ -299,7 +276,7 @@ def export_shards(
                 state["failed"] = [f for f in failed if f[0] < pos[0]]
                 write_json(out / STATE, state)
         if on_progress is not None:
-            on_progress(done, plan["samples"], {"shards": float(writer.index), "skipped": float(len(failed))})
+            on_progress(done, plan.samples, {"shards": float(writer.index), "skipped": float(len(failed))})
 
     def drain(limit: int) -> None:
         while len(in_flight) > limit:
@@ -362,4 +339,4 @@ def export_shards(
     return manifest
 
 
-__all__ = ["CROPS", "ExportConfig", "export_shards", "grid_boxes", "load_degrader", "plan_export", "shard_name"]
+__all__ = ["CROPS", "ExportConfig", "ExportPlan", "export_shards", "grid_boxes", "plan_export", "shard_name"]

@@ -1,7 +1,8 @@
-"""What every training run shares: device choice, the run directory, exact resume, the log and Ctrl-C.
+"""What every training run shares: device choice, the run directory, exact resume, data, the log and Ctrl-C.
 
-Both trainers (`degrader.train.fit` and `sr.train.train`) keep their loop in one plain function and call
-these helpers for the bookkeeping around it, so a run directory looks the same whichever model it trains:
+The trainers (`degrader.train.fit`, `sr.train.train`, `sr.finetune.finetune`) keep their loop in one plain
+function and call these helpers for the bookkeeping around it, so a run directory looks the same whichever
+model it trains:
 
     RUN_DIR/config.json         the run's config (checked on --resume)
     RUN_DIR/state.safetensors   networks, optimizers and RNG states, for exact resume
@@ -27,6 +28,7 @@ import torch
 from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
 from degrader.errors import UserError
 from degrader.files import prepare_out_dir, write_json
+from degrader.images import Scan, first_readable, make_loader
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
@@ -36,7 +38,8 @@ STATE_KIND = "train-state"
 # Config fields that may change between a run and its resume without changing the result.
 RESUMABLE = {"steps", "resume", "overwrite", "device", "workers", "checkpoint_every", "sample_every", "log_every"}
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
+Progress = Callable[[int, int, dict[str, float]], None]  # on_progress(step, total, logs)
+GRID_SAMPLES = 8  # images in each sample grid
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -157,6 +160,72 @@ class RunResult:
     step: int  # generator updates done in total
     interrupted: bool  # stopped early by Ctrl-C (the state is saved; continue with resume)
     logs: dict[str, float]  # the last logged losses
+
+
+class Bookkeeping:
+    """The end of every training step, for every trainer: log line, progress, sample grid and checkpoint.
+
+    `config` is the run's config (`steps`, `log_every`, `sample_every`, `checkpoint_every`); `write_samples(path)`
+    draws a grid and `checkpoint(step)` saves the models and the state.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        config: Any,
+        rate: str,
+        on_progress: Progress | None,
+        write_samples: Callable[[Path], None],
+        checkpoint: Callable[[int], None],
+    ):
+        self.out, self.config, self.on_progress = out, config, on_progress
+        self.write_samples, self.checkpoint = write_samples, checkpoint
+        self.log = LossLog(out, config.log_every, config.steps, rate)
+
+    def step(self, step: int, logs: dict[str, float], items: int) -> None:
+        """After step `step` (counted from 1), which consumed `items` images and ended with `logs`."""
+        c = self.config
+        self.log.add(step, logs, items)
+        if self.on_progress:
+            self.on_progress(step, c.steps, logs)
+        if due(step, c.sample_every, c.steps):
+            self.write_samples(self.out / "samples" / f"step-{step:06d}.png")
+        if step % c.checkpoint_every == 0:
+            self.checkpoint(step)
+
+    def finish(self, step: int, interrupted: bool) -> RunResult:
+        """The last step's checkpoint (unless just written) and the run's result."""
+        if step % self.config.checkpoint_every != 0 or step == 0:
+            self.checkpoint(step)
+        return RunResult(self.out, step, interrupted, self.log.last)
+
+
+def unpaired_batches(
+    config: Any, hr: Scan, lr: Scan, hr_size: int, lr_size: int, step: int
+) -> tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
+    """The HR and real LR batches of an unpaired GAN, from step `step` on (for resume).
+
+    Each step takes d_steps + 1 HR batches and d_steps LR batches; `config` has `batch_size`, `loss.d_steps`,
+    `hr_prep`, `lr_prep`, `seed` and `workers`.
+    """
+    b, k, c = config.batch_size, config.loss.d_steps, config
+    hr_batches = make_loader(
+        hr.paths, hr_size, c.hr_prep, "paper", batch_size=b, seed=c.seed, start=step * (k + 1) * b, workers=c.workers
+    )
+    lr_batches = make_loader(
+        lr.paths, lr_size, c.lr_prep, "flip", batch_size=b, seed=c.seed + 1, start=step * k * b, workers=c.workers
+    )
+    return hr_batches, lr_batches
+
+
+def grid_images(
+    config: Any, hr: Scan, lr: Scan, hr_size: int, lr_size: int, n: int = GRID_SAMPLES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` readable HR and LR images, prepared without augmentation: the same faces in every grid."""
+    rng = torch.Generator().manual_seed(0)
+    grid_hr = first_readable(hr, n, hr_size, config.hr_prep, rng)
+    grid_lr = first_readable(lr, n, lr_size, config.lr_prep, rng)
+    return torch.stack(grid_hr), torch.stack(grid_lr)
 
 
 @contextlib.contextmanager

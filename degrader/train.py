@@ -12,21 +12,22 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import Scan, first_readable, make_loader, save_grid, scan_images
+from degrader.images import Scan, save_grid, scan_images
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
 from degrader.run import (
-    LossLog,
-    ProgressFn,
+    Bookkeeping,
+    Progress,
     RunResult,
     autocast,
     config_dict,
     deferred_interrupt,
-    due,
+    grid_images,
     load_state,
     open_run,
     resolve_device,
     save_state,
+    unpaired_batches,
 )
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
@@ -63,9 +64,9 @@ class FitConfig:
         return HighToLowConfig(hr_size=self.hr_size, scale=self.scale, **preset)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitPlan:
-    """What `fit` will do, checked before anything is written (also the answer to --dry-run)."""
+    """Everything `fit` runs from, checked before anything is written (also the answer to --dry-run)."""
 
     config: FitConfig
     model: HighToLowConfig
@@ -97,43 +98,34 @@ def plan_fit(config: FitConfig) -> FitPlan:
     return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d))
 
 
-def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan | None = None) -> RunResult:
-    """Train a High-to-Low degrader; writes checkpoints, log and sample grids to `config.out`.
+def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
+    """Train a High-to-Low degrader; writes checkpoints, log and sample grids to `plan.config.out`.
 
     Args:
-        config: the run's settings.
+        plan: the result of `plan_fit(config)`.
         on_progress: called after every step as `on_progress(step, total_steps, losses)`.
-        plan: the result of `plan_fit(config)` if the caller already made it.
 
     Returns:
         Where the run is, how far it got, and its last losses. Load the degrader with `Degrader.load(out)`.
     """
-    plan = plan or plan_fit(config)
-    cfg, model, device = config, plan.model, plan.device
-    out = Path(cfg.out)
-    resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
+    config, model, device = plan.config, plan.model, plan.device
+    out = Path(config.out)
+    resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
 
     # --- networks and optimizers ---
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(config.seed)
         net_g = HighToLowGenerator(model).to(device)
         net_d = Discriminator(model.discriminator()).to(device)
-    opt_g, opt_d = adam(net_g, cfg.loss), adam(net_d, cfg.loss)
-    z_rng = torch.Generator().manual_seed(cfg.seed)  # fresh z for every sample, drawn on the CPU
+    opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
+    z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
     step = load_state(out, *state) if resuming else 0
 
     # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
-    b, k = cfg.batch_size, cfg.loss.d_steps
-    hr_batches = make_loader(
-        plan.hr.paths, model.hr_size, cfg.hr_prep, "paper", batch_size=b, seed=cfg.seed, start=step * (k + 1) * b,
-        workers=cfg.workers,
-    )  # fmt: skip
-    lr_batches = make_loader(
-        plan.lr.paths, model.lr_size, cfg.lr_prep, "flip", batch_size=b, seed=cfg.seed + 1, start=step * k * b,
-        workers=cfg.workers,
-    )  # fmt: skip
-    grid_hr, grid_lr = sample_batches(plan, n=8)
+    b, k = config.batch_size, config.loss.d_steps
+    hr_batches, lr_batches = unpaired_batches(config, plan.hr, plan.lr, model.hr_size, model.lr_size, step)
+    grid_hr, grid_lr = grid_images(config, plan.hr, plan.lr, model.hr_size, model.lr_size)
 
     def to_net(x: torch.Tensor) -> torch.Tensor:
         return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
@@ -141,51 +133,39 @@ def fit(config: FitConfig, on_progress: ProgressFn | None = None, plan: FitPlan 
     def noise() -> torch.Tensor:
         return torch.randn(b, model.z_dim, generator=z_rng).to(device)
 
-    def checkpoint() -> None:
+    def checkpoint(step: int) -> None:
         Degrader(net_g, name=out.name, step=step).save(out / DEGRADER_FILE)
         save_state(out, step, *state)
         net_g.train()
 
-    log = LossLog(out, cfg.log_every, cfg.steps, rate="hr_per_s")
+    books = Bookkeeping(
+        out,
+        config,
+        "hr_per_s",
+        on_progress,
+        lambda path: write_samples(path, net_g, grid_hr, grid_lr, device),
+        checkpoint,
+    )
     with deferred_interrupt() as interrupted:
-        while step < cfg.steps and not interrupted():
+        while step < config.steps and not interrupted():
             # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss ---
             hr = to_net(next(hr_batches))  # (B, 3, H, H)
-            with autocast(device, cfg.bf16):
+            with autocast(device, config.bf16):
                 fake = net_g(hr, noise())  # (B, 3, H/s, H/s)
-                g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, cfg.loss)
+                g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, config.loss)
             update(opt_g, g_loss)
 
             # --- D steps: real LR images against fresh fakes, detached ---
             for _ in range(k):
                 hr, real = to_net(next(hr_batches)), to_net(next(lr_batches))
-                with autocast(device, cfg.bf16):
+                with autocast(device, config.bf16):
                     with torch.no_grad():
                         fake = net_g(hr, noise())
                     d_loss, d_logs = discriminator_loss(net_d, real, fake)
                 update(opt_d, d_loss)
             step += 1
-
-            # --- bookkeeping: log, progress, samples, checkpoints ---
-            log.add(step, {**g_logs, **d_logs}, items=(k + 1) * b)
-            if on_progress:
-                on_progress(step, cfg.steps, {**g_logs, **d_logs})
-            if due(step, cfg.sample_every, cfg.steps):
-                write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_hr, grid_lr, device)
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
-        if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
-            checkpoint()
-        return RunResult(out, step, interrupted(), log.last)
-
-
-def sample_batches(plan: FitPlan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` readable HR and LR images, prepared without augmentation: the same faces in every grid."""
-    m = plan.model
-    rng = torch.Generator().manual_seed(0)
-    hr = first_readable(plan.hr, n, m.hr_size, plan.config.hr_prep, rng)
-    lr = first_readable(plan.lr, n, m.lr_size, plan.config.lr_prep, rng)
-    return torch.stack(hr), torch.stack(lr)
+            books.step(step, {**g_logs, **d_logs}, items=(k + 1) * b)
+        return books.finish(step, interrupted())
 
 
 @torch.no_grad()

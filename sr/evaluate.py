@@ -9,7 +9,7 @@ like MATLAB's imresize) on the 8-bit LR image, which reproduces the published bi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ from PIL import Image
 from degrader.errors import UserError
 from degrader.files import write_json
 from degrader.images import load_rgb, scan_images, to_tensor
+from degrader.run import Progress
+from degrader.shards import ShardDataset
 from sr.metrics import psnr, ssim
 from sr.upscale import SuperResolver
 
-Progress = Callable[[int, int, dict[str, float]], None]
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
 METHODS = ("model", "bicubic")
 
@@ -254,8 +255,6 @@ def evaluate_shards(
     Raises:
         UserError: no shards, a corrupt shard, or samples whose scale differs from the model's.
     """
-    from degrader.shards import ShardDataset
-
     dataset = ShardDataset(urls)
     model, name = _resolver(checkpoint, device)
     try:

@@ -18,26 +18,25 @@ from torch import nn
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import PREP_MODES, Scan, first_readable, make_loader, save_grid, scan_images
+from degrader.images import PREP_MODES, Scan, save_grid, scan_images
 from degrader.nets import Discriminator
 from degrader.run import (
     STATE_FILE,
     STATE_KIND,
-    LossLog,
-    ProgressFn,
+    Bookkeeping,
+    Progress,
     RunResult,
     autocast,
     config_dict,
     deferred_interrupt,
-    due,
+    grid_images,
     load_state,
     open_run,
     resolve_device,
     save_state,
+    unpaired_batches,
 )
 from sr.model import SR_FILE, LowToHighGenerator, load_sr_generator, save_sr_generator
-
-GRID_SAMPLES = 8
 
 
 @dataclass
@@ -63,9 +62,9 @@ class FinetuneConfig:
     overwrite: bool = False  # replace whatever `out` holds
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetunePlan:
-    """The loaded starting point and the data, checked before anything is written."""
+    """Everything `finetune` runs from: the loaded starting point and the data, checked before anything is written."""
 
     config: FinetuneConfig
     degrader: Degrader
@@ -74,17 +73,20 @@ class FinetunePlan:
     hr: Scan
     lr: Scan
     device: torch.device
-    d_from: dict[str, str]  # where each discriminator starts: a state file, or "fresh"
+    d_from: dict[str, Path | None]  # where each discriminator ("lr", "hr") starts: its run's state file, or fresh
 
 
-def trained_discriminator(run: str, net_d: Discriminator, option: str) -> str:
-    """Load a run's discriminator from its state file when there is one; returns where it came from."""
+def state_file(run: str) -> Path | None:
+    """The state file beside a run's checkpoint, which holds its discriminator; None when there is none."""
     state = Path(run) / STATE_FILE if Path(run).is_dir() else Path(run).parent / STATE_FILE
-    if not state.is_file():
-        return "fresh"
-    tensors, _ = load_checkpoint(state, STATE_KIND, option=option)
-    load_module(net_d, "net_d", tensors, state)
-    return str(state)
+    return state if state.is_file() else None
+
+
+def load_discriminator(state: Path | None, net_d: Discriminator, option: str) -> None:
+    """Load a run's discriminator from its state file; a missing file leaves `net_d` fresh."""
+    if state is not None:
+        tensors, _ = load_checkpoint(state, STATE_KIND, option=option)
+        load_module(net_d, "net_d", tensors, state)
 
 
 def plan_finetune(config: FinetuneConfig) -> FinetunePlan:
@@ -93,70 +95,58 @@ def plan_finetune(config: FinetuneConfig) -> FinetunePlan:
     Raises:
         UserError: a missing or wrong checkpoint, generators of different scales or sizes, a bad folder.
     """
-    cfg = config
-    if cfg.hr_prep not in PREP_MODES or cfg.lr_prep not in PREP_MODES:
+    if config.hr_prep not in PREP_MODES or config.lr_prep not in PREP_MODES:
         raise UserError(f"--hr-prep/--lr-prep must be one of {', '.join(PREP_MODES)}.")
-    device = resolve_device(cfg.device)
-    degrader = Degrader.load(cfg.degrader, device)
-    net_sr, meta = load_sr_generator(cfg.sr, device, option="--sr")
+    device = resolve_device(config.device)
+    degrader = Degrader.load(config.degrader, device)
+    net_sr, meta = load_sr_generator(config.sr, device, option="--sr")
     if (net_sr.config.scale, net_sr.config.hr_size) != (degrader.scale, degrader.hr_size):
         raise UserError(
-            f"--sr {cfg.sr} is x{net_sr.config.scale} at {net_sr.config.hr_size} px but --degrader {cfg.degrader} "
-            f"is x{degrader.scale} at {degrader.hr_size} px; pair models trained at the same scale and size."
+            f"--sr {config.sr} is x{net_sr.config.scale} at {net_sr.config.hr_size} px but --degrader "
+            f"{config.degrader} is x{degrader.scale} at {degrader.hr_size} px; pair models trained at the same scale "
+            "and size."
         )
-    hr = scan_images(cfg.hr, min_size=degrader.hr_size, option="--hr")
-    lr = scan_images(cfg.lr, min_size=degrader.hr_size // degrader.scale, option="--lr")
-    return FinetunePlan(cfg, degrader, net_sr, int(meta.get("step", 0)), hr, lr, device, {})
+    hr = scan_images(config.hr, min_size=degrader.hr_size, option="--hr")
+    lr = scan_images(config.lr, min_size=degrader.hr_size // degrader.scale, option="--lr")
+    d_from = {"lr": state_file(config.degrader), "hr": state_file(config.sr)}
+    return FinetunePlan(config, degrader, net_sr, int(meta.get("step", 0)), hr, lr, device, d_from)
 
 
-def finetune(
-    config: FinetuneConfig, on_progress: ProgressFn | None = None, plan: FinetunePlan | None = None
-) -> RunResult:
-    """Fine-tune a degrader and an SR generator together; writes both checkpoints to `config.out`.
+def finetune(plan: FinetunePlan, on_progress: Progress | None = None) -> RunResult:
+    """Fine-tune a degrader and an SR generator together; writes both checkpoints to `plan.config.out`.
 
     Args:
-        config: the run's settings.
+        plan: the result of `plan_finetune(config)`.
         on_progress: called after every step as `on_progress(step, total_steps, losses)`.
-        plan: the result of `plan_finetune(config)` if the caller already made it.
 
     Returns:
         Where the run is, how far it got, and its last losses. `Degrader.load(out)` and
         `load_sr_generator(out)` read the results.
     """
-    plan = plan or plan_finetune(config)
-    cfg, device, loss = config, plan.device, config.loss
-    out = Path(cfg.out)
-    resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
+    config, device, loss = plan.config, plan.device, plan.config.loss
+    out = Path(config.out)
+    resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
 
     # --- networks: both generators as trained, their discriminators from their runs where saved ---
     net_hl, net_lh = plan.degrader.net_g.train(), plan.net_sr.train()
     hl, lh = net_hl.config, net_lh.config
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(config.seed)
         net_dl = Discriminator(hl.discriminator()).to(device)  # judges LR images
         net_dh = Discriminator(lh.discriminator()).to(device)  # judges HR images
-    plan.d_from["lr"] = trained_discriminator(cfg.degrader, net_dl, "--degrader")
-    plan.d_from["hr"] = trained_discriminator(cfg.sr, net_dh, "--sr")
+    load_discriminator(plan.d_from["lr"], net_dl, "--degrader")
+    load_discriminator(plan.d_from["hr"], net_dh, "--sr")
     # One optimizer per side: the SR loss updates the degrader through the shared backward pass.
     opt_g, opt_d = adam(nn.ModuleList([net_hl, net_lh]), loss), adam(nn.ModuleList([net_dl, net_dh]), loss)
-    z_rng = torch.Generator().manual_seed(cfg.seed)  # fresh z for every sample, drawn on the CPU
+    z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
     modules = {"net_hl": net_hl, "net_lh": net_lh, "net_dl": net_dl, "net_dh": net_dh}
     state = (modules, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
     step = load_state(out, *state) if resuming else 0
 
     # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
-    b, k = cfg.batch_size, loss.d_steps
-    hr_batches = make_loader(
-        plan.hr.paths, hl.hr_size, cfg.hr_prep, "paper", batch_size=b, seed=cfg.seed, start=step * (k + 1) * b,
-        workers=cfg.workers,
-    )  # fmt: skip
-    lr_batches = make_loader(
-        plan.lr.paths, hl.lr_size, cfg.lr_prep, "flip", batch_size=b, seed=cfg.seed + 1, start=step * k * b,
-        workers=cfg.workers,
-    )  # fmt: skip
-    rng = torch.Generator().manual_seed(0)
-    grid_hr = torch.stack(first_readable(plan.hr, GRID_SAMPLES, hl.hr_size, cfg.hr_prep, rng))
-    grid_lr = torch.stack(first_readable(plan.lr, GRID_SAMPLES, hl.lr_size, cfg.lr_prep, rng))
+    b, k = config.batch_size, loss.d_steps
+    hr_batches, lr_batches = unpaired_batches(config, plan.hr, plan.lr, hl.hr_size, hl.lr_size, step)
+    grid_hr, grid_lr = grid_images(config, plan.hr, plan.lr, hl.hr_size, hl.lr_size)
 
     def to_net(x: torch.Tensor) -> torch.Tensor:
         return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
@@ -166,18 +156,21 @@ def finetune(
         lr = net_hl(hr, z)  # (B, 3, H/s, H/s)
         return lr, net_lh(lr.clamp(-1, 1))  # (B, 3, H, H); the clamp matches what `Degrader.degrade` hands SR
 
-    def checkpoint() -> None:
-        Degrader(net_hl, name=out.name, step=step).save(out / DEGRADER_FILE, finetuned_from=cfg.degrader)
-        save_sr_generator(out / SR_FILE, net_lh, plan.sr_step + step, finetuned_from=cfg.sr)
+    def checkpoint(step: int) -> None:
+        Degrader(net_hl, name=out.name, step=step).save(out / DEGRADER_FILE, finetuned_from=config.degrader)
+        save_sr_generator(out / SR_FILE, net_lh, plan.sr_step + step, finetuned_from=config.sr)
         save_state(out, step, *state)
         net_hl.train(), net_lh.train()  # Degrader() puts its network in eval mode
 
-    log = LossLog(out, cfg.log_every, cfg.steps, rate="hr_per_s")
+    def samples(path: Path) -> None:
+        write_samples(path, net_hl, net_lh, grid_hr, grid_lr, device)
+
+    books = Bookkeeping(out, config, "hr_per_s", on_progress, samples, checkpoint)
     with deferred_interrupt() as interrupted:
-        while step < cfg.steps and not interrupted():
+        while step < config.steps and not interrupted():
             # --- G step, both Ds frozen: both generator losses, one backward pass through both networks ---
             hr = to_net(next(hr_batches))  # (B, 3, H, H)
-            with autocast(device, cfg.bf16):
+            with autocast(device, config.bf16):
                 lr, sr = both(hr)
                 hl_loss, hl_logs = generator_loss(lr, F.avg_pool2d(hr, hl.scale), net_dl, loss)
                 lh_loss, lh_logs = generator_loss(sr, hr, net_dh, loss)
@@ -187,7 +180,7 @@ def finetune(
             d_logs: dict[str, float] = {}
             for _ in range(k):
                 hr, real_lr = to_net(next(hr_batches)), to_net(next(lr_batches))
-                with autocast(device, cfg.bf16):
+                with autocast(device, config.bf16):
                     with torch.no_grad():
                         lr, sr = both(hr)
                     dl_loss, dl_logs = discriminator_loss(net_dl, real_lr, lr)
@@ -195,19 +188,8 @@ def finetune(
                 update(opt_d, dl_loss + dh_loss)
                 d_logs = {**prefixed("hl_", dl_logs), **prefixed("lh_", dh_logs)}
             step += 1
-
-            # --- bookkeeping: log, progress, samples, checkpoints ---
-            step_logs = {**prefixed("hl_", hl_logs), **prefixed("lh_", lh_logs), **d_logs}
-            log.add(step, step_logs, items=(k + 1) * b)
-            if on_progress:
-                on_progress(step, cfg.steps, step_logs)
-            if due(step, cfg.sample_every, cfg.steps):
-                write_samples(out / "samples" / f"step-{step:06d}.png", net_hl, net_lh, grid_hr, grid_lr, device)
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
-        if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
-            checkpoint()
-        return RunResult(out, step, interrupted(), log.last)
+            books.step(step, {**prefixed("hl_", hl_logs), **prefixed("lh_", lh_logs), **d_logs}, items=(k + 1) * b)
+        return books.finish(step, interrupted())
 
 
 def prefixed(prefix: str, logs: dict[str, float]) -> dict[str, float]:

@@ -12,13 +12,12 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.errors import UserError
-from degrader.export import load_degrader
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
 from degrader.images import (
     AUGMENTS,
@@ -32,13 +31,13 @@ from degrader.images import (
 )
 from degrader.nets import Discriminator
 from degrader.run import (
-    LossLog,
-    ProgressFn,
+    GRID_SAMPLES,
+    Bookkeeping,
+    Progress,
     RunResult,
     autocast,
     config_dict,
     deferred_interrupt,
-    due,
     load_state,
     open_run,
     resolve_device,
@@ -46,8 +45,6 @@ from degrader.run import (
 )
 from degrader.shards import ShardMapDataset
 from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
-
-GRID_SAMPLES = 8  # images in each sample grid
 
 
 @dataclass
@@ -86,9 +83,9 @@ class SRTrainConfig:
         return self.batch_size * (warm + (step - warm) * (self.loss.d_steps + 1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SRPlan:
-    """What `train` will do, checked before anything is written (also the answer to --dry-run)."""
+    """Everything `train` runs from, checked before anything is written (also the answer to --dry-run)."""
 
     config: SRTrainConfig
     model: LowToHighConfig
@@ -98,8 +95,8 @@ class SRPlan:
     params_g: int
     params_d: int
     scan: Scan | None = None  # on the fly: the HR folder
-    degrader: Any = None  # on the fly: a `Degrader` or a classical degrader
-    shards: Any = None  # shards: the `ShardMapDataset`
+    degrader: DegraderLike | None = None  # on the fly: a `Degrader` or a classical degrader
+    shards: ShardMapDataset | None = None  # shards: the map-style reader
 
 
 def noise_seed(seed: int, position: int) -> int:
@@ -114,52 +111,51 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
     Raises:
         UserError: no data source or two, a missing folder or shard, a bad checkpoint or option.
     """
-    cfg = config
-    if cfg.preset not in PRESETS:
-        raise UserError(f"--preset {cfg.preset!r} is not one of {', '.join(PRESETS)}.")
-    if (cfg.shards is None) == (cfg.degrader is None):
+    if config.preset not in PRESETS:
+        raise UserError(f"--preset {config.preset!r} is not one of {', '.join(PRESETS)}.")
+    if (config.shards is None) == (config.degrader is None):
         raise UserError("give either --shards (paired shards) or --degrader with --hr (on-the-fly pairs), not both.")
-    if cfg.hr_prep not in PREP_MODES or cfg.augment not in AUGMENTS:
+    if config.hr_prep not in PREP_MODES or config.augment not in AUGMENTS:
         raise UserError(f"--hr-prep must be one of {', '.join(PREP_MODES)}; --augment one of {', '.join(AUGMENTS)}.")
-    if cfg.steps < 0 or cfg.batch_size < 1:
+    if config.steps < 0 or config.batch_size < 1:
         raise UserError("--steps must be >= 0 and --batch-size >= 1.")
-    device = resolve_device(cfg.device)
+    device = resolve_device(config.device)
     scan = degrader = shards = None
-    if cfg.shards is not None:
-        if cfg.hr is not None:
+    if config.shards is not None:
+        if config.hr is not None:
             raise UserError("--hr is only used with --degrader; shards already hold the HR images.")
-        shards = ShardMapDataset(cfg.shards)
+        shards = ShardMapDataset(config.shards)
         if len(shards) == 0:
-            raise UserError(f"--shards {cfg.shards}: the shards hold no samples; export some first.")
+            raise UserError(f"--shards {config.shards}: the shards hold no samples; export some first.")
         first = shards[0]
         h, w = first["lq"].shape[-2:]
         scale = first["gt"].shape[-1] // w
-        if cfg.scale is not None and cfg.scale != scale:
-            raise UserError(f"--scale {cfg.scale}: the shards are x{scale}; drop --scale.")
-        lr_size = cfg.lr_size or min(h, w)
+        if config.scale is not None and config.scale != scale:
+            raise UserError(f"--scale {config.scale}: the shards are x{scale}; drop --scale.")
+        lr_size = config.lr_size or min(h, w)
         if lr_size > min(h, w):
             raise UserError(f"--lr-size {lr_size}: the shards' LR images are only {w}x{h}.")
-        source, samples = f"{len(shards)} pairs from {len(shards.urls)} shards ({cfg.shards})", len(shards)
+        source, samples = f"{len(shards)} pairs from {len(shards.urls)} shards ({config.shards})", len(shards)
     else:
-        if cfg.hr is None:
+        if config.hr is None:
             raise UserError("--degrader needs --hr, the folder of HR images to degrade on the fly.")
-        degrader = load_degrader(cfg.degrader, cfg.scale, cfg.device)
+        degrader = load_degrader(config.degrader, config.scale, config.device)
         scale = degrader.scale
         if degrader.hr_size is None:  # classical: any size
-            lr_size = cfg.lr_size or 16
+            lr_size = config.lr_size or 16
         else:
             lr_size = degrader.hr_size // scale
-            if cfg.lr_size not in (None, lr_size):
-                raise UserError(f"--lr-size {cfg.lr_size}: the degrader makes {lr_size} px LR images; drop it.")
-        scan = scan_images(cfg.hr, min_size=lr_size * scale, option="--hr")
-        source, samples = f"{len(scan.paths)} HR images ({cfg.hr}) through {cfg.degrader}", len(scan.paths)
+            if config.lr_size not in (None, lr_size):
+                raise UserError(f"--lr-size {config.lr_size}: the degrader makes {lr_size} px LR images; drop it.")
+        scan = scan_images(config.hr, min_size=lr_size * scale, option="--hr")
+        source, samples = f"{len(scan.paths)} HR images ({config.hr}) through {config.degrader}", len(scan.paths)
     try:
-        model = LowToHighConfig(lr_size=lr_size, scale=scale, **PRESETS[cfg.preset])
+        model = LowToHighConfig(lr_size=lr_size, scale=scale, **PRESETS[config.preset])
         net_g, net_d = LowToHighGenerator(model), Discriminator(model.discriminator())
     except ValueError as e:
         raise UserError(f"--scale/--lr-size: {e}.") from None
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    return SRPlan(cfg, model, source, samples, device, count(net_g), count(net_d), scan, degrader, shards)
+    return SRPlan(config, model, source, samples, device, count(net_g), count(net_d), scan, degrader, shards)
 
 
 def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -184,7 +180,7 @@ def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch
     for hr in hr_batches:
         seeds = [noise_seed(cfg.seed, position + i) for i in range(hr.shape[0])]
         position += hr.shape[0]
-        lr = plan.degrader.degrade(hr.to(plan.degrader.device), seeds).cpu()  # (B, 3, H/s, H/s)
+        lr = plan.degrader.degrade(hr, seeds).cpu()  # (B, 3, H/s, H/s)
         yield lr, hr
 
 
@@ -196,7 +192,7 @@ def sample_pairs(plan: SRPlan, n: int = GRID_SAMPLES) -> tuple[torch.Tensor, tor
         pairs = [data[(i, 0)] for i in range(min(n, len(data)))]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     hr = torch.stack(first_readable(plan.scan, n, m.hr_size, plan.config.hr_prep, torch.Generator().manual_seed(0)))
-    return plan.degrader.degrade(hr.to(plan.degrader.device), list(range(hr.shape[0]))).cpu(), hr
+    return plan.degrader.degrade(hr, list(range(hr.shape[0]))).cpu(), hr
 
 
 @torch.no_grad()
@@ -210,49 +206,54 @@ def write_samples(path: Path, net_g: LowToHighGenerator, lr: torch.Tensor, hr: t
     save_grid([lr, bicubic, sr, hr], path)
 
 
-def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SRPlan | None = None) -> RunResult:
-    """Train a Low-to-High SR generator; writes checkpoints, log and sample grids to `config.out`.
+def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
+    """Train a Low-to-High SR generator; writes checkpoints, log and sample grids to `plan.config.out`.
 
     Args:
-        config: the run's settings.
+        plan: the result of `plan_train(config)`.
         on_progress: called after every step as `on_progress(step, total_steps, losses)`.
-        plan: the result of `plan_train(config)` if the caller already made it (e.g. after --dry-run).
 
     Returns:
         Where the run is, how far it got, and its last losses. Load the generator with `load_sr_generator(out)`.
     """
-    plan = plan or plan_train(config)
-    cfg, model, device = config, plan.model, plan.device
-    out = Path(cfg.out)
-    resuming = open_run(out, config_dict(cfg), resume=cfg.resume, overwrite=cfg.overwrite)
+    config, model, device = plan.config, plan.model, plan.device
+    out = Path(config.out)
+    resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
 
     # --- networks and optimizers ---
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(config.seed)
         net_g = LowToHighGenerator(model).to(device)
         net_d = Discriminator(model.discriminator()).to(device)
-    opt_g, opt_d = adam(net_g, cfg.loss), adam(net_d, cfg.loss)
+    opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {})
     step = load_state(out, *state) if resuming else 0
 
     # --- data: each step takes d_steps + 1 batches of pairs (one while warming up) ---
-    pairs = pair_batches(plan, start=cfg.pairs_before(step))
+    pairs = pair_batches(plan, start=config.pairs_before(step))
     grid_lr, grid_hr = sample_pairs(plan)
 
     def to_net(x: torch.Tensor) -> torch.Tensor:
         return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
 
-    def checkpoint() -> None:
+    def checkpoint(step: int) -> None:
         save_sr_generator(out / SR_FILE, net_g, step)
         save_state(out, step, *state)
 
-    log = LossLog(out, cfg.log_every, cfg.steps, rate="pairs_per_s")
+    books = Bookkeeping(
+        out,
+        config,
+        "pairs_per_s",
+        on_progress,
+        lambda path: write_samples(path, net_g, grid_lr, grid_hr, device),
+        checkpoint,
+    )
     with deferred_interrupt() as interrupted:
-        while step < cfg.steps and not interrupted():
-            loss = cfg.loss_at(step)  # the pixel loss alone while warming up
+        while step < config.steps and not interrupted():
+            loss = config.loss_at(step)  # the pixel loss alone while warming up
             # --- G step, D frozen: pixel loss to HR + hinge loss ---
             lr, hr = map(to_net, next(pairs))  # (B, 3, h, h), (B, 3, H, H)
-            with autocast(device, cfg.bf16):
+            with autocast(device, config.bf16):
                 fake = net_g(lr)  # (B, 3, H, H)
                 g_loss, g_logs = generator_loss(fake, hr, net_d, loss)
             update(opt_g, g_loss)
@@ -261,21 +262,11 @@ def train(config: SRTrainConfig, on_progress: ProgressFn | None = None, plan: SR
             d_logs: dict[str, float] = {}
             for _ in range(loss.d_steps):
                 lr, real = map(to_net, next(pairs))
-                with autocast(device, cfg.bf16):
+                with autocast(device, config.bf16):
                     with torch.no_grad():
                         fake = net_g(lr)
                     d_loss, d_logs = discriminator_loss(net_d, real, fake)
                 update(opt_d, d_loss)
             step += 1
-
-            # --- bookkeeping: log, progress, samples, checkpoints ---
-            log.add(step, {**g_logs, **d_logs}, items=(loss.d_steps + 1) * cfg.batch_size)
-            if on_progress:
-                on_progress(step, cfg.steps, {**g_logs, **d_logs})
-            if due(step, cfg.sample_every, cfg.steps):
-                write_samples(out / "samples" / f"step-{step:06d}.png", net_g, grid_lr, grid_hr, device)
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
-        if step % cfg.checkpoint_every != 0 or step == 0:  # the last step's checkpoint, unless just written
-            checkpoint()
-        return RunResult(out, step, interrupted(), log.last)
+            books.step(step, {**g_logs, **d_logs}, items=(loss.d_steps + 1) * config.batch_size)
+        return books.finish(step, interrupted())

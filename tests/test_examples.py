@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from degrader.export import ExportConfig, export_shards
+from degrader.export import ExportConfig, export_shards, plan_export
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -33,7 +33,7 @@ def shards(tmp_path_factory) -> Path:
         small = Image.fromarray(rs.randint(0, 256, (4, 4, 3), dtype=np.uint8), "RGB")
         small.resize((64, 64), Image.Resampling.BICUBIC).save(hr / f"{i:02d}.png")
     config = ExportConfig(degrader="bicubic", hr=str(hr), out=str(root / "shards"), samples_per_shard=4, workers=0)
-    export_shards(config)
+    export_shards(plan_export(config))
     return root / "shards"
 
 

@@ -50,7 +50,7 @@ def files(out):
 def reference(hr, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "out"
     steps = []
-    manifest = export_shards(config(hr, out), lambda step, total, logs: steps.append((step, total)))
+    manifest = export_shards(plan_export(config(hr, out)), lambda step, total, logs: steps.append((step, total)))
     return out, manifest, steps
 
 
@@ -73,21 +73,21 @@ def test_manifest_and_progress(reference):
 
 
 def test_same_command_twice_and_worker_count_give_identical_bytes(hr, reference, tmp_path):
-    export_shards(config(hr, tmp_path / "a", workers=2, batch_size=3))
-    export_shards(config(hr, tmp_path / "b", workers=1, batch_size=5))
+    export_shards(plan_export(config(hr, tmp_path / "a", workers=2, batch_size=3)))
+    export_shards(plan_export(config(hr, tmp_path / "b", workers=1, batch_size=5)))
     assert files(tmp_path / "a") == files(tmp_path / "b") == files(reference[0])
 
 
 KILL_SCRIPT = """
 import os, signal, sys
-from degrader.export import ExportConfig, export_shards
+from degrader.export import ExportConfig, export_shards, plan_export
 kill_at = int(sys.argv[1])
 def on_progress(step, total, logs):
     if step >= kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 config = ExportConfig(degrader="blur-bilinear", hr=sys.argv[2], out=sys.argv[3], per_image=2, samples_per_shard=5,
                       hr_size=32, workers=1, batch_size=2, resume=sys.argv[4] == "resume")
-export_shards(config, on_progress)
+export_shards(plan_export(config), on_progress)
 """
 
 
@@ -109,13 +109,15 @@ def test_killed_at_several_points_then_resumed_equals_uninterrupted(hr, referenc
     assert [p.name for p in out.glob("shard-*.tar")] == ["shard-000000.tar"]
     killed_run(hr, out, 14, resume=True)  # every sample written, the last shard and manifest not yet
     with pytest.raises(UserError, match="not empty"):
-        export_shards(config(hr, out))
-    manifest = export_shards(config(hr, out, resume=True, workers=2))
+        export_shards(plan_export(config(hr, out)))
+    manifest = export_shards(plan_export(config(hr, out, resume=True, workers=2)))
     assert files(out) == files(reference[0]) and manifest == reference[1]
-    assert export_shards(config(hr, out, resume=True)) == manifest  # resuming a finished export changes nothing
+    assert (
+        export_shards(plan_export(config(hr, out, resume=True))) == manifest
+    )  # resuming a finished export changes nothing
     assert files(out) == files(reference[0])
     with pytest.raises(UserError, match="other options"):
-        export_shards(config(hr, out, resume=True, seed=1))
+        export_shards(plan_export(config(hr, out, resume=True, seed=1)))
 
 
 def test_crash_then_resume_redoes_a_damaged_shard(hr, reference, tmp_path):
@@ -126,11 +128,11 @@ def test_crash_then_resume_redoes_a_damaged_shard(hr, reference, tmp_path):
             raise RuntimeError("crash")
 
     with pytest.raises(RuntimeError, match="crash"):
-        export_shards(config(hr, out), crash)
+        export_shards(plan_export(config(hr, out)), crash)
     assert sorted(p.name for p in out.iterdir()) == [".export-state.json", "shard-000000.tar", "shard-000001.tar"]
     shard = out / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:-1000] + bytes(1000))  # changed after it was recorded as complete
-    export_shards(config(hr, out, resume=True))
+    export_shards(plan_export(config(hr, out, resume=True)))
     assert files(out) == files(reference[0])
 
 
@@ -141,7 +143,9 @@ def test_lr_regenerates_from_seed_with_a_learned_degrader(hr, tmp_path):
 
     checkpoint = tmp_path / "tiny.safetensors"
     Degrader(HighToLowGenerator(HighToLowConfig(hr_size=32, scale=4, **PRESETS["small"]))).save(checkpoint)
-    manifest = export_shards(ExportConfig(degrader=str(checkpoint), hr=str(hr), out=str(tmp_path / "out"), workers=0))
+    manifest = export_shards(
+        plan_export(ExportConfig(degrader=str(checkpoint), hr=str(hr), out=str(tmp_path / "out"), workers=0))
+    )
     assert manifest["degrader"]["sha256"] == sha256_file(checkpoint) and manifest["config"]["hr_size"] == 32
     degrader = Degrader.load(checkpoint)
     samples = list(ShardDataset(tmp_path / "out"))
@@ -156,7 +160,7 @@ def test_grid_and_random_crops(tmp_path):
     hr = tmp_path / "hr"
     hr.mkdir()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(hr / "big.png")
-    manifest = export_shards(config(hr, tmp_path / "grid", crop="grid", per_image=1, degrader="bicubic"))
+    manifest = export_shards(plan_export(config(hr, tmp_path / "grid", crop="grid", per_image=1, degrader="bicubic")))
     assert manifest["totals"]["crops"] == 6  # 2 rows x 3 columns of 32 px
     source = np.asarray(Image.open(hr / "big.png"))
     for s in ShardDataset(tmp_path / "grid"):
@@ -164,8 +168,8 @@ def test_grid_and_random_crops(tmp_path):
         top, left = 3 + 32 * (c // 3), 2 + 32 * (c % 3)  # the grid is centred: 70 - 64 = 6, 100 - 96 = 4
         assert np.array_equal(to_uint8(s["gt"][None])[0], source[top : top + 32, left : left + 32])
         assert s["seed"] == sample_seed(0, f"big.png#{c}", 0)
-    export_shards(config(hr, tmp_path / "r1", crop="random", per_image=3))
-    export_shards(config(hr, tmp_path / "r2", crop="random", per_image=3, workers=1))
+    export_shards(plan_export(config(hr, tmp_path / "r1", crop="random", per_image=3)))
+    export_shards(plan_export(config(hr, tmp_path / "r2", crop="random", per_image=3, workers=1)))
     assert files(tmp_path / "r1") == files(tmp_path / "r2")
     crops = [s["gt"] for s in ShardDataset(tmp_path / "r1")]
     assert len(crops) == 3 and all(c.equal(crops[0]) for c in crops)  # K variants share the crop
@@ -175,18 +179,18 @@ def test_bad_inputs(hr, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("keep me")
     with pytest.raises(UserError, match="--out .* not empty"):
-        export_shards(config(hr, tmp_path / "full"))
+        export_shards(plan_export(config(hr, tmp_path / "full")))
     with pytest.raises(UserError, match="no export to resume"):
-        export_shards(config(hr, tmp_path / "full", resume=True))
+        export_shards(plan_export(config(hr, tmp_path / "full", resume=True)))
     assert (tmp_path / "full" / "x.txt").read_text() == "keep me"
     with pytest.raises(UserError, match="--hr .* does not exist"):
-        export_shards(config(tmp_path / "missing", tmp_path / "o1"))
+        export_shards(plan_export(config(tmp_path / "missing", tmp_path / "o1")))
     with pytest.raises(UserError, match="--degrader lanczos"):
-        export_shards(config(hr, tmp_path / "o2", degrader="lanczos"))
+        export_shards(plan_export(config(hr, tmp_path / "o2", degrader="lanczos")))
     with pytest.raises(UserError, match="--crop"):
-        export_shards(config(hr, tmp_path / "o3", crop="middle"))
+        export_shards(plan_export(config(hr, tmp_path / "o3", crop="middle")))
     with pytest.raises(UserError, match="divisible"):
-        export_shards(config(hr, tmp_path / "o4", hr_size=30))
+        export_shards(plan_export(config(hr, tmp_path / "o4", hr_size=30)))
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from degrader.classical import make_classical
 from degrader.errors import UserError
-from degrader.export import ExportConfig, export_shards
+from degrader.export import ExportConfig, export_shards, plan_export
 from degrader.shards import (
     MEMBERS,
     ShardDataset,
@@ -53,7 +53,7 @@ def shards(tmp_path_factory):
         degrader="blur-bilinear", hr=str(make_images(base / "hr")), out=str(base / "out"), per_image=K,
         samples_per_shard=PER_SHARD, hr_size=32, workers=0, batch_size=4, seed=3,
     )  # fmt: skip
-    manifest = export_shards(config)
+    manifest = export_shards(plan_export(config))
     return base / "out", manifest
 
 

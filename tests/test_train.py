@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import degrader.train
+import degrader.run
 from degrader.checkpoint import DEGRADER_FILE, Degrader
 from degrader.errors import UserError
 from degrader.gan import LossConfig
@@ -57,7 +57,7 @@ def test_short_fit_lowers_the_pixel_loss(tiny_folders, tmp_path):
     # Plain tanh output starts far from avg-pooled HR; the smooth images make the target learnable.
     config = tiny(hr, lr, tmp_path / "run", steps=30, batch_size=4, residual=False, log_every=5)
     config.loss = LossConfig(d_steps=1)
-    result = fit(config)
+    result = fit(plan_fit(config))
     pixel = [line["g_pixel"] for line in losses(result.out)]
     assert len(pixel) == 6
     assert pixel[-1] < 0.7 * pixel[0], pixel
@@ -67,7 +67,9 @@ def test_short_fit_lowers_the_pixel_loss(tiny_folders, tmp_path):
 def test_run_directory_contents(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     calls = []
-    result = fit(tiny(hr, lr, tmp_path / "run", steps=4, sample_every=2), on_progress=lambda *a: calls.append(a))
+    result = fit(
+        plan_fit(tiny(hr, lr, tmp_path / "run", steps=4, sample_every=2)), on_progress=lambda *a: calls.append(a)
+    )
     out = tmp_path / "run"
     assert (result.out, result.step, result.interrupted) == (out, 4, False)
     assert [c[:2] for c in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
@@ -93,10 +95,10 @@ def test_run_directory_contents(tiny_folders, tmp_path):
 @pytest.mark.parametrize("residual", [True, False])
 def test_resume_equals_an_uninterrupted_run(tiny_folders, tmp_path, residual):
     hr, lr = tiny_folders
-    straight = fit(tiny(hr, lr, tmp_path / "straight", residual=residual)).out
-    first = fit(tiny(hr, lr, tmp_path / "split", residual=residual, steps=2))
+    straight = fit(plan_fit(tiny(hr, lr, tmp_path / "straight", residual=residual))).out
+    first = fit(plan_fit(tiny(hr, lr, tmp_path / "split", residual=residual, steps=2)))
     assert first.step == 2
-    second = fit(tiny(hr, lr, tmp_path / "split", residual=residual, resume=True))
+    second = fit(plan_fit(tiny(hr, lr, tmp_path / "split", residual=residual, resume=True)))
     assert second.step == 6 and not second.interrupted
     assert_same_tensors(straight / DEGRADER_FILE, second.out / DEGRADER_FILE)
     assert_same_tensors(straight / STATE_FILE, second.out / STATE_FILE)
@@ -105,17 +107,17 @@ def test_resume_equals_an_uninterrupted_run(tiny_folders, tmp_path, residual):
 
 def test_ctrl_c_saves_and_resume_finishes_the_same_run(tiny_folders, tmp_path):
     hr, lr = tiny_folders
-    straight = fit(tiny(hr, lr, tmp_path / "straight")).out
+    straight = fit(plan_fit(tiny(hr, lr, tmp_path / "straight"))).out
 
     def press_ctrl_c(step, total, logs):
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    stopped = fit(tiny(hr, lr, tmp_path / "run"), on_progress=press_ctrl_c)
+    stopped = fit(plan_fit(tiny(hr, lr, tmp_path / "run")), on_progress=press_ctrl_c)
     assert (stopped.step, stopped.interrupted) == (3, True)
     assert Degrader.load(stopped.out).step == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed = fit(tiny(hr, lr, tmp_path / "run", resume=True))
+    resumed = fit(plan_fit(tiny(hr, lr, tmp_path / "run", resume=True)))
     assert (resumed.step, resumed.interrupted) == (6, False)
     assert_same_tensors(straight / STATE_FILE, resumed.out / STATE_FILE)
     assert_same_tensors(straight / DEGRADER_FILE, resumed.out / DEGRADER_FILE)
@@ -124,7 +126,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tiny_folders, tmp_path):
 def test_ctrl_c_mid_step_with_loader_workers(tiny_folders, tmp_path, monkeypatch):
     """The terminal sends Ctrl-C to the loader workers too; they must live on so the step can finish."""
     hr, lr = tiny_folders
-    make_loader = degrader.train.make_loader
+    make_loader = degrader.run.make_loader
 
     def press_ctrl_c_at(batches, at: int):
         for i, batch in enumerate(batches):
@@ -139,18 +141,18 @@ def test_ctrl_c_mid_step_with_loader_workers(tiny_folders, tmp_path, monkeypatch
         # HR batch 15 is the first D batch of step 3 (7 HR batches per step): 5 more are needed after it.
         return press_ctrl_c_at(batches, at=15) if augment == "paper" else batches
 
-    monkeypatch.setattr(degrader.train, "make_loader", loader_that_presses_ctrl_c)
+    monkeypatch.setattr(degrader.run, "make_loader", loader_that_presses_ctrl_c)
     config = tiny(hr, lr, tmp_path / "run", workers=1, batch_size=1, loss=LossConfig(d_steps=6))
-    result = fit(config)
+    result = fit(plan_fit(config))
     assert (result.step, result.interrupted) == (3, True)
     assert Degrader.load(result.out).step == 3
 
 
 def test_same_seed_gives_byte_identical_weights(tiny_folders, tmp_path):
     hr, lr = tiny_folders
-    a = fit(tiny(hr, lr, tmp_path / "a", steps=3)).out
-    b = fit(tiny(hr, lr, tmp_path / "b", steps=3)).out
-    c = fit(tiny(hr, lr, tmp_path / "c", steps=3, seed=1)).out
+    a = fit(plan_fit(tiny(hr, lr, tmp_path / "a", steps=3))).out
+    b = fit(plan_fit(tiny(hr, lr, tmp_path / "b", steps=3))).out
+    c = fit(plan_fit(tiny(hr, lr, tmp_path / "c", steps=3, seed=1))).out
     assert (a / DEGRADER_FILE).read_bytes() == (b / DEGRADER_FILE).read_bytes()
     assert (a / STATE_FILE).read_bytes() == (b / STATE_FILE).read_bytes()
     assert (a / DEGRADER_FILE).read_bytes() != (c / DEGRADER_FILE).read_bytes()
@@ -159,7 +161,7 @@ def test_same_seed_gives_byte_identical_weights(tiny_folders, tmp_path):
 @pytest.mark.parametrize("field", ["hr_size", "lr", "residual", "seed", "loss"])
 def test_resume_with_other_settings_is_refused(tiny_folders, tmp_path, field, make_images):
     hr, lr = tiny_folders
-    fit(tiny(hr, lr, tmp_path / "run", steps=1))
+    fit(plan_fit(tiny(hr, lr, tmp_path / "run", steps=1)))
     before = snapshot(tmp_path / "run")
     other_lr = tmp_path / "other"
     make_images(other_lr, 3, 16, seed=5)
@@ -174,14 +176,14 @@ def test_resume_with_other_settings_is_refused(tiny_folders, tmp_path, field, ma
     for key, value in change.items():
         setattr(config, key, value)
     with pytest.raises(UserError, match=f"--resume: {tmp_path / 'run'} was run with other settings \\({field}\\)"):
-        fit(config)
+        fit(plan_fit(config))
     assert snapshot(tmp_path / "run") == before
 
 
 def test_resume_may_extend_steps_and_change_the_device_choice(tiny_folders, tmp_path):
     hr, lr = tiny_folders
-    fit(tiny(hr, lr, tmp_path / "run", steps=1))
-    result = fit(tiny(hr, lr, tmp_path / "run", steps=2, resume=True, device="auto", log_every=5, workers=0))
+    fit(plan_fit(tiny(hr, lr, tmp_path / "run", steps=1)))
+    result = fit(plan_fit(tiny(hr, lr, tmp_path / "run", steps=2, resume=True, device="auto", log_every=5, workers=0)))
     assert result.step == 2
 
 
@@ -232,11 +234,11 @@ def test_folder_of_only_unreadable_images(tiny_folders, tmp_path, make_images):
 def test_corrupt_files_are_skipped_and_training_runs(tiny_folders, tmp_path, make_images):
     hr, lr = tiny_folders
     bad = corrupt_files(hr, make_images)
-    plan = plan_fit(tiny(hr, lr, tmp_path / "run"))
+    plan = plan_fit(tiny(hr, lr, tmp_path / "run", steps=2))
     assert len(plan.hr.paths) == 6 and plan.lr.skipped == []
     assert sorted(p for p, _ in plan.hr.skipped) == bad
     assert sorted(why for _, why in plan.hr.skipped) == ["not an image", "not an image", "truncated"]
-    result = fit(tiny(hr, lr, tmp_path / "run", steps=2), plan=plan)
+    result = fit(plan)
     assert result.step == 2
 
 
@@ -245,7 +247,7 @@ def test_an_image_that_fails_to_decode_late_does_not_abort_training(tiny_folders
     # (which takes the first images) and in the loader (which goes on with the next file).
     hr, lr = tiny_folders
     damaged_png(hr / "000-damaged.png", make_images)
-    result = fit(tiny(hr, lr, tmp_path / "run", steps=2, sample_every=1))
+    result = fit(plan_fit(tiny(hr, lr, tmp_path / "run", steps=2, sample_every=1)))
     assert result.step == 2
     with Image.open(tmp_path / "run" / "samples" / "step-000002.png") as grid:
         assert grid.size[0] == 2 + 6 * 34  # the six readable images
@@ -267,9 +269,9 @@ def test_unwritable_output(tiny_folders, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
     with pytest.raises(UserError, match=f"--out {blocker} is a file"):
-        fit(tiny(hr, lr, blocker))
+        fit(plan_fit(tiny(hr, lr, blocker)))
     with pytest.raises(UserError, match=f"--out {blocker / 'run'} is not writable"):
-        fit(tiny(hr, lr, blocker / "run"))  # a path under a file can never be created, even as root
+        fit(plan_fit(tiny(hr, lr, blocker / "run")))  # a path under a file can never be created, even as root
     assert blocker.read_text() == "keep me"
 
 
@@ -288,14 +290,16 @@ def test_read_only_parent_directory(tiny_folders, tmp_path):
 def test_output_holding_another_run(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     out = tmp_path / "run"
-    fit(tiny(hr, lr, out, steps=1))
+    stale = plan_fit(tiny(hr, lr, out, steps=2))  # planned while `out` is still empty
+    fit(plan_fit(tiny(hr, lr, out, steps=1)))
     before = snapshot(out)
-    for call in (plan_fit, fit):
-        with pytest.raises(UserError, match=f"--out {out} is not empty; pass --resume .* or --overwrite"):
-            call(tiny(hr, lr, out, steps=2))
+    with pytest.raises(UserError, match=f"--out {out} is not empty; pass --resume .* or --overwrite"):
+        plan_fit(tiny(hr, lr, out, steps=2))
+    with pytest.raises(UserError, match=f"--out {out} is not empty; pass --resume .* or --overwrite"):
+        fit(stale)  # `out` filled up after the plan was made: fit checks again before writing
     assert snapshot(out) == before
     (out / "stale.txt").write_text("old")
-    result = fit(tiny(hr, lr, out, steps=2, overwrite=True))
+    result = fit(plan_fit(tiny(hr, lr, out, steps=2, overwrite=True)))
     assert result.step == 2 and not (out / "stale.txt").exists()
     assert Degrader.load(out).step == 2
     assert [line["step"] for line in losses(out)] == [1, 2]  # the old log is gone, not appended to
