@@ -8,34 +8,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cli.options import DEVICES, DIR
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
-DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 CHECKPOINT = click.Path(exists=True, path_type=Path)
-
-
-def _inputs(inputs: tuple[Path, ...]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """(image, output name relative to --out) for every input file or image in an input folder, and failures."""
-    from degrader.errors import UserError
-    from degrader.images import scan_images
-
-    jobs: list[tuple[Path, Path]] = []
-    failed: list[tuple[Path, str]] = []
-    for item in inputs:
-        if item.is_dir():
-            try:
-                scan = scan_images(item, option="INPUTS")
-            except UserError as e:
-                failed.append((item, str(e).removeprefix(f"INPUTS {item} ")))
-                continue
-            jobs += [(p, p.relative_to(scan.root)) for p in scan.paths]
-            failed += scan.skipped
-        elif item.exists():
-            jobs.append((item, Path(item.name)))
-        else:
-            failed.append((item, "no such file or folder"))
-    return jobs, failed
 
 
 @click.command()
@@ -50,54 +26,37 @@ def _inputs(inputs: tuple[Path, ...]) -> tuple[list[tuple[Path, Path]], list[tup
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per pass.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing same-named files.")
 def upscale(
-    checkpoint: Path, inputs: tuple[Path, ...], out: Path, tile: int, overlap: int | None, batch_size: int, device: str
+    checkpoint: Path,
+    inputs: tuple[Path, ...],
+    out: Path,
+    tile: int,
+    overlap: int | None,
+    batch_size: int,
+    device: str,
+    overwrite: bool,
 ) -> None:
     """Upscale image files and folders (searched recursively) into PNGs under --out.
 
     Large images are processed in overlapping tiles, so memory does not grow with the image. Unreadable
     inputs are reported one by one and the rest are still processed; the exit status is then non-zero.
     """
-    import torch
-    from PIL import Image
-
-    from degrader.errors import UserError
-    from degrader.files import atomic_path
-    from degrader.images import load_rgb, to_tensor
-    from sr.upscale import SuperResolver
+    from sr.upscale import SuperResolver, upscale_files
 
     with user_errors():
         model = SuperResolver.load(checkpoint, device)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file; give a folder.")
-        out.mkdir(parents=True, exist_ok=True)
-    jobs, failed = _inputs(inputs)
+        with progress_bar("sr upscale", None, unit="image") as on_progress:  # the total comes with each call
+            written, failed = upscale_files(
+                model, inputs, out, tile=tile, overlap=overlap, batch_size=batch_size, overwrite=overwrite,
+                on_progress=on_progress,
+            )  # fmt: skip
     for path, why in failed:
         console.print(f"[yellow]warning:[/] {path}: {why}")
-    written, used = 0, set()
-    with progress_bar("sr upscale", len(jobs), unit="image") as on_progress:
-        for i, (path, rel) in enumerate(jobs):
-            target = out / rel.with_suffix(".png")
-            if target in used:  # photo.jpg and photo.png in one folder
-                target = out / rel.with_name(rel.name + ".png")
-            try:
-                if target.resolve() == path.resolve():
-                    raise UserError(f"{path}: the output would overwrite this input; choose another --out.")
-                img = load_rgb(path)
-                sr = model.upscale(to_tensor(img)[None], tile=tile, overlap=overlap, batch_size=batch_size)[0]
-                pixels = sr.mul(255).round().to("cpu", torch.uint8).permute(1, 2, 0).numpy()
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(target) as tmp:
-                    Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
-                used.add(target)
-                written += 1
-            except (UserError, OSError) as e:
-                failed.append((path, str(e)))
-                console.print(f"[yellow]warning:[/] {str(e) if str(e).startswith(str(path)) else f'{path}: {e}'}")
-            on_progress(i + 1, len(jobs), {})
-    console.print(f"wrote {written} images, x{model.scale}, to {out}")
+    console.print(f"wrote {len(written)} images, x{model.scale}, to {out}")
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(failed) + written} inputs failed (see the warnings above).")
+        total = len(failed) + len(written)
+        raise click.ClickException(f"{len(failed)} of {total} inputs failed (see the warnings above).")
 
 
 def _add_rows(table: Table, name: str, size: str, scores: dict, **style: str) -> None:

@@ -10,14 +10,18 @@ memory the network needs depends on the tile and the batch of tiles, never on th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from degrader.checkpoint import resolve_checkpoint
-from degrader.files import sha256_file
-from degrader.run import resolve_device
+from degrader.errors import UserError
+from degrader.files import atomic_path, sha256_file
+from degrader.images import load_rgb, scan_images, to_tensor
+from degrader.run import Progress, resolve_device
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, load_sr_generator
 
 DEFAULT_TILE = 64  # LR pixels per tile core; at least the model's training size
@@ -163,3 +167,76 @@ class SuperResolver:
                 core = y[:, (r1 - r0) * s : (r2 - r0) * s, (c1 - c0) * s : (c2 - c0) * s]
                 out[i, :, r1 * s : r2 * s, c1 * s : c2 * s] = core
         return out[0] if single else out
+
+
+def find_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """(image, output name relative to the output folder) for every input file or image in an input folder
+    (searched recursively), and the inputs that cannot be used, with why."""
+    jobs: list[tuple[Path, Path]] = []
+    failed: list[tuple[Path, str]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            try:
+                scan = scan_images(item, option="INPUTS")
+            except UserError as e:
+                failed.append((item, str(e).removeprefix(f"INPUTS {item} ")))
+                continue
+            jobs += [(p, p.relative_to(scan.root)) for p in scan.paths]
+            failed += scan.skipped
+        elif item.exists():
+            jobs.append((item, Path(item.name)))
+        else:
+            failed.append((item, "no such file or folder"))
+    return jobs, failed
+
+
+def upscale_files(
+    model: SuperResolver,
+    inputs: Sequence[Path],
+    out: Path,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    on_progress: Progress | None = None,
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Upscale image files and folders (searched recursively) into 8-bit PNGs under `out`, keeping the folders'
+    layout. Each PNG is complete under its final name; an input is never written over.
+
+    Unreadable inputs do not stop the others: they are returned with the reason.
+
+    Returns:
+        The PNGs written, and (input, reason) for every input that failed.
+
+    Raises:
+        UserError: `out` is a file, or is not empty and `overwrite` is not set.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} is not empty; pass --overwrite to write into it (same-named files are replaced).")
+    jobs, failed = find_inputs(inputs)
+    sources = {path.resolve() for path, _ in jobs}
+    written: list[Path] = []
+    used: set[Path] = set()
+    for i, (path, rel) in enumerate(jobs):
+        target = out / rel.with_suffix(".png")
+        if target in used:  # photo.jpg and photo.png in one folder
+            target = out / rel.with_name(rel.name + ".png")
+        try:
+            if target.resolve() in sources:
+                raise UserError(f"the output {target} would overwrite an input; choose another --out.")
+            sr = model.upscale(to_tensor(load_rgb(path))[None], tile=tile, overlap=overlap, batch_size=batch_size)[0]
+            pixels = sr.mul(255).round().to("cpu", torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
+            written.append(target)
+            used.add(target)
+        except (UserError, OSError) as e:
+            failed.append((path, str(e).removeprefix(f"{path}: ")))
+        if on_progress is not None:
+            on_progress(i + 1, len(jobs), {})
+    return written, failed

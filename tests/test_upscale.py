@@ -7,7 +7,7 @@ import torch
 
 from degrader.errors import UserError
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
-from sr.upscale import SuperResolver, tile_windows
+from sr.upscale import SuperResolver, tile_windows, upscale_files
 
 TINY = dict(width=8, blocks=(1, 1, 1), d_width=8)
 
@@ -151,8 +151,10 @@ def test_cli_upscale_mixed_good_and_unreadable(run_dir, tmp_path):
     lr = torch.from_numpy(np.array(Image.open(folder / "a.png"))).permute(2, 0, 1).float() / 255
     expected = sr.upscale(lr[None])[0].mul(255).round().byte().permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(Image.open(out / "a.png")), expected)
-    # all good: exit 0
+    # a non-empty --out is refused without --overwrite; all good with it: exit 0
     result = CliRunner().invoke(upscale, ["--checkpoint", str(run_dir), str(single), "--out", str(out)])
+    assert result.exit_code == 1 and f"--out {out} is not empty; pass --overwrite" in result.output
+    result = CliRunner().invoke(upscale, ["--checkpoint", str(run_dir), str(single), "--out", str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
 
 
@@ -165,6 +167,49 @@ def test_cli_upscale_bad_checkpoint_and_out(run_dir, tmp_path):
     bogus.write_bytes(b"nope")
     result = CliRunner().invoke(upscale, ["--checkpoint", str(bogus), str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "not a readable safetensors" in result.output
+
+
+def save_png(path, seed: int, size=(8, 8)) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.RandomState(seed).randint(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def test_upscale_files_names_and_refusals(run_dir, tmp_path):
+    from PIL import Image
+
+    sr = SuperResolver.load(run_dir)
+    src = tmp_path / "src"
+    save_png(src / "photo.png", 0)
+    save_png(src / "photo.jpg", 1)  # same stem: the second in scan order (photo.png) keeps its suffix
+    save_png(src / "sub" / "c.png", 2)
+    calls = []
+    written, failed = upscale_files(sr, [src], tmp_path / "out", on_progress=lambda *a: calls.append(a[:2]))
+    assert failed == [] and calls == [(1, 3), (2, 3), (3, 3)]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == [
+        "photo.png", "photo.png.png", "sub/c.png"
+    ]  # fmt: skip
+    assert all(Image.open(p).size == (32, 32) and Image.open(p).mode == "RGB" for p in written)
+
     (tmp_path / "file").write_text("x")
-    result = CliRunner().invoke(upscale, ["--checkpoint", str(run_dir), str(tmp_path), "--out", str(tmp_path / "file")])
-    assert result.exit_code != 0 and "Traceback" not in result.output
+    with pytest.raises(UserError, match=f"--out {tmp_path / 'file'} is a file"):
+        upscale_files(sr, [src], tmp_path / "file")
+    with pytest.raises(UserError, match="is not empty; pass --overwrite"):
+        upscale_files(sr, [src], tmp_path / "out")
+    assert upscale_files(sr, [src], tmp_path / "out", overwrite=True)[1] == []
+
+
+def test_upscale_files_never_writes_over_an_input(run_dir, tmp_path):
+    sr = SuperResolver.load(run_dir)
+    src = tmp_path / "src"
+    save_png(src / "a.png", 0)
+    save_png(src / "b.jpg", 1)
+    before = (src / "a.png").read_bytes()
+    written, failed = upscale_files(sr, [src], src, overwrite=True)  # --out is the input folder
+    assert written == [src / "b.png"]
+    assert [(p, why) for p, why in failed] == [
+        (src / "a.png", f"the output {src / 'a.png'} would overwrite an input; choose another --out.")
+    ]
+    assert (src / "a.png").read_bytes() == before
