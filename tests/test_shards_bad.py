@@ -23,6 +23,7 @@ from degrader.shards import (
     ShardWriter,
     decode_png,
     encode_png,
+    index_shard,
     shard_urls,
     summarize_shards,
     verify_shards,
@@ -329,3 +330,16 @@ def test_fuzz_every_read_ends_in_a_clean_error_or_the_right_samples(tmp_path):
     finally:
         signal.alarm(0)
     assert outcomes["error"] > 80 and outcomes["read"] > 0, outcomes
+
+
+def test_a_changed_shard_is_refused_when_checksums_are_checked(tmp_path):
+    root = write_shards(tmp_path / "s")
+    assert len(ShardMapDataset(root, check_sha256=True)) == 4
+    offset, size = index_shard(root / "shard-000001.tar")[0][1]["hr.png"]
+    assert size % 512
+    data = bytearray((root / "shard-000001.tar").read_bytes())
+    data[offset + size] ^= 1  # in the padding after a member: the tar still reads the same, its bytes differ
+    (root / "shard-000001.tar").write_bytes(bytes(data))
+    assert len(ShardMapDataset(root)) == 4
+    with pytest.raises(ShardError, match="shard-000001.tar: sha256 does not match the manifest"):
+        ShardMapDataset(root, check_sha256=True)

@@ -136,11 +136,18 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
+def manifest_shards(source: Any) -> list[dict[str, Any]] | None:
+    """The manifest's shard entries ({"name", "samples", "sha256"}) when `source` is a shard directory with a
+    manifest, else None."""
+    if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
+        return read_manifest(source)["shards"]
+    return None
+
+
 def manifest_counts(source: Any) -> list[int] | None:
     """The manifest's sample count per shard when `source` is a shard directory with a manifest, else None."""
-    if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
-        return [s["samples"] for s in read_manifest(source)["shards"]]
-    return None
+    entries = manifest_shards(source)
+    return None if entries is None else [s["samples"] for s in entries]
 
 
 def shard_urls(source: str | Path | Sequence[str | Path]) -> list[str]:

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from degrader.errors import UserError
-from degrader.shards.format import check_complete, manifest_counts, shard_urls
+from degrader.files import sha256_file
+from degrader.shards.format import check_complete, manifest_shards, shard_urls
 from degrader.shards.sample import decode_sample, paired_augment
 from degrader.shards.tar import ShardError, index_shard
 
@@ -41,6 +42,8 @@ class ShardMapDataset(Dataset):
         source: shard directory, manifest, glob, brace pattern or list of local shard paths.
         gt_size, flip, rot, kair_keys: as for `ShardDataset`.
         pairs: items are the tuple (lq, gt) instead of the dict.
+        check_sha256: compare every shard's sha256 with the manifest's once, here (a source with a manifest);
+            a changed shard raises a `ShardError` instead of training on altered data. Reads every byte once.
     """
 
     def __init__(
@@ -52,12 +55,13 @@ class ShardMapDataset(Dataset):
         rot: bool = False,
         kair_keys: bool = False,
         pairs: bool = False,
+        check_sha256: bool = False,
     ):
         self.urls = shard_urls(source)
         remote = [u for u in self.urls if u.startswith("pipe:") or "://" in u]
         if remote:
             raise UserError(f"{remote[0]}: random access needs local shards; use ShardDataset for streamed URLs.")
-        counts = manifest_counts(source)
+        entries = manifest_shards(source)
         self.entries: list[Entry] = []
         first_shard: dict[str, str] = {}  # key -> the shard that holds it
         for i, url in enumerate(self.urls):
@@ -66,8 +70,11 @@ class ShardMapDataset(Dataset):
                 check_complete(url, key, members)
                 if first_shard.setdefault(key, url) != url:
                     raise ShardError(f"{url}: {key}: also in {first_shard[key]}; a shard is listed twice or copied.")
-            if counts is not None and len(samples) != counts[i]:
-                raise ShardError(f"{url}: holds {len(samples)} samples, the manifest says {counts[i]}; re-export it.")
+            if entries is not None and len(samples) != entries[i]["samples"]:
+                expected = entries[i]["samples"]
+                raise ShardError(f"{url}: holds {len(samples)} samples, the manifest says {expected}; re-export it.")
+            if check_sha256 and entries is not None and sha256_file(url) != entries[i]["sha256"]:
+                raise ShardError(f"{url}: sha256 does not match the manifest (the file changed); re-export it.")
             self.entries.extend(Entry(i, key, members) for key, members in samples)
         self.gt_size, self.flip, self.rot, self.kair_keys, self.pairs = gt_size, flip, rot, kair_keys, pairs
         self._fds: dict[int, int] = {}
