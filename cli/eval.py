@@ -97,7 +97,7 @@ def eval_cmd(degraders: tuple[str, ...], out: Path, features: Path | None, dry_r
             console.print("dry run: nothing computed or written.")
             return
         with progress_bar("eval", unit="image") as on_progress:
-            result = evaluate_degraders(config, on_progress, plan)
+            result = evaluate_degraders(plan, on_progress)
         report = write_eval_report(out, result)
     print_tables(report)
     console.print(

@@ -20,7 +20,7 @@ import torch
 from degrader.checkpoint import load_degrader
 from degrader.errors import UserError
 from degrader.features import FeatureExtractor, fid, kid
-from degrader.images import ImageFolder, Scan, _hash_int, scan_images
+from degrader.images import ImageFolder, _hash_int
 from degrader.realism import (
     STATISTICS,
     SWDReference,
@@ -30,6 +30,7 @@ from degrader.realism import (
     statistics_distances,
 )
 from degrader.run import Progress
+from degrader.scan import Scan, scan_images
 
 REFERENCE = "bicubic"  # always evaluated: the headline figures are relative to it
 LOWER_IS_BETTER = ("swd", "c2st", *STATISTICS, "fid", "kid")  # the metrics that get a relative figure
@@ -54,7 +55,7 @@ class EvalConfig:
     overwrite: bool = False  # write into a non-empty --out
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalPlan:
     """What `evaluate_degraders` will do, checked before anything is computed or written."""
 
@@ -186,22 +187,18 @@ def compare(
     return metrics, stats
 
 
-def evaluate_degraders(
-    config: EvalConfig, on_progress: Progress | None = None, plan: EvalPlan | None = None
-) -> EvalResult:
+def evaluate_degraders(plan: EvalPlan, on_progress: Progress | None = None) -> EvalResult:
     """Degrade n HR images with each degrader and measure how real the results look (see the module doc).
 
     Args:
-        config: what to compare.
+        plan: the result of `plan_evaluation(config)`.
         on_progress: called as `on_progress(done, total, {})`, counting images loaded and sets compared.
-        plan: the result of `plan_evaluation(config)` if the caller already made it.
 
     Returns:
         An `EvalResult`; `degrader.report.write_eval_report` turns it into report.json / report.html.
     """
-    plan = plan or plan_evaluation(config)
     start = time.perf_counter()
-    n, cfg, lr_size = plan.n, config, plan.hr_size // plan.scale
+    n, cfg, lr_size = plan.n, plan.config, plan.hr_size // plan.scale
     total = 3 * n + n * (1 + len(plan.degraders))
     done = 0
 

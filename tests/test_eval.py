@@ -91,7 +91,7 @@ def test_eval_cli_writes_a_self_contained_report_and_the_real_process_beats_bicu
 def test_eval_is_seeded_and_bad_input_gets_one_line(folders, tmp_path):
     hr, lr, _ = folders
     config = EvalConfig(degraders=["bilinear"], hr=str(hr), lr=str(lr), out=str(tmp_path / "a"), n=16, seed=3)
-    first, second = evaluate_degraders(config), evaluate_degraders(config)
+    first, second = evaluate_degraders(plan_evaluation(config)), evaluate_degraders(plan_evaluation(config))
     assert first.rows == second.rows and first.floor == second.floor
     assert [r["name"] for r in first.rows] == ["bicubic", "bilinear"]
 
