@@ -299,10 +299,18 @@ def make_loader(
     The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers`.
     `start` is a sample position (batches consumed x batch_size), for resuming.
     """
+    dataset = ImageFolder(paths, size, prep, augment)
+    return infinite_loader(dataset, batch_size=batch_size, seed=seed, start=start, workers=workers)
+
+
+def infinite_loader(
+    dataset: torch.utils.data.Dataset, *, batch_size: int, seed: int, start: int = 0, workers: int = 0
+) -> Iterator:
+    """Endless batches of `dataset` in `InfiniteSampler` order from sample position `start`; workers ignore Ctrl-C."""
     loader = torch.utils.data.DataLoader(
-        ImageFolder(paths, size, prep, augment),
+        dataset,
         batch_size=batch_size,
-        sampler=InfiniteSampler(len(paths), seed, start),
+        sampler=InfiniteSampler(len(dataset), seed, start),
         num_workers=workers,
         persistent_workers=workers > 0,
         worker_init_fn=_ignore_sigint if workers > 0 else None,

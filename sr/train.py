@@ -22,9 +22,9 @@ from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, u
 from degrader.images import (
     AUGMENTS,
     PREP_MODES,
-    InfiniteSampler,
     Scan,
     first_readable,
+    infinite_loader,
     make_loader,
     save_grid,
     scan_images,
@@ -160,25 +160,20 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
 
 def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An endless stream of (lr, hr) batches in [0, 1], from sample position `start` on (for resume)."""
-    cfg, m = plan.config, plan.model
+    config, m = plan.config, plan.model
     if plan.shards is not None:
         data = plan.shards.view(gt_size=m.lr_size * m.scale, pairs=True)  # items (index, seed): crops from seeds
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_size=cfg.batch_size,
-            sampler=InfiniteSampler(len(data), cfg.seed, start),
-            num_workers=cfg.workers,
-            persistent_workers=cfg.workers > 0,
+        yield from infinite_loader(
+            data, batch_size=config.batch_size, seed=config.seed, start=start, workers=config.workers
         )
-        yield from loader
         return
     hr_batches = make_loader(
-        plan.scan.paths, m.hr_size, cfg.hr_prep, cfg.augment, batch_size=cfg.batch_size, seed=cfg.seed, start=start,
-        workers=cfg.workers,
+        plan.scan.paths, m.hr_size, config.hr_prep, config.augment, batch_size=config.batch_size, seed=config.seed,
+        start=start, workers=config.workers,
     )  # fmt: skip
     position = start
     for hr in hr_batches:
-        seeds = [noise_seed(cfg.seed, position + i) for i in range(hr.shape[0])]
+        seeds = [noise_seed(config.seed, position + i) for i in range(hr.shape[0])]
         position += hr.shape[0]
         lr = plan.degrader.degrade(hr, seeds).cpu()  # (B, 3, H/s, H/s)
         yield lr, hr

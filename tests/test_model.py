@@ -169,17 +169,17 @@ def test_degrade_keeps_the_global_rng_alone(degrader):
 
 
 @pytest.mark.parametrize(
-    "shape,seeds",
+    "shape,seeds,why",
     [
-        ((2, 3, 64, 64), [0, 1]),
-        ((2, 3, 32, 16), [0, 1]),
-        ((2, 1, 32, 32), [0, 1]),
-        ((3, 32, 32), [0]),
-        ((2, 3, 32, 32), [0]),
+        ((2, 3, 64, 64), [0, 1], "expected HR images"),
+        ((2, 3, 32, 16), [0, 1], "expected HR images"),
+        ((2, 1, 32, 32), [0, 1], "expected HR images"),
+        ((3, 32, 32), [0], "expected HR images"),
+        ((2, 3, 32, 32), [0], "got 1 seeds for 2 images"),
     ],
 )
-def test_degrade_rejects_wrong_input(degrader, shape, seeds):
-    with pytest.raises(ValueError):
+def test_degrade_rejects_wrong_input(degrader, shape, seeds, why):
+    with pytest.raises(ValueError, match=why):
         degrader.degrade(torch.rand(*shape), seeds=seeds)
 
 
