@@ -1,12 +1,22 @@
-"""The losses of the paper (section 3.5), shared by the High-to-Low and the Low-to-High trainers.
+"""The losses of the paper (section 3.5), shared by the High-to-Low and the Low-to-High trainers, and the
+stabilisers a short run on few images needs.
 
-Both GANs use the same form: generator loss = alpha * MSE(output, target) + beta * hinge loss, where the
-target is the average-pooled HR image for the degrader and the HR image for SR; the discriminator uses the
-hinge loss on real images and on detached fakes.
+Both GANs use the same form: generator loss = alpha * pixel loss + beta * hinge loss, where the pixel target is
+the average-pooled HR image for the degrader and the HR image for SR; the discriminator uses the hinge loss on
+real images and on detached fakes. Each stabiliser is an option of `LossConfig`, off at the paper's settings:
+
+- `augment`: DiffAugment (Zhao et al. 2020): the same random, differentiable translation / cutout / colour
+  change of real and fake images before D, in the D step and the G step alike, so D cannot memorise few images.
+- `r1`: the R1 penalty (Mescheder et al. 2018), gamma / 2 * E ||grad_x D(x_real)||^2, on real images.
+- `lr_d`: a separate D learning rate (two time-scale update rule, Heusel et al. 2017).
+- `ema`: an exponential moving average of G's weights (`Ema`); export and evaluation use it.
+- `pixel`: "luma" or "luma-lowpass" constrain only brightness (or its coarse layout), so the pixel loss keeps
+  the content without pulling colour (or blur and noise) back towards the clean HR image.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,14 +25,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PIXEL_LOSSES = ("rgb", "luma", "luma-lowpass")
+AUGMENTATIONS = ("translation", "cutout", "colour")
+_LUMA = (0.299, 0.587, 0.114)  # Rec. 601
+
 
 @dataclass
 class LossConfig:
     alpha: float = 1.0  # weight of the pixel (L2) loss
     beta: float = 0.05  # weight of the hinge GAN loss; 0 trains with the pixel loss alone
-    lr: float = 1e-4  # Adam learning rate for both networks
+    lr: float = 1e-4  # Adam learning rate of the generator (and of D unless lr_d is set)
     betas: tuple[float, float] = (0.0, 0.9)  # Adam betas (floats: torch rejects an int 0)
     d_steps: int = 5  # discriminator updates per generator update
+    lr_d: float | None = None  # Adam learning rate of D; None: the same as lr (the paper)
+    pixel: str = "rgb"  # "rgb" (the paper), "luma" or "luma-lowpass" (luma pooled 2x more); see PIXEL_LOSSES
+    augment: str = ""  # DiffAugment policy, comma-separated AUGMENTATIONS, e.g. "translation,colour"; "" off
+    r1: float = 0.0  # R1 penalty weight gamma on real images; 0 off
+    ema: float = 0.0  # decay of the EMA of G's weights, e.g. 0.99; 0 off (export the raw weights)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # a list after a JSON round trip
+        if self.pixel not in PIXEL_LOSSES:
+            raise ValueError(f"pixel loss {self.pixel!r} is not one of {', '.join(PIXEL_LOSSES)}")
+        unknown = set(self.policy) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
+        if self.d_steps < 1 or self.r1 < 0:
+            raise ValueError("d_steps must be >= 1 and r1 >= 0")
+
+    @property
+    def policy(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.augment.split(",") if p.strip())
 
 
 @contextmanager
@@ -38,17 +73,88 @@ def frozen(net: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def generator_loss(
-    fake: torch.Tensor, target: torch.Tensor, net_d: nn.Module, loss: LossConfig
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * MSE(fake, target) + beta * hinge generator loss, with `net_d` frozen.
+# ------------------------------------------------------------------------------------------- augmentation
 
-    Returns the loss to back-propagate and its parts as floats for the log.
+
+def _uniform(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.rand(n, 1, 1, 1, generator=gen).to(like)  # drawn on the CPU: the same on every device
+
+
+def diff_augment(x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
+    """DiffAugment on (B, C, H, W) images in [-1, 1]: every change is differentiable with respect to `x`.
+
+    colour: brightness +-0.5, saturation x0..2, contrast x0.5..1.5; translation: up to 1/8 of the side, zero
+    fill; cutout: one square of half the side set to 0. All random draws come from `gen` (CPU).
     """
-    pixel = F.mse_loss(fake.float(), target.float())
+    b, _, h, w = x.shape
+    if "colour" in policy:
+        x = x + (_uniform(b, gen, x) - 0.5)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (_uniform(b, gen, x) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (_uniform(b, gen, x) + 0.5) + mean
+    if "translation" in policy:
+        sy, sx = max(1, h // 8), max(1, w // 8)
+        dy = torch.randint(-sy, sy + 1, (b,), generator=gen).tolist()
+        dx = torch.randint(-sx, sx + 1, (b,), generator=gen).tolist()
+        padded = F.pad(x, (sx, sx, sy, sy))  # (B, C, H + 2sy, W + 2sx), zeros around
+        x = torch.stack([padded[i, :, sy - dy[i] : sy - dy[i] + h, sx - dx[i] : sx - dx[i] + w] for i in range(b)])
+    if "cutout" in policy:
+        ch, cw = h // 2, w // 2
+        top = torch.randint(0, h - ch + 1, (b,), generator=gen)
+        left = torch.randint(0, w - cw + 1, (b,), generator=gen)
+        rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        hole = ((rows >= top.view(b, 1, 1)) & (rows < (top + ch).view(b, 1, 1))) & (
+            (cols >= left.view(b, 1, 1)) & (cols < (left + cw).view(b, 1, 1))
+        )  # (B, H, W)
+        x = x * (~hole).unsqueeze(1).to(x)
+    return x
+
+
+def _augmented(x: torch.Tensor, loss: LossConfig, gen: torch.Generator | None) -> torch.Tensor:
+    if not loss.policy:
+        return x
+    if gen is None:
+        raise ValueError("augment is set, so the caller must pass a torch.Generator for its random draws")
+    return diff_augment(x, loss.policy, gen)
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W), Rec. 601 weights (works in [-1, 1] too: the weights sum to 1)."""
+    w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def pixel_loss(fake: torch.Tensor, target: torch.Tensor, kind: str = "rgb") -> torch.Tensor:
+    """MSE on all channels ("rgb"), on luma ("luma"), or on luma average-pooled 2x ("luma-lowpass")."""
+    fake, target = fake.float(), target.float()
+    if kind == "rgb":
+        return F.mse_loss(fake, target)
+    fake, target = luma(fake), luma(target)
+    if kind == "luma-lowpass":
+        fake, target = F.avg_pool2d(fake, 2), F.avg_pool2d(target, 2)  # (B, 1, h/2, w/2)
+    return F.mse_loss(fake, target)
+
+
+def generator_loss(
+    fake: torch.Tensor,
+    target: torch.Tensor,
+    net_d: nn.Module,
+    loss: LossConfig,
+    aug_gen: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """alpha * pixel loss(fake, target) + beta * hinge generator loss, with `net_d` frozen.
+
+    `aug_gen` draws the augmentation when `loss.augment` is set. Returns the loss to back-propagate and its
+    parts as floats for the log.
+    """
+    pixel = pixel_loss(fake, target, loss.pixel)
     if loss.beta > 0:
         with frozen(net_d):
-            adversarial = -net_d(fake).float().mean()
+            adversarial = -net_d(_augmented(fake, loss, aug_gen)).float().mean()
     else:
         adversarial = torch.zeros((), device=fake.device)
     total = loss.alpha * pixel + loss.beta * adversarial
@@ -56,18 +162,36 @@ def generator_loss(
 
 
 def discriminator_loss(
-    net_d: nn.Module, real: torch.Tensor, fake: torch.Tensor
+    net_d: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    loss: LossConfig | None = None,
+    aug_gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Hinge loss: push real scores above +1 and scores of (detached) fakes below -1."""
+    """Hinge loss: push real scores above +1 and scores of (detached) fakes below -1; plus R1 when `loss.r1`."""
+    loss = loss or LossConfig()
+    real = _augmented(real.detach(), loss, aug_gen)
+    if loss.r1 > 0:
+        real.requires_grad_(True)
     real_score = net_d(real).float()
-    fake_score = net_d(fake.detach()).float()
+    fake_score = net_d(_augmented(fake.detach(), loss, aug_gen)).float()
     total = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
-    return total, {"d_loss": total.item(), "d_real": real_score.mean().item(), "d_fake": fake_score.mean().item()}
+    logs = {"d_loss": total.item(), "d_real": real_score.mean().item(), "d_fake": fake_score.mean().item()}
+    if loss.r1 > 0:
+        (grad,) = torch.autograd.grad(real_score.sum(), real, create_graph=True)
+        penalty = grad.float().pow(2).flatten(1).sum(1).mean()
+        total = total + loss.r1 / 2 * penalty
+        logs["d_r1"] = penalty.item()
+    return total, logs
 
 
-def adam(net: nn.Module, loss: LossConfig) -> torch.optim.Adam:
-    """The paper's optimizer: Adam with lr 1e-4 and betas (0.0, 0.9)."""
-    return torch.optim.Adam(net.parameters(), lr=loss.lr, betas=(float(loss.betas[0]), float(loss.betas[1])))
+# ------------------------------------------------------------------------------------------- optimisers, EMA
+
+
+def adam(net: nn.Module, loss: LossConfig, *, discriminator: bool = False) -> torch.optim.Adam:
+    """The paper's optimizer: Adam with lr 1e-4 and betas (0.0, 0.9); D's lr is `loss.lr_d` when set."""
+    lr = loss.lr_d if discriminator and loss.lr_d is not None else loss.lr
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(loss.betas[0]), float(loss.betas[1])))
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -75,3 +199,24 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+class Ema:
+    """An exponential moving average of a network's weights (buffers are copied as they are).
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so that a short run is not
+    dominated by its random or zero initialisation. `module` is the averaged copy, in eval mode.
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.module = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, p in zip(self.module.parameters(), net.parameters(), strict=True):
+            avg.lerp_(p.detach(), 1 - d)
+        for avg, b in zip(self.module.buffers(), net.buffers(), strict=True):
+            avg.copy_(b)

@@ -1,0 +1,395 @@
+"""A degradation benchmark with ground truth: does a learned degrader beat bicubic, and does its data help SR?
+
+The "real" LR set is real HR faces degraded by `degrader.synthetic.camera_degrade` (blur, colour loss, noise,
+JPEG; its parameters drawn per image), so the truth is known. The faces are split once into disjoint sets:
+
+    hr     1,400 clean HR faces: the degrader's HR input, and the SR model's training images
+    lr     1,000 other faces, camera-degraded: the unpaired "real" LR training set (200 of them for validation)
+    test     593 other faces, camera-degraded: held-out real LR for realism, and the SR test pairs
+
+Each variant (generator + GAN stabilisers) is fitted for `--seconds` per fit, keeping its best checkpoint by
+validation SWD. Reported per variant and seed:
+
+    syn_rel   SWD relative to bicubic on the held-out camera-degraded faces (1 = bicubic, 0 = real as real)
+    syn_c2st  accuracy of a small classifier telling its LR from real (0.5: indistinguishable)
+    web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
+    psnr      PSNR (Y, dB) on the test pairs of one small SR model trained `--sr-steps` pixel-only steps on
+              pairs the degrader makes on the fly; the rows `bicubic` and `oracle` (true camera pairs) train the
+              same model on bicubic and on the true process; closure = (psnr - bicubic) / (oracle - bicubic)
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --out runs/bench-quality --seconds 60 --jobs 2 \
+        --variants paper,structured,tuned --seeds 0,1,2
+
+Everything is loaded into memory tensors once (`--data FILE` caches them as safetensors, so a machine without
+the image folders can run it). Writes results.json, results.md and one PNG grid per variant to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from degrader.checkpoint import noise_from_seeds  # noqa: E402
+from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
+from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
+from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator  # noqa: E402
+from degrader.nets import Discriminator  # noqa: E402
+from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E402
+from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
+from degrader.synthetic import camera_degrade  # noqa: E402
+from sr.metrics import psnr  # noqa: E402
+from sr.model import PRESETS as SR_PRESETS  # noqa: E402
+from sr.model import LowToHighConfig, LowToHighGenerator  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPLITS = {"hr": 1400, "lr": 1000}  # the rest of faces-hr is the test split
+VAL = 200  # of the "lr" split, held out of training for checkpoint selection
+WEB_TEST = 1044  # of faces-lr-web, held out
+
+# Each variant: the generator ("paper": the small preset's residual network; "structured") and overrides of
+# LossConfig and StructuredConfig. "paper" is the paper's losses and optimiser as `degrade fit --preset small`.
+STABLE = dict(augment="translation,colour", r1=1.0, lr_d=4e-4, d_steps=1, ema=0.99)
+VARIANTS: dict[str, dict] = {
+    "paper": dict(generator="paper", loss={}),
+    "paper-init": dict(generator="paper", loss={}, max_steps=0),
+    "s-init": dict(generator="structured", loss={}, max_steps=0),
+    "paper-stable": dict(generator="paper", loss=STABLE),
+    "structured": dict(generator="structured", loss={}),
+    "s-d1": dict(generator="structured", loss=dict(d_steps=1)),
+    "s-aug": dict(generator="structured", loss=dict(augment="translation,cutout,colour")),
+    "s-augtc": dict(generator="structured", loss=dict(augment="translation,colour")),
+    "s-r1": dict(generator="structured", loss=dict(r1=1.0)),
+    "s-ttur": dict(generator="structured", loss=dict(lr_d=4e-4, d_steps=1)),
+    "s-ema": dict(generator="structured", loss=dict(ema=0.99)),
+    "s-luma": dict(generator="structured", loss=dict(pixel="luma")),
+    "s-lowpass": dict(generator="structured", loss=dict(pixel="luma-lowpass")),
+    "s-beta0.2": dict(generator="structured", loss=dict(beta=0.2)),
+    "s-stable": dict(generator="structured", loss=STABLE),
+    "tuned": dict(generator="structured", loss={**STABLE, "pixel": "luma-lowpass"}),
+    "tuned-b0.2": dict(generator="structured", loss={**STABLE, "pixel": "luma-lowpass", "beta": 0.2}),
+    "tuned-nores": dict(generator="structured", loss={**STABLE, "pixel": "luma-lowpass"}, net=dict(residual_width=0)),
+}
+REFERENCES = ("bicubic", "oracle")  # SR-only rows
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_data(args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """All images as uint8 tensors, prepared once (and cached in `--data` when given)."""
+    from safetensors.torch import load_file, save_file
+
+    if args.data and Path(args.data).exists():
+        return load_file(args.data)
+    rng = random.Random(0)
+    load = lambda folder, size: torch.stack(  # noqa: E731
+        [to_tensor(prepare(load_rgb(p), size, "resize", rng)) for p in scan_images(folder).paths]
+    )
+    data = {"faces": (load(args.hr, 64) * 255).round().to(torch.uint8), "web": (load(args.lr, 16) * 255).round()}
+    data["web"] = data["web"].to(torch.uint8)
+    if args.data:
+        Path(args.data).parent.mkdir(parents=True, exist_ok=True)
+        save_file(data, args.data)
+    return data
+
+
+def _camera(hr: torch.Tensor, tag: str) -> torch.Tensor:
+    """camera_degrade each uint8 (N, 3, 64, 64) image with its own parameters -> uint8 (N, 3, 16, 16)."""
+    from PIL import Image
+
+    out = []
+    for i, img in enumerate(hr):
+        lr = camera_degrade(Image.fromarray(img.permute(1, 2, 0).numpy()), 4, random.Random(f"{tag}:{i}"))
+        out.append(torch.from_numpy(np.array(lr)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def make_splits(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The benchmark's disjoint splits (uint8); a fixed shuffle and per-image seeds, so every run agrees."""
+    faces = data["faces"][torch.randperm(len(data["faces"]), generator=torch.Generator().manual_seed(0))]
+    web = data["web"][torch.randperm(len(data["web"]), generator=torch.Generator().manual_seed(1))]
+    n_hr, n_lr = SPLITS["hr"], SPLITS["lr"]
+    hr, lr_src, test = faces[:n_hr], faces[n_hr : n_hr + n_lr], faces[n_hr + n_lr :]
+    lr = _camera(lr_src, "lr")
+    splits = {
+        "hr": hr,
+        "lr_train": lr[VAL:],
+        "lr_val": lr[:VAL],
+        "test_hr": test,
+        "test_lr": _camera(test, "test"),
+        "oracle_lr": torch.cat([_camera(hr, "oracle0"), _camera(hr, "oracle1")]),  # two true draws per HR image
+        "web_train": web[WEB_TEST:],
+        "web_test": web[:WEB_TEST],
+    }
+    return splits
+
+
+def load_splits(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.float() / 255 for k, v in load_file(path).items()}
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+
+
+def build(spec: dict, seed: int) -> tuple[torch.nn.Module, torch.nn.Module, LossConfig]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec["generator"] == "paper":
+            cfg = HighToLowConfig(**PRESETS["small"])
+            net_g = HighToLowGenerator(cfg)
+        else:
+            cfg = StructuredConfig(**spec.get("net", {}))
+            net_g = StructuredGenerator(cfg)
+        net_d = Discriminator(cfg.discriminator())
+    return net_g, net_d, LossConfig(**spec["loss"])
+
+
+def degrade_fn(net_g: torch.nn.Module, device: torch.device):
+    """`degrade(hr, seeds)` on [0, 1] tensors, as `Degrader.degrade`, for the realism probe."""
+
+    @torch.no_grad()
+    def degrade(hr: torch.Tensor, seeds) -> torch.Tensor:
+        z = noise_from_seeds(seeds, net_g.config.z_dim).to(device)
+        out = [net_g(hr[i : i + 256].to(device) * 2 - 1, z[i : i + 256]) for i in range(0, len(hr), 256)]
+        return ((torch.cat(out) + 1) / 2).clamp(0, 1).cpu()
+
+    return degrade
+
+
+def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, args, seed: int) -> dict:
+    """Train one degrader for `args.seconds` (or `args.max_steps`); keep the best by validation SWD."""
+    device = torch.device(args.device)
+    net_g, net_d, loss = build(spec, seed)
+    net_g, net_d = net_g.to(device), net_d.to(device)
+    opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
+    ema = Ema(net_g, loss.ema) if loss.ema > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    b, scale = args.batch, 4
+
+    def batch(x: torch.Tensor) -> torch.Tensor:
+        x = x[torch.randint(len(x), (b,), generator=gen)]
+        flip = torch.rand(b, generator=gen) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).to(device) * 2 - 1
+
+    def noise() -> torch.Tensor:
+        return torch.randn(b, net_g.config.z_dim, generator=gen).to(device)
+
+    best, best_state, history, step, t0 = math.inf, None, [], 0, time.perf_counter()
+    next_eval = args.eval_every
+    while True:
+        elapsed = time.perf_counter() - t0
+        if (args.seconds and elapsed >= args.seconds) or (args.max_steps and step >= args.max_steps):
+            break
+        if step >= spec.get("max_steps", math.inf):  # the "-init" variants: the generator as initialised
+            break
+        # G step, D frozen
+        hr_b = batch(hr)
+        fake = net_g(hr_b, noise())
+        g_loss, _ = generator_loss(fake, F.avg_pool2d(hr_b, scale), net_d, loss, gen)
+        update(opt_g, g_loss)
+        if ema:
+            ema.update(net_g)
+        # D steps on real and on detached fakes
+        for _ in range(loss.d_steps):
+            with torch.no_grad():
+                fake = net_g(batch(hr), noise())
+            d_loss, _ = discriminator_loss(net_d, batch(real), fake, loss, gen)
+            update(opt_d, d_loss)
+        step += 1
+        if step % args.eval_every == 0 or step == next_eval:
+            shown = ema.module if ema else net_g
+            score = val.score(degrade_fn(shown.eval(), device))["val_swd_rel"]
+            shown.train() if not ema else None
+            history.append((step, round(time.perf_counter() - t0, 1), round(score, 4)))
+            if score < best:
+                best, best_state = score, {k: v.detach().clone() for k, v in shown.state_dict().items()}
+    final = ema.module if ema else net_g
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    return {"net": final.eval(), "steps": step, "seconds": time.perf_counter() - t0, "val": history}
+
+
+def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed: int) -> dict[str, float]:
+    probe = RealismProbe(probe_hr, real_test, 4, seed=seed)
+    rel = probe.score(degrade_fn(net_g, device))["val_swd_rel"]
+    fake = degrade_fn(net_g, device)(probe.hr, probe.seeds)
+    c2st = classifier_two_sample_test(fake, real_test[: len(fake)], seed=seed)["c2st"]
+    return {"rel": rel, "c2st": c2st}
+
+
+# ------------------------------------------------------------------------------------------------ SR
+
+
+def train_sr(make_lr, hr: torch.Tensor, test_hr: torch.Tensor, test_lr: torch.Tensor, args, seed: int) -> float:
+    """Train the small SR model pixel-only on `make_lr(hr_batch, seeds, gen) -> lr_batch`; PSNR on the test pairs."""
+    device = torch.device(args.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = LowToHighGenerator(LowToHighConfig(lr_size=16, scale=4, **SR_PRESETS["small"])).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(seed + 7)
+    for _ in range(args.sr_steps):
+        idx = torch.randint(len(hr), (args.batch,), generator=gen)
+        lr = make_lr(idx, gen)
+        sr = net(lr.to(device) * 2 - 1)
+        update(opt, F.l1_loss(sr, hr[idx].to(device) * 2 - 1))
+    net.eval()
+    with torch.no_grad():
+        out = torch.cat([net(test_lr[i : i + 256].to(device) * 2 - 1) for i in range(0, len(test_lr), 256)])
+    return float(psnr(((out.cpu() + 1) / 2).clamp(0, 1), test_hr, crop_border=4, y_channel=True).mean())
+
+
+def run_job(job: tuple[str, int, dict, dict]) -> dict:
+    name, seed, spec, argv = job
+    args = argparse.Namespace(**argv)
+    torch.set_num_threads(args.threads)
+    s = load_splits(args.splits)
+    device = torch.device(args.device)
+    hr, probe_hr = s["hr"], s["hr"][:600]
+    row: dict = {"variant": name, "seed": seed}
+    t0 = time.perf_counter()
+    if name == "bicubic":
+        row["psnr"] = train_sr(lambda i, g: _bicubic(hr[i]), hr, s["test_hr"], s["test_lr"], args, seed)
+    elif name == "oracle":
+        draw = lambda i, g: s["oracle_lr"][i + len(hr) * torch.randint(2, (len(i),), generator=g)]  # noqa: E731
+        row["psnr"] = train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
+    else:
+        val = RealismProbe(probe_hr[:VAL], s["lr_val"], 4, seed=seed)
+        syn = fit(spec, hr, s["lr_train"], val, args, seed)
+        net = syn["net"]
+        row |= {"steps": syn["steps"], "fit_s": round(syn["seconds"], 1), "val": syn["val"]}
+        row |= {f"syn_{k}": v for k, v in realism(net, probe_hr, s["test_lr"], device, seed).items()}
+        if isinstance(net, StructuredGenerator):
+            p = net.params(noise_from_seeds(range(256), net.config.z_dim).to(device))
+            row["fingerprint"] = {k: round(float(p[k].float().mean()), 4) for k in ("saturation", "quality", "shot")}
+            row["fingerprint"]["sigma"] = round(float(p["sigma"].amax(-1).mean()), 3)
+        degrade = degrade_fn(net, device)
+        row["psnr"] = train_sr(
+            lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
+            hr, s["test_hr"], s["test_lr"], args, seed,
+        )  # fmt: skip
+        if seed == args.seed_list[0]:
+            n = 8
+            rows = [s["test_hr"][:n], _bicubic(s["test_hr"][:n])]
+            rows += [degrade(s["test_hr"][:n], [k] * n) for k in range(3)] + [s["test_lr"][:n]]
+            save_grid(rows, Path(args.out) / f"grid-{name}.png", scale_to=64)
+        if "web" in args.targets:
+            web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
+            web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
+            row |= {f"web_{k}": v for k, v in realism(web["net"], probe_hr, s["web_test"], device, seed).items()}
+    row["job_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def _bicubic(hr: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _cell(e: dict, c: str, fmt: str = "{:.3f}") -> str:
+    """Mean, and (min..max) over seeds when they differ."""
+    if c not in e:
+        return "–"
+    if e[c + "_min"] == e[c + "_max"]:
+        return fmt.format(e[c])
+    return f"{fmt.format(e[c])} ({fmt.format(e[c + '_min'])}..{fmt.format(e[c + '_max'])})"
+
+
+def summarise(rows: list[dict]) -> tuple[list[dict], str]:
+    ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in REFERENCES}
+    bic, ora = (statistics.mean(ref[r]) if ref[r] else math.nan for r in REFERENCES)
+    table, names = [], list(dict.fromkeys(r["variant"] for r in rows))
+    cols = ("syn_rel", "syn_c2st", "web_rel", "web_c2st", "psnr", "closure", "steps", "fit_s")
+    for name in names:
+        mine = [r for r in rows if r["variant"] == name]
+        for r in mine:
+            r["closure"] = (r["psnr"] - bic) / (ora - bic) if name not in REFERENCES else math.nan
+        entry = {"variant": name, "seeds": len(mine)}
+        for c in cols:
+            vals = [r[c] for r in mine if c in r and r[c] is not None and not math.isnan(r[c])]
+            if vals:
+                entry[c] = statistics.mean(vals)
+                entry[c + "_min"], entry[c + "_max"] = min(vals), max(vals)
+        table.append(entry)
+    head = "| variant | seeds | syn rel SWD | syn C2ST | web rel SWD | web C2ST | SR PSNR (dB) | gap closed | steps |"
+    lines = [head + " fit s |", "|" + "---|" * 10]
+    for e in table:
+        cells = [_cell(e, c) for c in cols[:4]] + [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
+        cells += [_cell(e, "steps", "{:.0f}"), _cell(e, "fit_s", "{:.0f}")]
+        lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
+    return table, "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/bench-quality")
+    p.add_argument("--hr", default=str(DATA / "faces-hr"))
+    p.add_argument("--lr", default=str(DATA / "faces-lr-web"))
+    p.add_argument("--data", default=None, help="safetensors cache of the prepared images (read, or written)")
+    p.add_argument("--variants", default="paper,structured,tuned", help=f"of: {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--seconds", type=float, default=60.0, help="time budget of each fit (0: --max-steps only)")
+    p.add_argument("--max-steps", type=int, default=0, help="step budget of each fit (0: --seconds only)")
+    p.add_argument("--eval-every", type=int, default=25, help="steps between validation scores")
+    p.add_argument("--sr-steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--targets", default="synthetic,web")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--jobs", type=int, default=1, help="variants fitted in parallel processes")
+    args = p.parse_args()
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.threads = max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)) // args.jobs)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    from safetensors.torch import save_file
+
+    args.splits = str(Path(args.out) / "splits.safetensors")
+    save_file(make_splits(load_data(args)), args.splits)  # once here; every job reads it
+    print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    jobs = [(r, s, {}, vars(args)) for s in args.seed_list for r in REFERENCES]
+    jobs += [(n, s, VARIANTS[n], vars(args)) for s in args.seed_list for n in names]
+    rows = []
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            for row in pool.imap_unordered(run_job, jobs):
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "val"}), flush=True)
+    else:
+        for job in jobs:
+            rows.append(run_job(job))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "val"}), flush=True)
+    order = {n: i for i, n in enumerate([*REFERENCES, *names])}
+    rows.sort(key=lambda r: (order[r["variant"]], r["seed"]))
+    table, md = summarise(rows)
+    meta = {k: v for k, v in vars(args).items() if k != "seed_list"}
+    (Path(args.out) / "results.json").write_text(json.dumps({"args": meta, "table": table, "runs": rows}, indent=1))
+    (Path(args.out) / "results.md").write_text(md)
+    print(md)
+    print(f"total {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The GAN losses and stabilisers: augmentation, R1, separate D learning rate, EMA, luma pixel losses."""
+
+import pytest
+import torch
+from torch import nn
+
+from degrader.gan import Ema, LossConfig, adam, diff_augment, discriminator_loss, generator_loss, pixel_loss
+
+
+def tiny_d() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4 * 8 * 8, 1))
+
+
+def images(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_augment_is_seeded_differentiable_and_changes_images():
+    x = images().requires_grad_(True)
+    policy = ("translation", "cutout", "colour")
+    a = diff_augment(x, policy, torch.Generator().manual_seed(3))
+    b = diff_augment(x, policy, torch.Generator().manual_seed(3))
+    c = diff_augment(x, policy, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_translation_shifts_content_and_cutout_zeroes_a_quarter():
+    x = images(8)
+    shifted = diff_augment(x, ("translation",), torch.Generator().manual_seed(0))
+    # every output pixel is an input pixel of the same image or the zero fill
+    for i in range(len(x)):
+        values = set(x[i].flatten().tolist()) | {0.0}
+        assert set(shifted[i].flatten().tolist()) <= values
+    cut = diff_augment(x, ("cutout",), torch.Generator().manual_seed(0))
+    zero_fraction = (cut == 0).all(dim=1).float().mean(dim=(1, 2))
+    assert torch.allclose(zero_fraction, torch.full((8,), 0.25))
+
+
+def test_unknown_augmentation_and_pixel_loss_are_refused():
+    with pytest.raises(ValueError, match="augmentation"):
+        LossConfig(augment="translation,rotate")
+    with pytest.raises(ValueError, match="pixel loss"):
+        LossConfig(pixel="lab")
+    with pytest.raises(ValueError, match="Generator"):
+        generator_loss(images(), images(), tiny_d(), LossConfig(augment="colour"))
+
+
+def test_luma_pixel_losses_ignore_colour_and_detail():
+    target = images(2)
+    grey = target.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    luma_of = lambda x: (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+    recoloured = grey + (target - grey) * 0.0 + (luma_of(target) - luma_of(grey))  # same luma, no colour
+    assert pixel_loss(recoloured, target, "rgb") > 1e-3
+    assert pixel_loss(recoloured, target, "luma") < 1e-10
+    # a checkerboard of +-d in luma averages out in 2x2 pools: luma-lowpass ignores it, luma does not
+    checker = (torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2 * 0.2 - 0.1
+    assert pixel_loss(target + checker, target, "luma") > 1e-3
+    assert pixel_loss(target + checker, target, "luma-lowpass") < 1e-10
+
+
+def test_r1_penalises_the_gradient_on_real_images():
+    net_d, real, fake = tiny_d(), images(4, 1), images(4, 2)
+    plain, logs = discriminator_loss(net_d, real, fake, LossConfig())
+    with_r1, logs_r1 = discriminator_loss(net_d, real, fake, LossConfig(r1=10.0))
+    assert "d_r1" not in logs and logs_r1["d_r1"] > 0
+    assert with_r1.item() == pytest.approx(plain.item() + 5.0 * logs_r1["d_r1"], rel=1e-5)
+    with_r1.backward()  # the penalty is differentiable with respect to D's weights
+    assert all(p.grad is not None for p in net_d.parameters())
+
+
+def test_augmented_losses_reach_the_generator_output():
+    net_d, loss = tiny_d(), LossConfig(augment="translation,cutout,colour", r1=1.0)
+    fake = images(4, 3).requires_grad_(True)
+    g_loss, _ = generator_loss(fake, images(4, 4), net_d, loss, torch.Generator().manual_seed(0))
+    g_loss.backward()
+    assert fake.grad.abs().sum() > 0 and all(p.grad is None for p in net_d.parameters())  # D frozen
+    d_loss, _ = discriminator_loss(net_d, images(4, 5), fake, loss, torch.Generator().manual_seed(0))
+    d_loss.backward()
+    assert all(p.grad is not None for p in net_d.parameters())
+
+
+def test_separate_learning_rate_for_d():
+    net = tiny_d()
+    loss = LossConfig(lr=1e-4, lr_d=4e-4)
+    assert adam(net, loss).param_groups[0]["lr"] == 1e-4
+    assert adam(net, loss, discriminator=True).param_groups[0]["lr"] == 4e-4
+    assert adam(net, LossConfig(), discriminator=True).param_groups[0]["lr"] == 1e-4
+
+
+def test_ema_tracks_the_weights_with_its_decay():
+    net = nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = Ema(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for _ in range(200):
+        ema.update(net)
+    assert torch.allclose(ema.module.weight, torch.ones(1, 2), atol=1e-6)  # converges to a constant weight
+    fresh = Ema(nn.Linear(2, 1), decay=0.9)
+    start = fresh.module.weight.clone()
+    target = torch.full((1, 2), 5.0)
+    with torch.no_grad():
+        net.weight.copy_(target)
+    fresh.update(net)  # first update: ramped decay min(0.9, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(fresh.module.weight, d * start + (1 - d) * target)
+    assert not any(p.requires_grad for p in fresh.module.parameters())
