@@ -19,6 +19,8 @@ _LAZY = {
     "make_classical": "degrader.classical",
     "export_shards": "degrader.export",
     "ExportConfig": "degrader.export",
+    "plan_export": "degrader.export",
+    "load_degrader": "degrader.checkpoint",
 }
 
 __all__ = ["__version__", *_LAZY]
