@@ -233,9 +233,11 @@ def upgrade_state_dict(tensors: dict[str, torch.Tensor], meta: dict[str, Any], s
     """
     fmt = meta.get("format")
     if type(fmt) is not int or not 1 <= fmt <= FORMAT:
+        newer = type(fmt) is int and fmt > FORMAT
         raise UserError(
             f"{source} has checkpoint format {fmt!r} (written by degrader {meta.get('version', '?')}), "
-            f"but this version reads formats 1 to {FORMAT}; upgrade degrader to read it."
+            f"but this version reads formats 1 to {FORMAT}; "
+            + ("upgrade degrader to read it." if newer else "no degrader writes that: is the file damaged?")
         )
     tensors = dict(tensors)
     if fmt == 1:
