@@ -4,7 +4,8 @@ Each setting runs the real `degrader.train.fit` loop (small preset, batch 16, 64
 workers as given) on generated images in a fresh process, so OpenMP starts with that setting's environment.
 Rows with a fixed count run with torch's defaults (OpenMP's own wait policy), as a user's plain run does;
 "policy" goes through `degrader.threads` as the CLI does (`prepare_openmp()` before torch, then
-`set_threads(None, loader_workers)`). Both cases print ratios against the best row of that case:
+`set_threads(None, loader_workers)`); "policy, torch first" is a library user who imported torch before
+(OpenMP spins, so the policy counts busy cores and workers). Both cases print ratios against the best row:
 
 - quiet: nothing else started (the load average before the case is printed: repeat when it was busy);
 - busy: a competing process spinning a pure-Python loop on one core, started before and killed after.
@@ -41,6 +42,7 @@ SETTINGS = {
     "2 threads": (2, None),
     "2 threads, passive": (2, "PASSIVE"),
     "policy": ("policy", None),
+    "policy, torch first": ("policy-late", None),
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -72,13 +74,14 @@ def child(setting: str, data: Path, workers: int, warmup: int, seconds: float) -
         from degrader.threads import prepare_openmp
 
         prepare_openmp()  # as the CLI does, before torch is imported
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "default")  # what OpenMP reads when torch loads it
     import torch
 
     from degrader.gan import LossConfig
     from degrader.threads import set_threads
     from degrader.train import FitConfig, fit, plan_fit
 
-    if threads == "policy":
+    if threads in ("policy", "policy-late"):  # "policy-late": a library user who imported torch first
         used = set_threads(None, loader_workers=2 * workers)  # fit has an HR and an LR loader
     else:
         used = threads
@@ -90,7 +93,7 @@ def child(setting: str, data: Path, workers: int, warmup: int, seconds: float) -
         times.append(time.perf_counter())
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu.append(usage.ru_utime + usage.ru_stime)
-        if step > warmup and times[-1] - times[warmup - 1] >= seconds and step - warmup >= 2:
+        if step > warmup and times[-1] - times[warmup - 1] >= seconds and step - warmup >= 1:
             raise _Enough
 
     d_steps, batch = 5, 16
@@ -107,7 +110,7 @@ def child(setting: str, data: Path, workers: int, warmup: int, seconds: float) -
         "threads": used,
         "hr_per_s": steps * (d_steps + 1) * batch / wall,
         "cpu_per_wall": (cpu[-1] - cpu[warmup - 1]) / wall,
-        "wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "wait_policy": wait_policy,
         "torch": torch.__version__,
     }
     print(json.dumps(result), flush=True)
@@ -136,7 +139,7 @@ def load_line() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="fit's DataLoader workers per loader")
-    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per row (at least 2 steps)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per row (at least 1 step)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per row")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; the best is kept")
     parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)

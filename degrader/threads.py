@@ -1,21 +1,24 @@
 """How many CPU threads torch uses: a default that stays fast on a shared machine.
 
-Torch's default is one intra-op thread per core. On a 2-core machine where another CPU-bound job runs, each
-parallel region then waits for a thread the kernel has parked behind that job, and with OpenMP's default
-wait policy the waiting threads spin and take the core away from the one they wait for: a `fit` ran 5-10x
-slower than with one thread. The default policy here:
+Torch's default is one intra-op thread per core, and its OpenMP (libgomp) spins while a thread waits for
+the others. On a 2-core machine where another CPU-bound job runs, each parallel region then waits for a
+thread the kernel has parked behind that job while the waiting thread burns the other core: `fit` ran 5-10x
+slower than with one thread. The fix measured best (`benchmarks/bench_threads.py`) is OpenMP's passive wait
+policy: waiting threads sleep, and one thread per core this process may use is then the fastest count both
+on a quiet and on a busy machine. So the default policy:
 
-- counts the cores this process may run on (`os.sched_getaffinity`, so taskset, cgroup cpusets and
-  Slurm/Kubernetes CPU pinning are respected), not the machine's cores;
-- subtracts the cores that other processes keep busy right now (sampled from `/proc/stat` for a fraction
-  of a second; `os.getloadavg` where that file is missing);
-- subtracts one thread for every two DataLoader worker processes that share those cores;
-- and asks OpenMP to sleep rather than spin while it waits (`OMP_WAIT_POLICY=PASSIVE`). OpenMP reads that
-  variable once, when torch loads it, so `prepare_openmp()` must run before `import torch`.
+- asks OpenMP to sleep rather than spin while it waits (`OMP_WAIT_POLICY=PASSIVE`). OpenMP reads that
+  variable once, when torch loads it, so `prepare_openmp()` must run before `import torch` (the CLI does);
+- uses one thread per core this process may run on (`os.sched_getaffinity`, so taskset, cgroup cpusets and
+  Slurm/Kubernetes CPU pinning are respected), not per core of the machine;
+- only where the passive policy is not in effect (torch was imported first, as in a notebook) does it
+  protect the spinning threads: it subtracts the cores other processes keep busy right now (sampled from
+  `/proc/stat` for a quarter of a second; `os.getloadavg` where that file is missing) and one thread per
+  two DataLoader worker processes.
 
 An explicit count (`--threads N`) or `OMP_NUM_THREADS` in the environment always wins. The thread count
-changes floating-point reduction order, so results are byte-identical only for the same count: record it
-with the run.
+changes the order of floating-point sums in training, so a seed gives byte-identical results only with
+the same count: record it with the run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from degrader.errors import UserError
 
 WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep while they wait instead of spinning (libgomp default: spin a while)
+_passive = False  # set by prepare_openmp() when torch will load OpenMP with the passive policy
 SAMPLE_SECONDS = 0.25  # how long `busy_cores` watches the CPUs
 WORKERS_PER_THREAD = 2  # DataLoader worker processes that cost one intra-op thread
 
@@ -38,8 +42,16 @@ def prepare_openmp() -> bool:
     Returns:
         True if the setting can still take effect (torch not imported yet), False if it is too late.
     """
+    global _passive
     os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
-    return "torch" not in sys.modules
+    in_time = "torch" not in sys.modules
+    _passive = _passive or (in_time and os.environ["OMP_WAIT_POLICY"].strip().upper() == WAIT_POLICY)
+    return in_time
+
+
+def passive_wait() -> bool:
+    """Whether `prepare_openmp()` set the passive wait policy before torch loaded OpenMP in this process."""
+    return _passive
 
 
 def usable_cores() -> int:
@@ -92,14 +104,17 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     return max(0.0, others)
 
 
-def default_threads(cores: int, busy: float = 0.0, loader_workers: int = 0) -> int:
+def default_threads(cores: int, passive: bool = True, busy: float = 0.0, loader_workers: int = 0) -> int:
     """The policy as a pure function: intra-op threads for `cores` usable cores.
 
     Args:
         cores: cores this process may use.
-        busy: cores other processes keep busy (a fraction counts from one half).
-        loader_workers: DataLoader worker processes that will share the cores.
+        passive: whether OpenMP threads sleep while they wait; then every usable core gets a thread.
+        busy: cores other processes keep busy (a fraction counts from one half); only used when spinning.
+        loader_workers: DataLoader worker processes that share the cores; only used when spinning.
     """
+    if passive:
+        return cores
     free = cores - math.floor(busy + 0.5)
     return max(1, free - loader_workers // WORKERS_PER_THREAD)
 
@@ -116,7 +131,8 @@ def set_threads(n: int | None = None, loader_workers: int = 0) -> int:
     Args:
         n: threads to use (`--threads`); None applies the default policy (see the module docstring), or
             `OMP_NUM_THREADS` when the environment sets it.
-        loader_workers: DataLoader worker processes the run starts (all loaders together).
+        loader_workers: DataLoader worker processes the run starts (all loaders together); they count only
+            where the passive wait policy is not in effect.
 
     Raises:
         UserError: `n` is not a positive integer.
@@ -126,7 +142,10 @@ def set_threads(n: int | None = None, loader_workers: int = 0) -> int:
     if loader_workers < 0:
         raise UserError(f"--workers {loader_workers!r}: give 0 or more DataLoader workers.")
     if n is None:
-        n = env_threads() or default_threads(usable_cores(), busy_cores(), loader_workers)
+        n = env_threads()
+    if n is None:
+        passive = passive_wait()
+        n = default_threads(usable_cores(), passive, 0.0 if passive else busy_cores(), loader_workers)
     import torch
 
     torch.set_num_threads(n)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 
 from degrader import threads
 from degrader.errors import UserError
-from degrader.threads import busy_cores, cpu_jiffies, default_threads, prepare_openmp, set_threads
+from degrader.threads import busy_cores, cpu_jiffies, default_threads, passive_wait, prepare_openmp, set_threads
 
 
 @pytest.fixture
@@ -18,24 +19,36 @@ def machine(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
-    def configure(cores: int, busy: float = 0.0) -> None:
+    def configure(cores: int, busy: float = 0.0, passive: bool = False) -> None:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
         monkeypatch.setattr(threads, "busy_cores", lambda: busy)
+        monkeypatch.setattr(threads, "_passive", passive)
 
     yield configure
     torch.set_num_threads(before)
 
 
-def test_policy_counts_free_cores_and_workers():
-    assert default_threads(1) == 1
-    assert default_threads(2) == 2
-    assert default_threads(8, busy=1.0) == 7
-    assert default_threads(2, busy=0.3) == 2  # background noise is not a busy core
-    assert default_threads(2, busy=0.7) == 1
-    assert default_threads(2, busy=5.0) == 1  # never below one thread
-    assert default_threads(8, loader_workers=4) == 6
-    assert default_threads(8, loader_workers=1) == 8
-    assert default_threads(2, busy=1.0, loader_workers=4) == 1
+def test_spinning_policy_counts_free_cores_and_workers():
+    spin = dict(passive=False)
+    assert default_threads(1, **spin) == 1
+    assert default_threads(2, **spin) == 2
+    assert default_threads(8, busy=1.0, **spin) == 7
+    assert default_threads(2, busy=0.3, **spin) == 2  # background noise is not a busy core
+    assert default_threads(2, busy=0.7, **spin) == 1
+    assert default_threads(2, busy=5.0, **spin) == 1  # never below one thread
+    assert default_threads(8, loader_workers=4, **spin) == 6
+    assert default_threads(8, loader_workers=1, **spin) == 8
+    assert default_threads(2, busy=1.0, loader_workers=4, **spin) == 1
+
+
+def test_passive_policy_uses_every_usable_core():
+    assert default_threads(1, passive=True, busy=3.0) == 1
+    assert default_threads(2, passive=True, busy=1.0, loader_workers=4) == 2  # sleeping waits share cores fairly
+
+
+def test_passive_wait_keeps_all_cores_on_a_busy_machine(machine):
+    machine(cores=4, busy=2.0, passive=True)
+    assert set_threads(None, loader_workers=4) == 4
 
 
 def test_one_core_of_affinity_gives_one_thread(machine):
@@ -44,7 +57,7 @@ def test_one_core_of_affinity_gives_one_thread(machine):
     assert torch.get_num_threads() == 1
 
 
-def test_quiet_machine_uses_its_cores_and_workers_take_some(machine):
+def test_spinning_openmp_uses_its_cores_and_workers_take_some(machine):
     machine(cores=4)
     assert set_threads(None) == 4
     assert torch.get_num_threads() == 4
@@ -52,7 +65,7 @@ def test_quiet_machine_uses_its_cores_and_workers_take_some(machine):
     assert torch.get_num_threads() == 2
 
 
-def test_busy_machine_gives_fewer_threads(machine):
+def test_spinning_openmp_on_a_busy_machine_gives_fewer_threads(machine):
     machine(cores=4, busy=2.0)
     assert set_threads(None) == 2
 
@@ -114,9 +127,17 @@ def test_busy_cores_leaves_out_this_process(monkeypatch):
 
 
 def test_prepare_openmp_keeps_the_users_choice_and_knows_when_it_is_too_late(monkeypatch):
+    monkeypatch.setattr(threads, "_passive", False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert prepare_openmp() is False  # torch is already imported in this process
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert not passive_wait()  # too late: this process's OpenMP spins, so the policy must count busy cores
+
+    monkeypatch.delitem(sys.modules, "torch")  # as at CLI entry, before any command imports torch
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    prepare_openmp()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert prepare_openmp() is True
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice stays
+    assert not passive_wait()
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert prepare_openmp() is True
+    assert passive_wait()
