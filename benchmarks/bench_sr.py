@@ -35,11 +35,11 @@ def iteration_rate(preset: str, device: torch.device, b: int, iters: int, bf16: 
     """Pairs/s of the training loop's math on in-memory batches (no data loading)."""
     torch.manual_seed(0)
     model = LowToHighConfig(**PRESETS[preset])
-    loss = LossConfig(beta=0.0, d_steps=0) if pixel_only else LossConfig()
+    loss = LossConfig(beta=0.0) if pixel_only else LossConfig()
     net_g = LowToHighGenerator(model).to(device)
     net_d = Discriminator(model.discriminator()).to(device)
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
-    k = loss.d_steps
+    k = 0 if pixel_only else loss.d_steps  # LossConfig refuses d_steps=0
     lr = torch.rand(k + 1, b, 3, model.lr_size, model.lr_size, device=device) * 2 - 1
     hr = torch.rand(k + 1, b, 3, model.hr_size, model.hr_size, device=device) * 2 - 1
 

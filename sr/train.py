@@ -73,9 +73,12 @@ class SRTrainConfig:
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
-    def loss_at(self, step: int) -> LossConfig:
-        """The loss of training step `step`: the pixel loss alone (no D updates) while warming up or pixel-only."""
-        return replace(self.loss, beta=0.0, d_steps=0) if self.pixel_only or step < self.warmup_steps else self.loss
+    def loss_at(self, step: int) -> tuple[LossConfig, int]:
+        """The loss of training step `step` and its D updates: the pixel loss alone and none while warming up or
+        pixel-only."""
+        if self.pixel_only or step < self.warmup_steps:
+            return replace(self.loss, beta=0.0), 0
+        return self.loss, self.loss.d_steps
 
     def pairs_before(self, step: int) -> int:
         """How many pairs the steps before `step` consumed: one batch per G step and one per D step."""
@@ -245,7 +248,7 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
     )
     with deferred_interrupt() as interrupted:
         while step < config.steps and not interrupted():
-            loss = config.loss_at(step)  # the pixel loss alone while warming up
+            loss, d_steps = config.loss_at(step)  # the pixel loss alone while warming up
             # --- G step, D frozen: pixel loss to HR + hinge loss ---
             lr, hr = map(to_net, next(pairs))  # (B, 3, h, h), (B, 3, H, H)
             with autocast(device, config.bf16):
@@ -255,7 +258,7 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
 
             # --- D steps: real HR images against fresh SR outputs, detached ---
             d_logs: dict[str, float] = {}
-            for _ in range(loss.d_steps):
+            for _ in range(d_steps):
                 lr, real = map(to_net, next(pairs))
                 with autocast(device, config.bf16):
                     with torch.no_grad():
@@ -263,5 +266,5 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
                     d_loss, d_logs = discriminator_loss(net_d, real, fake)
                 update(opt_d, d_loss)
             step += 1
-            books.step(step, {**g_logs, **d_logs}, items=(loss.d_steps + 1) * config.batch_size)
+            books.step(step, {**g_logs, **d_logs}, items=(d_steps + 1) * config.batch_size)
         return books.finish(step, interrupted())
