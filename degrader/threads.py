@@ -150,3 +150,15 @@ def set_threads(n: int | None = None, loader_workers: int = 0) -> int:
 
     torch.set_num_threads(n)
     return n
+
+
+def threads_in_use(n: int | None) -> int:
+    """Apply an explicit count (a run config's `threads`), or keep torch's current one; return the count in use.
+
+    Training loops record the result in `config.json`: a seed gives byte-identical results only with it.
+    """
+    if n is not None:
+        return set_threads(n)
+    import torch
+
+    return torch.get_num_threads()

@@ -10,7 +10,15 @@ import torch
 
 from degrader import threads
 from degrader.errors import UserError
-from degrader.threads import busy_cores, cpu_jiffies, default_threads, passive_wait, prepare_openmp, set_threads
+from degrader.threads import (
+    busy_cores,
+    cpu_jiffies,
+    default_threads,
+    passive_wait,
+    prepare_openmp,
+    set_threads,
+    threads_in_use,
+)
 
 
 @pytest.fixture
@@ -141,3 +149,13 @@ def test_prepare_openmp_keeps_the_users_choice_and_knows_when_it_is_too_late(mon
     monkeypatch.delenv("OMP_WAIT_POLICY")
     assert prepare_openmp() is True
     assert passive_wait()
+
+
+def test_threads_in_use_applies_a_count_or_reports_torchs(machine):
+    machine(cores=1, busy=3.0)
+    torch.set_num_threads(2)
+    assert threads_in_use(None) == 2  # a library caller's own setting is kept, not replaced by the policy
+    assert threads_in_use(1) == 1
+    assert torch.get_num_threads() == 1
+    with pytest.raises(UserError, match="--threads"):
+        threads_in_use(0)
