@@ -10,7 +10,8 @@ import contextlib
 import hashlib
 import random
 import signal
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from degrader.scan import scan_images as scan_images
 
 PREP_MODES = ("resize", "crop")
 AUGMENTS = ("none", "flip", "paper")
+CACHE_MB = 256  # default decoded-image cache per DataLoader worker (and per folder: `fit` loads two)
 
 
 class BadImageError(UserError):
@@ -185,15 +187,49 @@ def _augment(x: torch.Tensor, kind: str, rng: random.Random) -> torch.Tensor:
     return x.clamp_(0.0, 1.0)
 
 
+class DecodeCache:
+    """Decoded images by key within a byte budget; the least recently used go first.
+
+    Large photos cropped many times decode once instead of once per crop. A cache never changes a sample:
+    decoding is deterministic, and crops and augmentation still come from the sample's seed. Every DataLoader
+    worker holds its own copy (the dataset is copied into each), so the memory used is up to `budget` bytes
+    per worker.
+    """
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self.items: OrderedDict[object, tuple[Image.Image, int]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: object, load: Callable[[], Image.Image]) -> Image.Image:
+        if key in self.items:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return self.items[key][0]
+        self.misses += 1
+        img = load()
+        size = img.width * img.height * len(img.getbands())
+        if size <= self.budget:  # an image larger than the whole budget is never kept
+            while self.used + size > self.budget:
+                self.used -= self.items.popitem(last=False)[1][1]
+            self.items[key] = (img, size)
+            self.used += size
+        return img
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Map-style dataset over image paths, indexed by `(index, sample_seed)`.
 
     A sample is a pure function of (index, sample_seed): crop position, flips and augmentation come from
     `random.Random(sample_seed)`, never from the global RNG (which is left untouched). A file that fails to
     decode is replaced by the next one, `(index + 1) % len`, with the same seed, so a long run goes on.
+
+    `cache_mb` > 0 keeps decoded images in a `DecodeCache` of that many MiB per process (per DataLoader
+    worker): whole images for "crop", the prepared size x size image for "resize" (small, so a face folder
+    fits whole). The samples are the same bytes with or without it.
     """
 
-    def __init__(self, paths: list[Path], size: int, prep: str = "resize", augment: str = "none"):
+    def __init__(self, paths: list[Path], size: int, prep: str = "resize", augment: str = "none", cache_mb: float = 0):
         if prep not in PREP_MODES:
             raise UserError(f"prep mode {prep!r} is not one of {', '.join(PREP_MODES)}.")
         if augment not in AUGMENTS:
@@ -202,6 +238,15 @@ class ImageFolder(torch.utils.data.Dataset):
             raise UserError("no images to load; the image folder scan found none.")
         self.paths = [Path(p) for p in paths]
         self.size, self.prep, self.augment = size, prep, augment
+        self.cache = DecodeCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+
+    def _decoded(self, i: int) -> Image.Image:
+        """Image i, decoded; prepared already in "resize" mode, which draws nothing from the seed."""
+        if self.prep == "resize":
+            load = lambda: prepare(load_rgb(self.paths[i]), self.size, "resize", random.Random(0))  # noqa: E731
+        else:
+            load = lambda: load_rgb(self.paths[i])  # noqa: E731
+        return self.cache.get(i, load) if self.cache is not None else load()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -210,10 +255,11 @@ class ImageFolder(torch.utils.data.Dataset):
         index, sample_seed = item if isinstance(item, tuple) else (item, 0)
         errors = []
         for k in range(len(self.paths)):  # bounded: a list of only broken files must still fail
-            path = self.paths[(index + k) % len(self.paths)]
+            i = (index + k) % len(self.paths)
             rng = random.Random(sample_seed)
             try:
-                img = prepare(load_rgb(path), self.size, self.prep, rng)
+                img = self._decoded(i)
+                img = img if self.prep == "resize" else prepare(img, self.size, self.prep, rng)
             except UserError as e:  # undecodable file, or too small to crop
                 errors.append(str(e))
                 continue
@@ -293,13 +339,15 @@ def make_loader(
     seed: int,
     start: int = 0,
     workers: int = 0,
+    cache_mb: float = 0,
 ) -> Iterator[torch.Tensor]:
     """An infinite iterator of (batch_size, 3, size, size) batches in [0, 1].
 
-    The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers`.
+    The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers` or
+    `cache_mb` (the decoded-image cache of each worker, see `ImageFolder`).
     `start` is a sample position (batches consumed x batch_size), for resuming.
     """
-    dataset = ImageFolder(paths, size, prep, augment)
+    dataset = ImageFolder(paths, size, prep, augment, cache_mb)
     return infinite_loader(dataset, batch_size=batch_size, seed=seed, start=start, workers=workers)
 
 

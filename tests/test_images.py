@@ -351,3 +351,44 @@ def test_make_loader_same_batches_for_any_worker_count(folder):
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     resumed = next(make_loader(folder, 16, "crop", "paper", start=2 * 4, **kw))
     assert torch.equal(resumed, a[2])
+
+
+# ------------------------------------------------------------------------------------------------ decode cache
+
+
+@pytest.mark.parametrize("prep", ["crop", "resize"])
+def test_cache_gives_the_same_samples_and_decodes_each_image_once(folder, prep, monkeypatch):
+    import degrader.images
+
+    decoded = []
+    real_load = degrader.images.load_rgb
+    monkeypatch.setattr(degrader.images, "load_rgb", lambda p: decoded.append(p) or real_load(p))
+    items = list(islice(iter(InfiniteSampler(len(folder), seed=5)), 4 * len(folder)))
+    plain = ImageFolder(folder, 16, prep=prep, augment="paper")
+    expected = [plain[item] for item in items]
+    assert len(decoded) == len(items)
+    decoded.clear()
+    cached = ImageFolder(folder, 16, prep=prep, augment="paper", cache_mb=64)
+    assert all(torch.equal(cached[item], x) for item, x in zip(items, expected, strict=True))
+    assert sorted(decoded) == sorted(folder)  # one decode per image, however many crops
+    assert cached.cache.hits == len(items) - len(folder)
+
+
+def test_cache_stays_within_its_budget(folder):
+    sizes = {i: Image.open(p).size for i, p in enumerate(folder)}
+    budget = 3 * 30 * 30  # bytes: room for a few of the smallest images only
+    ds = ImageFolder(folder, 16, prep="crop", augment="none", cache_mb=budget / 2**20)
+    for item in islice(iter(InfiniteSampler(len(folder), seed=1)), 3 * len(folder)):
+        ds[item]
+        assert ds.cache.used == sum(w * h * 3 for w, h in (sizes[i] for i in ds.cache.items)) <= budget
+    assert 0 < len(ds.cache.items) < len(folder)
+    big = ImageFolder(folder, 16, prep="crop", cache_mb=100 / 2**20)  # smaller than any image: nothing kept
+    big[(0, 0)]
+    assert big.cache.used == 0 and not big.cache.items
+
+
+def test_make_loader_with_cache_and_workers_gives_the_same_batches(folder):
+    kw = dict(batch_size=4, seed=11)
+    a = list(islice(make_loader(folder, 16, "crop", "paper", workers=0, **kw), 4))
+    b = list(islice(make_loader(folder, 16, "crop", "paper", workers=2, cache_mb=8, **kw), 4))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
