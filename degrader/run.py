@@ -36,7 +36,10 @@ LOG_FILE = "log.jsonl"
 STATE_KIND = "train-state"
 
 # Config fields that may change between a run and its resume without changing the result.
-RESUMABLE = {"steps", "resume", "overwrite", "device", "workers", "checkpoint_every", "sample_every", "log_every"}
+RESUMABLE = {
+    *("steps", "resume", "overwrite", "device", "workers", "checkpoint_every", "sample_every", "log_every"),
+    *("cache_mb", "channels_last", "compile"),  # how the run executes, not what it computes
+}
 
 Progress = Callable[[int, int, dict[str, float]], None]  # on_progress(step, total, logs)
 GRID_SAMPLES = 8  # images in each sample grid
@@ -56,6 +59,19 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def accelerate(net: torch.nn.Module, config: Any) -> torch.nn.Module:
+    """`config.channels_last` and `config.compile` applied to `net` in place; returns `net`.
+
+    `nn.Module.compile` compiles the forward in place, so the state dict keeps the plain module's keys (no
+    `_orig_mod.` prefix) and checkpoints load without compiling.
+    """
+    if config.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if config.compile:
+        net.compile()
+    return net
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -206,15 +222,12 @@ def unpaired_batches(
     """The HR and real LR batches of an unpaired GAN, from step `step` on (for resume).
 
     Each step takes d_steps + 1 HR batches and d_steps LR batches; `config` has `batch_size`, `loss.d_steps`,
-    `hr_prep`, `lr_prep`, `seed` and `workers`.
+    `hr_prep`, `lr_prep`, `seed`, `workers` and `cache_mb` (decoded-image cache per worker and folder).
     """
     b, k, c = config.batch_size, config.loss.d_steps, config
-    hr_batches = make_loader(
-        hr.paths, hr_size, c.hr_prep, "paper", batch_size=b, seed=c.seed, start=step * (k + 1) * b, workers=c.workers
-    )
-    lr_batches = make_loader(
-        lr.paths, lr_size, c.lr_prep, "flip", batch_size=b, seed=c.seed + 1, start=step * k * b, workers=c.workers
-    )
+    kw = dict(batch_size=b, workers=c.workers, cache_mb=c.cache_mb)
+    hr_batches = make_loader(hr.paths, hr_size, c.hr_prep, "paper", seed=c.seed, start=step * (k + 1) * b, **kw)
+    lr_batches = make_loader(lr.paths, lr_size, c.lr_prep, "flip", seed=c.seed + 1, start=step * k * b, **kw)
     return hr_batches, lr_batches
 
 

@@ -12,13 +12,14 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import Scan, save_grid, scan_images
+from degrader.images import CACHE_MB, Scan, save_grid, scan_images
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
 from degrader.run import (
     Bookkeeping,
     Progress,
     RunResult,
+    accelerate,
     autocast,
     config_dict,
     deferred_interrupt,
@@ -50,6 +51,9 @@ class FitConfig:
     seed: int = 0  # fixes initialisation, data order, augmentation and noise
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)
+    compile: bool = False  # torch.compile the networks (first steps slower while compiling)
+    cache_mb: float = CACHE_MB  # decoded-image cache per DataLoader worker (per folder), MiB; 0: none
     workers: int = 2  # DataLoader worker processes per folder
     log_every: int = 10  # steps between log lines (losses averaged over them)
     sample_every: int = 250  # steps between sample grids
@@ -115,8 +119,8 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
     # --- networks and optimizers ---
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
-        net_g = HighToLowGenerator(model).to(device)
-        net_d = Discriminator(model.discriminator()).to(device)
+        net_g = accelerate(HighToLowGenerator(model).to(device), config)  # channels_last, compile
+        net_d = accelerate(Discriminator(model.discriminator()).to(device), config)
     opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
     z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})

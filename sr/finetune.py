@@ -18,7 +18,7 @@ from torch import nn
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.images import PREP_MODES, Scan, save_grid, scan_images
+from degrader.images import CACHE_MB, PREP_MODES, Scan, save_grid, scan_images
 from degrader.nets import Discriminator
 from degrader.run import (
     STATE_FILE,
@@ -26,6 +26,7 @@ from degrader.run import (
     Bookkeeping,
     Progress,
     RunResult,
+    accelerate,
     autocast,
     config_dict,
     deferred_interrupt,
@@ -54,6 +55,9 @@ class FinetuneConfig:
     seed: int = 0  # fixes data order, augmentation, noise and any discriminator that starts fresh
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)
+    compile: bool = False  # torch.compile the networks (first steps slower while compiling)
+    cache_mb: float = CACHE_MB  # decoded-image cache per DataLoader worker (per folder), MiB; 0: none
     workers: int = 2  # DataLoader worker processes per folder
     log_every: int = 10  # steps between log lines
     sample_every: int = 250  # steps between sample grids
@@ -136,6 +140,8 @@ def finetune(plan: FinetunePlan, on_progress: Progress | None = None) -> RunResu
         net_dh = Discriminator(lh.discriminator()).to(device)  # judges HR images
     load_discriminator(plan.d_from["lr"], net_dl, "--degrader")
     load_discriminator(plan.d_from["hr"], net_dh, "--sr")
+    for net in (net_hl, net_lh, net_dl, net_dh):
+        accelerate(net, config)  # channels_last, compile; state dict keys unchanged
     # One optimizer per side: the SR loss updates the degrader through the shared backward pass.
     opt_g, opt_d = adam(nn.ModuleList([net_hl, net_lh]), loss), adam(nn.ModuleList([net_dl, net_dh]), loss)
     z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU

@@ -21,6 +21,7 @@ from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
 from degrader.images import (
     AUGMENTS,
+    CACHE_MB,
     PREP_MODES,
     Scan,
     first_readable,
@@ -35,6 +36,7 @@ from degrader.run import (
     Bookkeeping,
     Progress,
     RunResult,
+    accelerate,
     autocast,
     config_dict,
     deferred_interrupt,
@@ -66,6 +68,9 @@ class SRTrainConfig:
     seed: int = 0  # fixes initialisation, data order, crops and the noise seeds of on-the-fly degradation
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)
+    compile: bool = False  # torch.compile the networks (first steps slower while compiling)
+    cache_mb: float = CACHE_MB  # decoded-image cache per DataLoader worker (per folder), MiB; 0: none
     workers: int = 2  # DataLoader worker processes
     log_every: int = 10  # steps between log lines (losses averaged over them)
     sample_every: int = 250  # steps between sample grids
@@ -172,7 +177,7 @@ def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch
         return
     hr_batches = make_loader(
         plan.scan.paths, m.hr_size, config.hr_prep, config.augment, batch_size=config.batch_size, seed=config.seed,
-        start=start, workers=config.workers,
+        start=start, workers=config.workers, cache_mb=config.cache_mb,
     )  # fmt: skip
     position = start
     for hr in hr_batches:
@@ -221,8 +226,8 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
     # --- networks and optimizers ---
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
-        net_g = LowToHighGenerator(model).to(device)
-        net_d = Discriminator(model.discriminator()).to(device)
+        net_g = accelerate(LowToHighGenerator(model).to(device), config)  # channels_last, compile
+        net_d = accelerate(Discriminator(model.discriminator()).to(device), config)
     opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {})
     step = load_state(out, *state) if resuming else 0
