@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -159,3 +161,21 @@ def test_threads_in_use_applies_a_count_or_reports_torchs(machine):
     assert torch.get_num_threads() == 1
     with pytest.raises(UserError, match="--threads"):
         threads_in_use(0)
+
+
+def test_passive_policy_reaches_torchs_openmp_only_when_set_before_torch(tmp_path):
+    """libgomp prints its settings when it loads (OMP_DISPLAY_ENV): no spinning only if prepared in time."""
+
+    def spin_count(code: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        env["OMP_DISPLAY_ENV"] = "VERBOSE"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        found = re.search(r"GOMP_SPINCOUNT = '(\d+)'", out.stdout + out.stderr)
+        if found is None:
+            pytest.skip("torch's OpenMP is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV)")
+        return found.group(1)
+
+    prepared = "from degrader.threads import prepare_openmp; prepare_openmp(); import torch; torch.ones(9).sum()"
+    too_late = "import torch; from degrader.threads import prepare_openmp; prepare_openmp(); torch.ones(9).sum()"
+    assert spin_count(prepared) == "0"
+    assert spin_count(too_late) != "0"
