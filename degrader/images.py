@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
+from degrader.dist import BatchPart
 from degrader.errors import UserError
 from degrader.files import atomic_path
 from degrader.scan import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported: callers find the scan here too
@@ -340,25 +341,42 @@ def make_loader(
     start: int = 0,
     workers: int = 0,
     cache_mb: float = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[torch.Tensor]:
     """An infinite iterator of (batch_size, 3, size, size) batches in [0, 1].
 
     The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers` or
     `cache_mb` (the decoded-image cache of each worker, see `ImageFolder`).
-    `start` is a sample position (batches consumed x batch_size), for resuming.
+    `start` is a sample position (batches consumed x batch_size), for resuming. With `world` > 1 processes,
+    this one gets the `rank`-th slice of each batch (batch_size // world images).
     """
     dataset = ImageFolder(paths, size, prep, augment, cache_mb)
-    return infinite_loader(dataset, batch_size=batch_size, seed=seed, start=start, workers=workers)
+    return infinite_loader(
+        dataset, batch_size=batch_size, seed=seed, start=start, workers=workers, rank=rank, world=world
+    )
 
 
 def infinite_loader(
-    dataset: torch.utils.data.Dataset, *, batch_size: int, seed: int, start: int = 0, workers: int = 0
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator:
-    """Endless batches of `dataset` in `InfiniteSampler` order from sample position `start`; workers ignore Ctrl-C."""
+    """Endless batches of `dataset` in `InfiniteSampler` order from sample position `start`; workers ignore Ctrl-C.
+
+    With `world` > 1 (DDP), each batch is this rank's contiguous slice of the global batch of `batch_size`
+    (`degrader.dist.BatchPart`): the ranks' batches, concatenated in rank order, are the single-process batch.
+    """
+    sampler = InfiniteSampler(len(dataset), seed, start)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=InfiniteSampler(len(dataset), seed, start),
+        batch_size=batch_size // world,
+        sampler=sampler if world == 1 else BatchPart(sampler, batch_size, rank, world),
         num_workers=workers,
         persistent_workers=workers > 0,
         worker_init_fn=_ignore_sigint if workers > 0 else None,

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from degrader import dist
 from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
 from degrader.errors import UserError
 from degrader.files import prepare_out_dir, write_json
@@ -80,6 +81,13 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
+    """Prepare the run directory (rank 0 only, once every rank has checked it). Returns True when there is a
+    saved state to resume from; under torchrun every rank gets rank 0's answer, or its error."""
+    dist.barrier()  # every rank's plan has checked `out` before rank 0 writes there
+    return dist.on_main(lambda: _open_run(out, config, resume=resume, overwrite=overwrite))
+
+
+def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
     """Prepare the run directory. Returns True when there is a saved state to resume from.
 
     On resume the saved config must match the new one, except fields in RESUMABLE; a different dataset,
@@ -125,7 +133,7 @@ def load_state(
     unpack_state(tensors, meta, modules, optimizers, generators, path)
     step = int(meta["step"])
     log = out / LOG_FILE
-    if log.exists():
+    if log.exists() and dist.is_main():
         kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
         log.write_text("".join(line + "\n" for line in kept))
     return step
@@ -201,6 +209,9 @@ class Bookkeeping:
     def step(self, step: int, logs: dict[str, float], items: int) -> None:
         """After step `step` (counted from 1), which consumed `items` images and ended with `logs`."""
         c = self.config
+        logs = dist.mean_over_ranks(logs)  # `items` counts the global batch already
+        if not dist.is_main():  # under torchrun, only rank 0 writes and reports
+            return
         self.log.add(step, logs, items)
         if self.on_progress:
             self.on_progress(step, c.steps, logs)
@@ -211,8 +222,9 @@ class Bookkeeping:
 
     def finish(self, step: int, interrupted: bool) -> RunResult:
         """The last step's checkpoint (unless just written) and the run's result."""
-        if step % self.config.checkpoint_every != 0 or step == 0:
+        if dist.is_main() and (step % self.config.checkpoint_every != 0 or step == 0):
             self.checkpoint(step)
+        dist.barrier()  # every rank returns once the run's files are complete
         return RunResult(self.out, step, interrupted, self.log.last)
 
 
@@ -226,6 +238,7 @@ def unpaired_batches(
     """
     b, k, c = config.batch_size, config.loss.d_steps, config
     kw = dict(batch_size=b, workers=c.workers, cache_mb=c.cache_mb)
+    kw.update(rank=dist.rank(), world=dist.world())  # under DDP, each rank loads its part of every global batch
     hr_batches = make_loader(hr.paths, hr_size, c.hr_prep, "paper", seed=c.seed, start=step * (k + 1) * b, **kw)
     lr_batches = make_loader(lr.paths, lr_size, c.lr_prep, "flip", seed=c.seed + 1, start=step * k * b, **kw)
     return hr_batches, lr_batches
@@ -259,6 +272,6 @@ def deferred_interrupt() -> Iterator[Callable[[], bool]]:
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
-        yield lambda: bool(pressed)
+        yield lambda: dist.any_rank(bool(pressed))  # under torchrun: all ranks stop after the same step
     finally:
         signal.signal(signal.SIGINT, previous)
