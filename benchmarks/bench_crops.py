@@ -122,8 +122,10 @@ def main() -> None:
             workers = max(1, w)
             face_rate, face_n = export_rate(root / "faces", root / "shards-faces", "center", workers)
             grid_rate, grid_n = export_rate(root / "photos", root / "shards-grid", "grid", workers)
-            print(f"export-shards bicubic, {workers} workers: faces center {face_rate:.1f} pairs/s ({face_n} pairs); "
-                  f"photos grid {grid_rate:.1f} pairs/s ({grid_n} pairs); ratio {grid_rate / face_rate:.2f}")  # fmt: skip
+            print(
+                f"export-shards bicubic, {workers} workers: faces center {face_rate:.1f} pairs/s ({face_n} pairs); "
+                f"photos grid {grid_rate:.1f} pairs/s ({grid_n} pairs); ratio {grid_rate / face_rate:.2f}"
+            )
 
 
 if __name__ == "__main__":
