@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from degrader import __version__
 from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.errors import UserError
-from degrader.files import prepare_out_dir, sha256_file, write_json
+from degrader.files import check_out_dir, prepare_out_dir, read_json, sha256_file, write_json
 from degrader.images import Scan, load_rgb, prepare, scan_images
 from degrader.run import Progress
 from degrader.shards import (
@@ -146,9 +146,7 @@ def plan_export(config: ExportConfig) -> ExportPlan:
     for name in ("per_image", "samples_per_shard", "batch_size"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
-    out = Path(config.out)
-    if not config.resume and not config.overwrite and out.is_dir() and any(out.iterdir()):
-        raise UserError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
+    check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     degrader = load_degrader(config.degrader, config.scale, config.device)
     size = config.hr_size or degrader.hr_size or 64
     if degrader.hr_size is not None and size != degrader.hr_size:
@@ -181,9 +179,9 @@ def _start_or_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any
     state_path, manifest_path = out / STATE, out / MANIFEST
     saved = None
     if resume and manifest_path.exists():
-        saved = json.loads(manifest_path.read_text())
+        saved = read_json(manifest_path, "export's manifest", "export into a new --out")
     elif resume and state_path.exists():
-        saved = json.loads(state_path.read_text())
+        saved = read_json(state_path, "export's progress file", "export into a new --out")
     elif resume and any(p.name != STATE for p in out.iterdir()):
         raise UserError(f"--out {out} holds no export to resume; pass --overwrite to replace its contents.")
     if saved is not None:

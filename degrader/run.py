@@ -28,12 +28,13 @@ import torch
 from degrader import dist
 from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
 from degrader.errors import UserError
-from degrader.files import prepare_out_dir, write_json
+from degrader.files import prepare_out_dir, read_json, write_json
 from degrader.images import Scan, first_readable, make_loader
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
+TRAINED = ("degrader.safetensors", "sr.safetensors", LOG_FILE)  # written only once training has begun
 STATE_KIND = "train-state"
 
 # Config fields that may change between a run and its resume without changing the result.
@@ -95,8 +96,13 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     """
     out = prepare_out_dir(out, resume=resume, overwrite=overwrite)
     saved = out / CONFIG_FILE
-    if resume and (out / STATE_FILE).exists() and saved.exists():
-        old = json.loads(saved.read_text())
+    if resume and not (out / STATE_FILE).exists() and any((out / name).exists() for name in TRAINED):
+        raise UserError(
+            f"--resume: {out / STATE_FILE} is missing, so the run cannot continue where it stopped; restore it, "
+            "or start again with a new --out (or --overwrite)."
+        )
+    if resume and (out / STATE_FILE).exists():
+        old = read_json(saved, "run's config", "restore it, or start again with a new --out")
         changed = sorted(k for k in config.keys() | old.keys() if k not in RESUMABLE and old.get(k) != config.get(k))
         if changed:
             raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use a new --out.")
@@ -134,9 +140,17 @@ def load_state(
     step = int(meta["step"])
     log = out / LOG_FILE
     if log.exists() and dist.is_main():
-        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
+        kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
         log.write_text("".join(line + "\n" for line in kept))
     return step
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line cut short by a kill (or otherwise unreadable) counts as after every step."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, TypeError, KeyError):
+        return float("inf")
 
 
 def append_log(out: Path, record: dict[str, Any]) -> None:

@@ -154,7 +154,7 @@ def test_output_holding_another_run(tiny_folders, tmp_path):
     (out / "mine.txt").write_text("old")
     result = run(*fit_args(hr, lr, out, steps=1), "--overwrite")
     assert result.exit_code == 0, result.output
-    assert Degrader.load(out).step == 1 and not (out / "mine.txt").exists()
+    assert Degrader.load(out).step == 1 and (out / "mine.txt").read_text() == "old"  # --overwrite keeps user files
 
 
 def test_resume_with_other_settings(tiny_folders, tmp_path):

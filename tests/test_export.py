@@ -180,7 +180,7 @@ def test_bad_inputs(hr, tmp_path):
     (tmp_path / "full" / "x.txt").write_text("keep me")
     with pytest.raises(UserError, match="--out .* not empty"):
         export_shards(plan_export(config(hr, tmp_path / "full")))
-    with pytest.raises(UserError, match="no export to resume"):
+    with pytest.raises(UserError, match="holds files this tool did not write"):
         export_shards(plan_export(config(hr, tmp_path / "full", resume=True)))
     assert (tmp_path / "full" / "x.txt").read_text() == "keep me"
     with pytest.raises(UserError, match="--hr .* does not exist"):

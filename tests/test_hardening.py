@@ -1,0 +1,252 @@
+"""Issue 10, lost data and damaged run files: --overwrite, --resume, full and read-only disks (fit, export)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import degrader.checkpoint
+from cli.degrade import degrade
+from degrader.errors import UserError
+from degrader.export import ExportConfig, export_shards, plan_export
+from degrader.files import atomic_path, clear_ours, is_ours, prepare_out_dir, write_json
+from degrader.gan import LossConfig
+from degrader.train import FitConfig, fit, plan_fit
+
+TINY = dict(hr_size=32, batch_size=2, workers=0, log_every=1, device="cpu", loss=LossConfig(d_steps=1))
+
+
+def tiny(hr: Path, lr: Path, out: Path, **kw) -> FitConfig:
+    return FitConfig(hr=str(hr), lr=str(lr), out=str(out), **{"steps": 2, **TINY, **kw})
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run(*args) -> Result:
+    return CliRunner().invoke(degrade, [str(a) for a in args])
+
+
+def assert_clean_error(result: Result, *words: str) -> str:
+    """Exit code 1, one 'Error: ...' line naming `words`, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+def hugging_face_folder(path: Path) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
+    (path / "model.safetensors").write_bytes(b"weights")
+    (path / "README.md").write_text("my model")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- --overwrite
+
+
+def test_overwrite_refuses_a_folder_that_is_not_ours(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    folder = hugging_face_folder(tmp_path / "bert")
+    before = snapshot(folder)
+    for flag in ("overwrite", "resume"):
+        with pytest.raises(UserError, match=f"--out {folder} holds files this tool did not write.*--{flag}"):
+            fit(plan_fit(tiny(hr, lr, folder, **{flag: True})))
+        with pytest.raises(UserError, match="holds files this tool did not write"):
+            plan_export(ExportConfig(hr=str(hr), out=str(folder), hr_size=32, **{flag: True}))
+    assert snapshot(folder) == before  # nothing written, nothing removed, config.json untouched
+
+
+def test_overwrite_keeps_the_users_files_in_our_own_run(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    fit(plan_fit(tiny(hr, lr, out, sample_every=1)))
+    assert is_ours(out)
+    (out / "NOTES.md").write_text("lr 1e-4 was too high")
+    (out / "samples" / "favourite.png").write_bytes(b"mine")
+    (out / "plots").mkdir()
+    (out / "plots" / "loss.png").write_bytes(b"mine too")
+    fit(plan_fit(tiny(hr, lr, out, steps=1, overwrite=True)))
+    files = snapshot(out)
+    assert files["NOTES.md"] == b"lr 1e-4 was too high"
+    assert files["samples/favourite.png"] == b"mine" and files["plots/loss.png"] == b"mine too"
+    # The earlier run's grids are gone (removed, not left to mix with the new run's); the new run's are there.
+    assert sorted(k for k in files if k.startswith("samples/step-")) == ["samples/step-000001.png"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]
+
+
+def test_export_overwrite_keeps_the_users_files(tiny_folders, tmp_path):
+    hr, _ = tiny_folders
+    out = tmp_path / "shards"
+    config = dict(hr=str(hr), out=str(out), hr_size=32, workers=0, samples_per_shard=4)
+    export_shards(plan_export(ExportConfig(**config)))
+    assert is_ours(out)
+    (out / "NOTES.md").write_text("for the ablation")
+    export_shards(plan_export(ExportConfig(**config, per_image=2, overwrite=True)))
+    names = sorted(snapshot(out))
+    assert names == ["NOTES.md", "manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+
+
+def test_clear_ours_removes_only_known_names(tmp_path):
+    out = tmp_path / "run"
+    (out / "samples").mkdir(parents=True)
+    ours = ["config.json", "state.safetensors", "log.jsonl", "samples/step-000010.png", ".config.json.abc.tmp"]
+    theirs = ["config.yaml", "samples/step-10.jpg", "shard-000000.tar.bak", "sub/config.json"]
+    for name in ours + theirs:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name)
+    clear_ours(out)
+    assert sorted(snapshot(out)) == sorted(theirs)
+
+
+# -------------------------------------------------------------------------------------------------- --resume
+
+
+def test_resume_without_the_state_refuses_and_keeps_the_trained_model(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    fit(plan_fit(tiny(hr, lr, out)))
+    (out / "state.safetensors").unlink()
+    before = snapshot(out)
+    with pytest.raises(UserError, match=f"--resume: {out / 'state.safetensors'} is missing"):
+        fit(plan_fit(tiny(hr, lr, out, steps=4, resume=True)))
+    assert snapshot(out) == before
+
+
+def test_resume_of_an_empty_or_new_folder_refuses(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    (tmp_path / "empty").mkdir()
+    for name in ("empty", "new"):
+        with pytest.raises(UserError, match=f"--resume: --out {tmp_path / name} holds no run to continue"):
+            plan_fit(tiny(hr, lr, tmp_path / name, resume=True))
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_after_a_partial_last_log_line(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    straight = fit(plan_fit(tiny(hr, lr, tmp_path / "straight", steps=4)))
+    fit(plan_fit(tiny(hr, lr, out, steps=2)))
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "g_lo')  # killed while appending
+    result = fit(plan_fit(tiny(hr, lr, out, steps=4, resume=True)))
+    assert result.step == 4
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert (out / "degrader.safetensors").read_bytes() == (straight.out / "degrader.safetensors").read_bytes()
+
+
+def test_resume_with_a_damaged_config_is_one_line(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    fit(plan_fit(tiny(hr, lr, out)))
+    text = (out / "config.json").read_text()
+    (out / "config.json").write_text(text[:-20])
+    before = snapshot(out)
+    with pytest.raises(UserError, match=f"^{out / 'config.json'} is damaged \\(not a JSON object\\); choose a new"):
+        fit(plan_fit(tiny(hr, lr, out, steps=4, resume=True)))
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("name", ["manifest.json", ".export-state.json"])
+def test_export_resume_with_a_damaged_manifest_or_state_is_one_line(tiny_folders, tmp_path, name):
+    hr, _ = tiny_folders
+    out = tmp_path / "shards"
+    config = dict(hr=str(hr), out=str(out), hr_size=32, workers=0, samples_per_shard=4)
+    export_shards(plan_export(ExportConfig(**config)))
+    if name == ".export-state.json":
+        (out / "manifest.json").rename(out / name)  # as if killed before the manifest was written
+    (out / name).write_text((out / name).read_text()[:50])
+    before = snapshot(out)
+    with pytest.raises(UserError, match=f"^{out / name} is damaged"):
+        export_shards(plan_export(ExportConfig(**config, resume=True)))
+    assert snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------------- full and read-only disks
+
+
+def full_disk_after(monkeypatch, module, name: str, calls: int) -> None:
+    """`module.name` (a writer) works `calls` times, then fails as a full disk does."""
+    real, count = getattr(module, name), [0]
+
+    def write(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, write)
+
+
+def test_fit_on_a_full_disk_keeps_the_previous_checkpoint(tiny_folders, tmp_path, monkeypatch):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    fit(plan_fit(tiny(hr, lr, out, steps=2, checkpoint_every=2)))
+    before = {k: v for k, v in snapshot(out).items() if k.endswith(".safetensors")}
+    full_disk_after(monkeypatch, degrader.checkpoint, "save_file", 0)
+    with pytest.raises(UserError, match=f"^no space left on device writing {out / 'degrader.safetensors'}; free"):
+        fit(plan_fit(tiny(hr, lr, out, steps=4, checkpoint_every=2, resume=True)))
+    after = snapshot(out)
+    assert {k: after[k] for k in before} == before
+    assert not [k for k in after if k.endswith(".tmp")]
+
+
+def test_fit_on_a_full_disk_through_the_cli(tiny_folders, tmp_path, monkeypatch):
+    hr, lr = tiny_folders
+    full_disk_after(monkeypatch, degrader.checkpoint, "save_file", 0)
+    args = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+    result = run("fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "run", "--steps", "1", *args)
+    assert_clean_error(result, "no space left on device writing", "degrader.safetensors")
+
+
+def test_export_on_a_full_disk(tiny_folders, tmp_path, monkeypatch):
+    hr, _ = tiny_folders
+    out = tmp_path / "shards"
+    config = dict(hr=str(hr), out=str(out), hr_size=32, workers=0, samples_per_shard=2)
+    replace = os.replace
+
+    def second_shard_does_not_fit(src, dst):
+        if Path(dst).name == "shard-000001.tar":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_shard_does_not_fit)
+    with pytest.raises(UserError, match=f"no space left on device writing {out / 'shard-000001.tar'}"):
+        export_shards(plan_export(ExportConfig(**config)))
+    assert sorted(snapshot(out)) == [".export-state.json", "shard-000000.tar"]
+
+
+def test_atomic_path_on_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if (folder / "probe").touch() is None:  # running as root: permissions do not apply
+            pytest.skip("permissions are not enforced for this user")
+    except PermissionError:
+        pass
+    try:
+        with pytest.raises(UserError, match=f"^cannot write {folder / 'a.json'} \\(Permission denied\\); choose"):
+            write_json(folder / "a.json", {})
+        with pytest.raises(UserError, match="is not writable"):
+            prepare_out_dir(folder / "run")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_atomic_path_passes_other_errors_through(tmp_path):
+    with pytest.raises(ValueError, match="mine"), atomic_path(tmp_path / "x"):
+        raise ValueError("mine")
+    assert list(tmp_path.iterdir()) == []
