@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from degrader.dist import BatchPart
 from degrader.errors import UserError
-from degrader.files import atomic_path
+from degrader.grids import save_grid as save_grid  # re-exported: grids with captions live in grids.py
 from degrader.scan import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported: callers find the scan here too
 from degrader.scan import NotRegularFileError, Scan, open_regular
 from degrader.scan import scan_images as scan_images
@@ -124,36 +123,6 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL image -> float32 (3, H, W) in [0, 1]."""
     a = np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
-
-
-def save_grid(rows: list[torch.Tensor], path: str | Path, *, scale_to: int | None = None, pad: int = 2) -> None:
-    """Write image rows as one PNG, atomically.
-
-    Args:
-        rows: each a (N, 3, h, w) batch in [0, 1]; rows may differ in resolution and in N.
-        path: the PNG to write (parent folders are created).
-        scale_to: cell height in pixels; default: the largest row height. Rows are enlarged (or reduced)
-            with nearest-neighbour so pixels stay visible and rows line up.
-        pad: white pixels between cells.
-    """
-    rows = [r.unsqueeze(0) if r.dim() == 3 else r for r in rows]
-    height = scale_to or max(r.shape[-2] for r in rows)
-    cells = []
-    for r in rows:
-        width = max(1, round(r.shape[-1] * height / r.shape[-2]))
-        cells.append(F.interpolate(r.detach().float().cpu().clamp(0, 1), size=(height, width), mode="nearest-exact"))
-    grid_w = max(c.shape[0] * (c.shape[-1] + pad) for c in cells) + pad
-    grid = torch.ones(3, len(cells) * (height + pad) + pad, grid_w)
-    for i, c in enumerate(cells):
-        y = pad + i * (height + pad)
-        for j, img in enumerate(c):
-            x = pad + j * (c.shape[-1] + pad)
-            grid[:, y : y + height, x : x + c.shape[-1]] = img
-    a = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Image.fromarray(a, "RGB").save(tmp, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------- augmentation

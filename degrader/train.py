@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
@@ -96,7 +97,9 @@ def plan_fit(config: FitConfig) -> FitPlan:
         raise UserError(f"--hr-size/--scale: {e}.") from None
     hr = scan_images(config.hr, min_size=model.hr_size, option="--hr")
     lr = scan_images(config.lr, min_size=model.lr_size, option="--lr")
+    dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
+    dist.check_batch(config.batch_size)
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d))
@@ -121,10 +124,12 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
         torch.manual_seed(config.seed)
         net_g = accelerate(HighToLowGenerator(model).to(device), config)  # channels_last, compile
         net_d = accelerate(Discriminator(model.discriminator()).to(device), config)
+    net_g = dist.sync_batchnorm(net_g, device)  # several GPUs: BN statistics of the global batch
     opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
     z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
     step = load_state(out, *state) if resuming else 0
+    train_g, train_d = dist.wrap(net_g, device), dist.wrap(net_d, device)  # DDP under torchrun, for backward
 
     # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
     b, k = config.batch_size, config.loss.d_steps
@@ -135,7 +140,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
         return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
 
     def noise() -> torch.Tensor:
-        return torch.randn(b, model.z_dim, generator=z_rng).to(device)
+        return dist.part(torch.randn(b, model.z_dim, generator=z_rng)).to(device)  # this rank's rows of z
 
     def checkpoint(step: int) -> None:
         Degrader(net_g, name=out.name, step=step).save(out / DEGRADER_FILE)
@@ -155,7 +160,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
             # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss ---
             hr = to_net(next(hr_batches))  # (B, 3, H, H)
             with autocast(device, config.bf16):
-                fake = net_g(hr, noise())  # (B, 3, H/s, H/s)
+                fake = train_g(hr, noise())  # (B, 3, H/s, H/s)
                 g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, config.loss)
             update(opt_g, g_loss)
 
@@ -165,7 +170,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
                 with autocast(device, config.bf16):
                     with torch.no_grad():
                         fake = net_g(hr, noise())
-                    d_loss, d_logs = discriminator_loss(net_d, real, fake)
+                    d_loss, d_logs = discriminator_loss(train_d, real, fake)
                 update(opt_d, d_loss)
             step += 1
             books.step(step, {**g_logs, **d_logs}, items=(k + 1) * b)
