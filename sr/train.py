@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from degrader import dist
 from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
@@ -127,7 +128,9 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
         raise UserError(f"--hr-prep must be one of {', '.join(PREP_MODES)}; --augment one of {', '.join(AUGMENTS)}.")
     if config.steps < 0 or config.batch_size < 1:
         raise UserError("--steps must be >= 0 and --batch-size >= 1.")
+    dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
+    dist.check_batch(config.batch_size)
     scan = degrader = shards = None
     if config.shards is not None:
         if config.hr is not None:
@@ -172,17 +175,19 @@ def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch
     if plan.shards is not None:
         data = plan.shards.view(gt_size=m.lr_size * m.scale, pairs=True)  # items (index, seed): crops from seeds
         yield from infinite_loader(
-            data, batch_size=config.batch_size, seed=config.seed, start=start, workers=config.workers
-        )
+            data, batch_size=config.batch_size, seed=config.seed, start=start, workers=config.workers,
+            rank=dist.rank(), world=dist.world(),
+        )  # fmt: skip
         return
     hr_batches = make_loader(
         plan.scan.paths, m.hr_size, config.hr_prep, config.augment, batch_size=config.batch_size, seed=config.seed,
-        start=start, workers=config.workers, cache_mb=config.cache_mb,
+        start=start, workers=config.workers, cache_mb=config.cache_mb, rank=dist.rank(), world=dist.world(),
     )  # fmt: skip
-    position = start
+    position = start  # of the global batch; under torchrun this rank holds its `rank`-th slice
     for hr in hr_batches:
-        seeds = [noise_seed(config.seed, position + i) for i in range(hr.shape[0])]
-        position += hr.shape[0]
+        first = position + dist.rank() * hr.shape[0]
+        seeds = [noise_seed(config.seed, first + i) for i in range(hr.shape[0])]
+        position += config.batch_size
         lr = plan.degrader.degrade(hr, seeds).cpu()  # (B, 3, H/s, H/s)
         yield lr, hr
 
@@ -228,9 +233,11 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
         torch.manual_seed(config.seed)
         net_g = accelerate(LowToHighGenerator(model).to(device), config)  # channels_last, compile
         net_d = accelerate(Discriminator(model.discriminator()).to(device), config)
+    net_g = dist.sync_batchnorm(net_g, device)  # several GPUs: BN statistics of the global batch
     opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
     state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {})
     step = load_state(out, *state) if resuming else 0
+    train_g, train_d = dist.wrap(net_g, device), dist.wrap(net_d, device)  # DDP under torchrun, for backward
 
     # --- data: each step takes d_steps + 1 batches of pairs (one while warming up) ---
     pairs = pair_batches(plan, start=config.pairs_before(step))
@@ -257,7 +264,7 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
             # --- G step, D frozen: pixel loss to HR + hinge loss ---
             lr, hr = map(to_net, next(pairs))  # (B, 3, h, h), (B, 3, H, H)
             with autocast(device, config.bf16):
-                fake = net_g(lr)  # (B, 3, H, H)
+                fake = train_g(lr)  # (B, 3, H, H)
                 g_loss, g_logs = generator_loss(fake, hr, net_d, loss)
             update(opt_g, g_loss)
 
@@ -268,7 +275,7 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
                 with autocast(device, config.bf16):
                     with torch.no_grad():
                         fake = net_g(lr)
-                    d_loss, d_logs = discriminator_loss(net_d, real, fake)
+                    d_loss, d_logs = discriminator_loss(train_d, real, fake)
                 update(opt_d, d_loss)
             step += 1
             books.step(step, {**g_logs, **d_logs}, items=(d_steps + 1) * config.batch_size)
