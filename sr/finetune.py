@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
@@ -101,7 +102,9 @@ def plan_finetune(config: FinetuneConfig) -> FinetunePlan:
     """
     if config.hr_prep not in PREP_MODES or config.lr_prep not in PREP_MODES:
         raise UserError(f"--hr-prep/--lr-prep must be one of {', '.join(PREP_MODES)}.")
+    dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
+    dist.check_batch(config.batch_size)
     degrader = Degrader.load(config.degrader, device)
     net_sr, meta = load_sr_generator(config.sr, device, option="--sr")
     if (net_sr.config.scale, net_sr.config.hr_size) != (degrader.scale, degrader.hr_size):
@@ -142,12 +145,15 @@ def finetune(plan: FinetunePlan, on_progress: Progress | None = None) -> RunResu
     load_discriminator(plan.d_from["hr"], net_dh, "--sr")
     for net in (net_hl, net_lh, net_dl, net_dh):
         accelerate(net, config)  # channels_last, compile; state dict keys unchanged
+    net_hl, net_lh = dist.sync_batchnorm(net_hl, device), dist.sync_batchnorm(net_lh, device)  # several GPUs
     # One optimizer per side: the SR loss updates the degrader through the shared backward pass.
     opt_g, opt_d = adam(nn.ModuleList([net_hl, net_lh]), loss), adam(nn.ModuleList([net_dl, net_dh]), loss)
     z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
     modules = {"net_hl": net_hl, "net_lh": net_lh, "net_dl": net_dl, "net_dh": net_dh}
     state = (modules, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
     step = load_state(out, *state) if resuming else 0
+    train_hl, train_lh = dist.wrap(net_hl, device), dist.wrap(net_lh, device)  # DDP under torchrun, for backward
+    train_dl, train_dh = dist.wrap(net_dl, device), dist.wrap(net_dh, device)
 
     # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
     b, k = config.batch_size, loss.d_steps
@@ -158,9 +164,9 @@ def finetune(plan: FinetunePlan, on_progress: Progress | None = None) -> RunResu
         return x.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
 
     def both(hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(hr.shape[0], hl.z_dim, generator=z_rng).to(device)
-        lr = net_hl(hr, z)  # (B, 3, H/s, H/s)
-        return lr, net_lh(lr.clamp(-1, 1))  # (B, 3, H, H); the clamp matches what `Degrader.degrade` hands SR
+        z = dist.part(torch.randn(b, hl.z_dim, generator=z_rng)).to(device)  # this rank's rows of the global z
+        lr = train_hl(hr, z)  # (B, 3, H/s, H/s)
+        return lr, train_lh(lr.clamp(-1, 1))  # (B, 3, H, H); the clamp matches what `Degrader.degrade` hands SR
 
     def checkpoint(step: int) -> None:
         Degrader(net_hl, name=out.name, step=step).save(out / DEGRADER_FILE, finetuned_from=config.degrader)
@@ -189,8 +195,8 @@ def finetune(plan: FinetunePlan, on_progress: Progress | None = None) -> RunResu
                 with autocast(device, config.bf16):
                     with torch.no_grad():
                         lr, sr = both(hr)
-                    dl_loss, dl_logs = discriminator_loss(net_dl, real_lr, lr)
-                    dh_loss, dh_logs = discriminator_loss(net_dh, hr, sr)
+                    dl_loss, dl_logs = discriminator_loss(train_dl, real_lr, lr)
+                    dh_loss, dh_logs = discriminator_loss(train_dh, hr, sr)
                 update(opt_d, dl_loss + dh_loss)
                 d_logs = {**prefixed("hl_", dl_logs), **prefixed("lh_", dh_logs)}
             step += 1
