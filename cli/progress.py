@@ -5,6 +5,7 @@ Deliberately free of torch imports so that `degrade --help` and `sr --help` answ
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,7 +23,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+# Under torchrun only rank 0 talks; the other ranks' errors still reach stderr through click.
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
 
 
 class RateColumn(ProgressColumn):
