@@ -38,8 +38,10 @@ FORMAT_VERSION = 1
 PNG_LEVEL = 3  # zlib level: 4x faster than the default 6 for about 15% larger files; fixed, so output is stable
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
+def shard_name(index: int, rank: int | None = None) -> str:
+    """`shard-000012.tar`; rank 3 of an export under torchrun writes `shard-r0003-000012.tar`, so that the names
+    sort in rank order, which is the order of the samples in a single-process export."""
+    return f"shard-{index:06d}.tar" if rank is None else f"shard-r{rank:04d}-{index:06d}.tar"
 
 
 def sample_seed(seed: int, image_id: str, k: int) -> int:

@@ -20,8 +20,8 @@ class ShardWriter:
     temporary name and renamed when complete, so a final shard name always holds a complete shard.
     """
 
-    def __init__(self, out_dir: str | Path, samples_per_shard: int, *, first_shard: int = 0):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str | Path, samples_per_shard: int, *, first_shard: int = 0, rank: int | None = None):
+        self.out_dir, self.rank = Path(out_dir), rank  # rank: one of several exporting processes (`shard_name`)
         self.samples_per_shard = samples_per_shard
         self.index = first_shard  # number of the shard being written
         self.count = 0  # samples in it so far
@@ -33,7 +33,7 @@ class ShardWriter:
         """Append one sample (`members` maps each of MEMBERS to bytes). Returns the shard entry when one completes."""
         if self._tar is None:
             self._stack = ExitStack()
-            self._tmp = self._stack.enter_context(atomic_path(self.out_dir / shard_name(self.index)))
+            self._tmp = self._stack.enter_context(atomic_path(self.out_dir / shard_name(self.index, self.rank)))
             f = self._stack.enter_context(open(self._tmp, "wb"))  # noqa: SIM115 (closed in finish_shard)
             self._tar = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         for ext in MEMBERS:
@@ -52,7 +52,7 @@ class ShardWriter:
         self._tar.close()  # writes the end-of-archive blocks
         self._tar.fileobj.flush()
         os.fsync(self._tar.fileobj.fileno())
-        entry = {"name": shard_name(self.index), "samples": self.count, "sha256": sha256_file(self._tmp)}
+        entry = {"name": shard_name(self.index, self.rank), "samples": self.count, "sha256": sha256_file(self._tmp)}
         self._stack.close()  # closes the file, then renames it into place
         self._tar, self._stack, self._tmp = None, None, None
         self.index, self.count = self.index + 1, 0
