@@ -4,34 +4,64 @@ Runs the loop body of `degrader.train.fit` (the same loss and update functions f
 tensors, so it measures the networks and optimizers, not disk or decoding. Counts HR images as `fit`'s
 `hr_per_s` log field does: (d_steps + 1) x batch per iteration (one HR batch for the G step, one per D step).
 
-Each row prints its ratio against a baseline measured in the same run: the `small` preset in fp32 on the
-same device, and for bf16 rows also the fp32 run of the same preset.
+Each row prints its ratio against baselines measured in the same run: the `small` preset in fp32 on the
+same device, and the fp32 eager run of the same preset. On CUDA every preset runs as each variant of
+`--variants`: fp32 (eager), bf16 (autocast), cl (channels_last), bf16+cl, and bf16+cl+compile (torch.compile,
+as `fit --bf16 --channels-last --compile`; the compile time shows apart, its warm-up is untimed).
 
     python benchmarks/bench_fit.py                 # CPU, plus CUDA when available
     python benchmarks/bench_fit.py --device cpu --iters 5
+    python benchmarks/bench_fit.py --device cuda --variants fp32,bf16+cl+compile --presets small
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
-from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
-from degrader.nets import Discriminator
-from degrader.run import autocast
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
+from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator  # noqa: E402
+from degrader.nets import Discriminator  # noqa: E402
+from degrader.run import accelerate, autocast  # noqa: E402
 
 
-def iteration_fn(preset: str, device: torch.device, bf16: bool, batch: int, hr_size: int, loss: LossConfig):
+@dataclass(frozen=True)
+class Variant:
+    """How a run executes, as the fit options `--bf16`, `--channels-last` and `--compile` set it."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        parts = set(name.split("+")) - {"fp32"}
+        if not parts <= {"bf16", "cl", "compile"}:
+            raise SystemExit(f"unknown variant {name!r}: join fp32, bf16, cl and compile with '+'")
+        return cls("bf16" in parts, "cl" in parts, "compile" in parts)
+
+    @property
+    def name(self) -> str:
+        parts = [p for p, on in (("bf16", self.bf16), ("cl", self.channels_last), ("compile", self.compile)) if on]
+        return "+".join(parts) or "fp32"
+
+
+def iteration_fn(preset: str, device: torch.device, variant: Variant, batch: int, hr_size: int, loss: LossConfig):
     """Build G, D and their optimizers; return a function that runs one G step and `d_steps` D steps."""
     torch.manual_seed(0)
+    bf16 = variant.bf16
     model = HighToLowConfig(hr_size=hr_size, scale=4, **PRESETS[preset])
-    net_g = HighToLowGenerator(model).to(device)
-    net_d = Discriminator(model.discriminator()).to(device)
+    net_g = accelerate(HighToLowGenerator(model).to(device), variant)  # as fit builds them
+    net_d = accelerate(Discriminator(model.discriminator()).to(device), variant)
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
     # A small pool of random batches on the device, cycled: no data loading in the measurement.
     gen = torch.Generator().manual_seed(1)
@@ -66,16 +96,19 @@ def iteration_fn(preset: str, device: torch.device, bf16: bool, batch: int, hr_s
     return iteration, params
 
 
-def measure(iteration, device: torch.device, warmup: int, iters: int, min_seconds: float) -> float:
-    """Seconds per iteration: `warmup` untimed iterations, then at least `iters` and `min_seconds` timed."""
+def measure(iteration, device: torch.device, warmup: int, iters: int, min_seconds: float) -> tuple[float, float]:
+    """Seconds per iteration and of the warm-up: `warmup` untimed iterations, then at least `iters` and
+    `min_seconds` timed."""
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    start = time.perf_counter()
     for _ in range(warmup):
         iteration()
     sync()
+    warm = time.perf_counter() - start
     n, start = 0, time.perf_counter()
     while n < iters or time.perf_counter() - start < min_seconds:
         iteration()
@@ -83,7 +116,7 @@ def measure(iteration, device: torch.device, warmup: int, iters: int, min_second
         if device.type == "cuda":
             sync()
     sync()
-    return (time.perf_counter() - start) / n
+    return (time.perf_counter() - start) / n, warm
 
 
 def main() -> None:
@@ -96,6 +129,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3, help="timed iterations at least (CUDA uses 10x as many)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--min-seconds", type=float, default=0.0, help="time each row for at least this long")
+    parser.add_argument("--presets", default="small,paper", help="comma-separated presets")
+    parser.add_argument(
+        "--variants", default="fp32,bf16,cl,bf16+cl,bf16+cl+compile", help="CUDA variants, comma-separated"
+    )
+    parser.add_argument("--cpu-variants", default="fp32", help="CPU variants (bf16 autocast is CUDA only)")
     args = parser.parse_args()
 
     if args.threads:
@@ -114,36 +152,42 @@ def main() -> None:
         f"batch {args.batch_size}, hr {args.hr_size}px, x4, 1 G + {args.d_steps} D updates per iteration "
         f"= {hr_per_iter} HR images"
     )
-    header = f"{'device':<8}{'preset':<8}{'precision':<10}{'G/D params':>14}{'s/iter':>9}{'HR img/s':>10}  ratio"
+    header = f"{'device':<8}{'preset':<8}{'variant':<17}{'G/D params':>14}{'s/iter':>9}{'HR img/s':>10}  ratio"
     print(header)
-    print("-" * (len(header) + 30))
+    print("-" * (len(header) + 40))
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         warmup = args.warmup * (5 if device.type == "cuda" else 1)
         iters = args.iters * (10 if device.type == "cuda" else 1)
-        precisions = [False, True] if device.type == "cuda" else [False]
-        baseline: float | None = None  # small, fp32, this device
-        fp32: dict[str, float] = {}
-        for preset in ("small", "paper"):
-            for bf16 in precisions:
-                iteration, (pg, pd) = iteration_fn(preset, device, bf16, args.batch_size, args.hr_size, loss)
-                seconds = measure(iteration, device, warmup, iters, args.min_seconds)
+        variants = [
+            Variant.parse(v) for v in (args.variants if device.type == "cuda" else args.cpu_variants).split(",")
+        ]
+        first = args.presets.split(",")[0]
+        baseline: float | None = None  # the first preset, fp32 eager, this device
+        for preset in args.presets.split(","):
+            eager: float | None = None  # this preset, fp32 eager
+            for variant in variants:
+                iteration, (pg, pd) = iteration_fn(preset, device, variant, args.batch_size, args.hr_size, loss)
+                # compile: the first calls compile each graph (train, no_grad, D frozen or not); untimed
+                n_warm = warmup * 3 if variant.compile else warmup
+                seconds, warm = measure(iteration, device, n_warm, iters, args.min_seconds)
                 rate = hr_per_iter / seconds
-                baseline = baseline or rate
-                ratios = [f"{rate / baseline:.2f}x small fp32"]
-                if bf16:
-                    ratios.append(f"{rate / fp32[preset]:.2f}x {preset} fp32")
-                else:
-                    fp32[preset] = rate
+                if variant == Variant():  # list fp32 first: the other rows' baseline
+                    eager = rate
+                    baseline = baseline or rate
+                ratios = [f"{rate / baseline:.2f}x {first} fp32"] if baseline else []
+                if eager and preset != first:
+                    ratios.append(f"{rate / eager:.2f}x {preset} fp32")
+                if variant.compile:
+                    ratios.append(f"warm-up incl. compile {warm:.0f} s")
                 params = f"{pg / 1e6:.2f}M/{pd / 1e6:.2f}M"
-                precision = "bf16" if bf16 else "fp32"
                 print(
-                    f"{device.type:<8}{preset:<8}{precision:<10}{params:>14}{seconds:>9.3f}{rate:>10.1f}  "
+                    f"{device.type:<8}{preset:<8}{variant.name:<17}{params:>14}{seconds:>9.4f}{rate:>10.1f}  "
                     f"{', '.join(ratios)}",
                     flush=True,
                 )
                 del iteration
-        print(f"({device.type}: {name})")
+        print(f"({device.type}: {name})", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
     python benchmarks/bench_sr.py [--batch-size 16] [--iters 3] [--device cpu|cuda|auto] [--bf16]
     python benchmarks/bench_sr.py --end-to-end   # also time `sr.train.train` itself (bicubic, generated images)
+    python benchmarks/bench_sr.py --device cuda --variants fp32,bf16,cl,bf16+cl,bf16+cl+compile
 
 The baseline, measured in the same run on the same batches, is the pixel-only generator step of the same
 preset (what `--pixel-only` trains); the ratio says what the GAN part costs. A pair counts once per batch
 the iteration consumes: (d_steps + 1) * batch_size per iteration, as in the training loop.
+`--variants` adds G+5D rows per preset for each variant (bf16 autocast, cl = channels_last, compile, as
+`sr train --bf16 --channels-last --compile` runs), as ratios against the same preset in fp32 eager.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_fit import Variant  # noqa: E402  (the same variants as the fit benchmark)
+
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
-from degrader.run import autocast, resolve_device  # noqa: E402
+from degrader.run import accelerate, autocast, resolve_device  # noqa: E402
 from sr.model import PRESETS, LowToHighConfig, LowToHighGenerator  # noqa: E402
 
 
@@ -31,13 +36,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def iteration_rate(preset: str, device: torch.device, b: int, iters: int, bf16: bool, pixel_only: bool) -> float:
-    """Pairs/s of the training loop's math on in-memory batches (no data loading)."""
+def iteration_rate(
+    preset: str,
+    device: torch.device,
+    b: int,
+    iters: int,
+    bf16: bool,
+    pixel_only: bool,
+    variant: Variant | None = None,
+    lr_size: int = 16,
+    warmup: int = 1,
+) -> float:
+    """Pairs/s of the training loop's math on in-memory batches (no data loading); `variant` overrides `bf16`."""
     torch.manual_seed(0)
-    model = LowToHighConfig(**PRESETS[preset])
+    variant = variant or Variant(bf16=bf16)
+    bf16 = variant.bf16
+    model = LowToHighConfig(lr_size=lr_size, **PRESETS[preset])
     loss = LossConfig(beta=0.0) if pixel_only else LossConfig()
-    net_g = LowToHighGenerator(model).to(device)
-    net_d = Discriminator(model.discriminator()).to(device)
+    net_g = accelerate(LowToHighGenerator(model).to(device), variant)  # as sr train builds them
+    net_d = accelerate(Discriminator(model.discriminator()).to(device), variant)
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
     k = 0 if pixel_only else loss.d_steps  # LossConfig refuses d_steps=0
     lr = torch.rand(k + 1, b, 3, model.lr_size, model.lr_size, device=device) * 2 - 1
@@ -54,7 +71,8 @@ def iteration_rate(preset: str, device: torch.device, b: int, iters: int, bf16: 
                 d_loss, _ = discriminator_loss(net_d, hr[i], fake)
             update(opt_d, d_loss)
 
-    one()  # warm-up: allocator, cuDNN autotuning
+    for _ in range(warmup):  # allocator, cuDNN autotuning, compilation
+        one()
     sync(device)
     start = time.perf_counter()
     for _ in range(iters):
@@ -91,6 +109,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--end-to-end", action="store_true", help="also time sr.train.train (small preset)")
     parser.add_argument("--steps", type=int, default=4, help="training steps for --end-to-end")
+    parser.add_argument("--presets", default="small,paper", help="comma-separated presets")
+    parser.add_argument("--variants", default="", help="e.g. fp32,bf16,cl,bf16+cl,bf16+cl+compile (fp32 first)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,11 +119,23 @@ def main() -> None:
     print(f"device {device}, {torch.get_num_threads()} CPU threads, batch {b}, torch {torch.__version__}")
     print(f"{'preset':8} {'pixel-only pairs/s':>19} {'G+5D pairs/s':>13} {'ratio':>7}")
     full = {}
-    for preset in ("small", "paper"):
+    presets = args.presets.split(",")
+    for preset in presets:
         base = iteration_rate(preset, device, b, args.iters, args.bf16, pixel_only=True)
         full[preset] = iteration_rate(preset, device, b, args.iters, args.bf16, pixel_only=False)
         print(f"{preset:8} {base:19.1f} {full[preset]:13.1f} {full[preset] / base:7.2f}")
-    print(f"small / paper, G+5D: {full['small'] / full['paper']:.2f}x")
+    if "small" in full and "paper" in full:
+        print(f"small / paper, G+5D: {full['small'] / full['paper']:.2f}x")
+    if args.variants:
+        print(f"{'preset':8} {'variant':17} {'G+5D pairs/s':>13}  ratio to fp32 eager")
+        for preset in presets:
+            eager = None
+            for variant in map(Variant.parse, args.variants.split(",")):
+                warmup = 3 if variant.compile else 1  # the compile happens in the untimed warm-up
+                rate = iteration_rate(preset, device, b, args.iters, False, False, variant, warmup=warmup)
+                eager = eager or (rate if variant == Variant() else None)
+                ratio = f"{rate / eager:.2f}" if eager else "-"
+                print(f"{preset:8} {variant.name:17} {rate:13.1f}  {ratio}", flush=True)
     if args.end_to_end:
         math = full["small"]
         e2e = end_to_end("small", str(device), b, args.steps, pixel_only=False)
