@@ -170,6 +170,7 @@ class DegraderLike(Protocol):
 
 
 DEGRADER_FILE = "degrader.safetensors"
+BEST_FILE = "best.safetensors"  # the weights `fit`'s validation scored best; preferred in a run directory
 DEGRADER_KIND = "high-to-low"
 
 
@@ -208,6 +209,7 @@ class Degrader:
         self.name = name
         self.sha256 = sha256
         self.step = step
+        self.file: Path | None = None  # the checkpoint it was loaded from
 
     @property
     def scale(self) -> int:
@@ -223,12 +225,20 @@ class Degrader:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Degrader:
-        """Load from a `degrade fit` run directory or its `degrader.safetensors` file."""
+        """Load from a `degrade fit` run directory or a checkpoint file.
+
+        A run directory gives its `best.safetensors` when validation kept one, else `degrader.safetensors` (the
+        last step); `step` tells which training step the weights are from, `file` which file they came from.
+        """
         file = resolve_checkpoint(path, DEGRADER_FILE, "--degrader")
+        if Path(path).is_dir() and (Path(path) / BEST_FILE).is_file():
+            file = Path(path) / BEST_FILE
         tensors, meta = load_checkpoint(file, DEGRADER_KIND, option="--degrader")
         net_g = build_network(HighToLowConfig, HighToLowGenerator, tensors, meta, file, "--degrader")
         name = Path(path).name if Path(path).is_dir() else file.stem
-        return cls(net_g.to(device), name=name, sha256=sha256_file(file), step=meta.get("step", 0))
+        degrader = cls(net_g.to(device), name=name, sha256=sha256_file(file), step=meta.get("step", 0))
+        degrader.file = file
+        return degrader
 
     def save(self, path: str | Path, **meta: Any) -> None:
         """Write the generator and its config as a checkpoint `Degrader.load` reads."""
