@@ -1,8 +1,11 @@
 """Export throughput against pure degrader inference on the same batches (the ratio is what I/O costs).
 
     python benchmarks/bench_export.py [--images 256] [--per-image 2] [--workers 2] [--degrader small|bicubic]
+    python benchmarks/bench_export.py --device cuda --degrader paper --workers 8 --batch-size 256
 
-Generated images only; prints pairs/s for both and their ratio, measured in the same run.
+Generated images only; prints pairs/s for both and their ratio, measured in the same run. With `--device cuda`
+both run the degrader batched on the GPU (export's `--device cuda`); the ratio then says how much of the GPU's
+rate the CPU side (decode, PNG encode, tar) lets through.
 """
 
 from __future__ import annotations
@@ -38,20 +41,22 @@ def write_images(root: Path, n: int, size: int) -> None:
 
 
 def make_degrader(kind: str, root: Path, hr_size: int) -> str:
-    if kind != "small":
+    """An untrained learned degrader of preset `kind` ("small" or "paper"), or a classical one by name."""
+    if kind not in ("small", "paper"):
         return kind
     from degrader.checkpoint import Degrader
     from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 
     torch.manual_seed(0)
     path = root / "untrained.safetensors"
-    Degrader(HighToLowGenerator(HighToLowConfig(hr_size=hr_size, scale=4, **PRESETS["small"]))).save(path)
+    Degrader(HighToLowGenerator(HighToLowConfig(hr_size=hr_size, scale=4, **PRESETS[kind]))).save(path)
     return str(path)
 
 
-def inference_only(spec: str, hr_dir: Path, hr_size: int, per_image: int, batch_size: int) -> float:
-    """Pairs/s of the degrader alone on the same crops, seeds and batches, all decoded beforehand."""
-    degrader = load_degrader(spec, None, "cpu")
+def inference_only(spec: str, hr_dir: Path, hr_size: int, per_image: int, batch_size: int, device: str) -> float:
+    """Pairs/s of the degrader alone on the same crops, seeds and batches, all decoded beforehand (in CPU memory,
+    as export hands them over)."""
+    degrader = load_degrader(spec, None, device)
     scan = scan_images(hr_dir, min_size=hr_size)
     crops, seeds = [], []
     for path in scan.paths:
@@ -60,10 +65,11 @@ def inference_only(spec: str, hr_dir: Path, hr_size: int, per_image: int, batch_
             crops.append(crop)
             seeds.append(sample_seed(0, path.relative_to(hr_dir).as_posix(), k))
     hr = torch.stack(crops)
-    start = time.perf_counter()
     with torch.inference_mode():
+        degrader.degrade(hr[:batch_size], seeds[:batch_size]).cpu()  # warm-up: CUDA context, cuDNN autotuning
+        start = time.perf_counter()
         for i in range(0, len(hr), batch_size):
-            degrader.degrade(hr[i : i + batch_size], seeds[i : i + batch_size])
+            degrader.degrade(hr[i : i + batch_size], seeds[i : i + batch_size]).cpu()  # export takes LR back too
     return len(hr) / (time.perf_counter() - start)
 
 
@@ -75,7 +81,8 @@ def main() -> None:
     parser.add_argument("--hr-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--degrader", default="small", help="small (an untrained learned degrader) or bicubic, ...")
+    parser.add_argument("--degrader", default="small", help="small or paper (untrained learned degrader), bicubic, ...")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the degrader runs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0: default)")
     args = parser.parse_args()
     if args.threads:
@@ -84,16 +91,17 @@ def main() -> None:
         root = Path(tmp)
         write_images(root / "hr", args.images, args.size)
         spec = make_degrader(args.degrader, root, args.hr_size)
-        infer = inference_only(spec, root / "hr", args.hr_size, args.per_image, args.batch_size)
+        infer = inference_only(spec, root / "hr", args.hr_size, args.per_image, args.batch_size, args.device)
         config = ExportConfig(
             degrader=spec, hr=str(root / "hr"), out=str(root / "shards"), per_image=args.per_image,
             samples_per_shard=200, hr_size=args.hr_size, workers=args.workers, batch_size=args.batch_size,
-            device="cpu",
+            device=args.device,
         )  # fmt: skip
         start = time.perf_counter()
         manifest = export_shards(plan_export(config))
         export = manifest["totals"]["samples"] / (time.perf_counter() - start)
-    print(f"degrader {args.degrader}, {manifest['totals']['samples']} pairs, {args.hr_size}px HR, x4, "
+    where = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    print(f"degrader {args.degrader} on {where}, {manifest['totals']['samples']} pairs, {args.hr_size}px HR, x4, "
           f"workers {args.workers}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"inference only (decoded beforehand): {infer:9.1f} pairs/s")
     print(f"export_shards (decode+infer+PNG+tar): {export:9.1f} pairs/s")
