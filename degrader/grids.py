@@ -149,6 +149,6 @@ def save_grid(
         image.save(tmp, format="PNG")
 
 
-def numbered(prefix: str, n: int) -> list[str]:
-    """Column captions "prefix 1" ... "prefix n"."""
+def numbered(n: int, prefix: str = "image") -> list[str]:
+    """Column captions "image 1" ... "image n"."""
     return [f"{prefix} {i + 1}" for i in range(n)]

@@ -13,6 +13,7 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, save_grid, scan_images
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
@@ -189,4 +190,5 @@ def write_samples(path: Path, net_g: HighToLowGenerator, hr: torch.Tensor, real_
         for seed in SAMPLE_SEEDS
     ]
     net_g.train()
-    save_grid([hr, bicubic, *[f.clamp(0, 1) for f in fakes], real_lr], path)
+    labels = ["HR", f"bicubic /{s}", *[f"G(HR, z seed {seed})" for seed in SAMPLE_SEEDS], "real LR (unpaired)"]
+    save_grid([hr, bicubic, *[f.clamp(0, 1) for f in fakes], real_lr], path, row_labels=labels, col_labels=numbered(n))

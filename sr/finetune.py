@@ -19,6 +19,7 @@ from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.grids import numbered
 from degrader.images import CACHE_MB, PREP_MODES, Scan, save_grid, scan_images
 from degrader.nets import Discriminator
 from degrader.run import (
@@ -221,4 +222,6 @@ def write_samples(path: Path, net_hl, net_lh, hr: torch.Tensor, real_lr: torch.T
     def to_image(x: torch.Tensor) -> torch.Tensor:
         return ((x.float().cpu() + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
 
-    save_grid([hr, to_image(lr), to_image(sr), real_lr, to_image(sr_real)], path)
+    labels = ["HR", "degraded (z seed 0)", "SR of degraded", "real LR (unpaired)", "SR of real LR"]
+    rows = [hr, to_image(lr), to_image(sr), real_lr, to_image(sr_real)]
+    save_grid(rows, path, row_labels=labels, col_labels=numbered(hr.shape[0]))

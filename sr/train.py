@@ -20,6 +20,7 @@ from degrader import dist
 from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.grids import numbered
 from degrader.images import (
     AUGMENTS,
     CACHE_MB,
@@ -211,7 +212,8 @@ def write_samples(path: Path, net_g: LowToHighGenerator, lr: torch.Tensor, hr: t
     net_g.eval()
     sr = ((net_g(lr.to(device) * 2 - 1).float().cpu() + 1) / 2).clamp(0, 1)  # (n, 3, H, H)
     net_g.train()
-    save_grid([lr, bicubic, sr, hr], path)
+    labels = ["LR", f"bicubic x{s}", "SR", "HR"]
+    save_grid([lr, bicubic, sr, hr], path, row_labels=labels, col_labels=numbered(lr.shape[0]))
 
 
 def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
