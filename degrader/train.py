@@ -32,6 +32,7 @@ from degrader.run import (
     save_state,
     unpaired_batches,
 )
+from degrader.validation import Validation, ValidationSet, split_validation
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
 
@@ -60,6 +61,10 @@ class FitConfig:
     log_every: int = 10  # steps between log lines (losses averaged over them)
     sample_every: int = 250  # steps between sample grids
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    val_lr: str | None = None  # folder of real LR images for validation; None: hold out part of `lr` (val_split)
+    val_split: float = 0.1  # share of `lr` held out for validation (at most 2 x val_n images); 0: no validation
+    val_n: int = 128  # images per set in validation: HR degraded, and each half of the held-out real LR
+    eval_every: int = 100  # steps between validations (and the last step); the best is kept as best.safetensors
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
@@ -81,6 +86,13 @@ class FitPlan:
     device: torch.device
     params_g: int
     params_d: int
+    validation: ValidationSet | None = None  # the held-out images validation scores on; None: no validation
+    validation_note: str = ""  # one line on the validation set, or why there is none
+
+
+@dataclass
+class FitResult(RunResult):
+    validation: dict | None = None  # the best validation result (`degrader.validation.summarize`), if any ran
 
 
 def plan_fit(config: FitConfig) -> FitPlan:
@@ -98,15 +110,18 @@ def plan_fit(config: FitConfig) -> FitPlan:
         raise UserError(f"--hr-size/--scale: {e}.") from None
     hr = scan_images(config.hr, min_size=model.hr_size, option="--hr")
     lr = scan_images(config.lr, min_size=model.lr_size, option="--lr")
+    if not 0 <= config.val_split < 1 or config.val_n < 8 or config.eval_every < 1:
+        raise UserError("--val-split must lie in [0, 1), --val-n be at least 8 and --eval-every at least 1.")
+    hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
     dist.check_batch(config.batch_size)
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d))
+    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note)
 
 
-def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
+def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     """Train a High-to-Low degrader; writes checkpoints, log and sample grids to `plan.config.out`.
 
     Args:
@@ -128,8 +143,14 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
     net_g = dist.sync_batchnorm(net_g, device)  # several GPUs: BN statistics of the global batch
     opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
     z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
-    state = ({"net_g": net_g, "net_d": net_d}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
+    val = None  # held-out realism every eval_every steps; its best weights travel in the state for resume
+    if plan.validation is not None:
+        val = Validation(out, plan.validation, model, config, HighToLowGenerator(model).to(device))
+    best = {"best_g": val.best_net} if val else {}
+    state = ({"net_g": net_g, "net_d": net_d, **best}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
     step = load_state(out, *state) if resuming else 0
+    if val and resuming:
+        val.restore()
     train_g, train_d = dist.wrap(net_g, device), dist.wrap(net_d, device)  # DDP under torchrun, for backward
 
     # --- data: each step takes d_steps + 1 HR batches and d_steps real LR batches ---
@@ -152,7 +173,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
         out,
         config,
         "hr_per_s",
-        on_progress,
+        val.progress(on_progress) if val else on_progress,
         lambda path: write_samples(path, net_g, grid_hr, grid_lr, device),
         checkpoint,
     )
@@ -174,8 +195,11 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> RunResult:
                     d_loss, d_logs = discriminator_loss(train_d, real, fake)
                 update(opt_d, d_loss)
             step += 1
+            if val:
+                val(step, net_g)  # before this step's checkpoint, so that the state holds the best weights
             books.step(step, {**g_logs, **d_logs}, items=(k + 1) * b)
-        return books.finish(step, interrupted())
+        result = books.finish(step, interrupted())
+    return FitResult(**vars(result), validation=val.summary() if val else None)
 
 
 @torch.no_grad()

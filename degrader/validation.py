@@ -1,0 +1,224 @@
+"""Validation during `fit`: a held-out realism figure every few steps, and the best checkpoint by it.
+
+A GAN's losses cannot say whether its LR images look real (a degrader can get *less* real with training while
+its discriminator wins), so `fit` measures it: before training, part of the real LR set is held out (or a
+separate `--val-lr` folder is used) with a fixed set of HR images, and every `eval_every` steps a
+`RealismProbe` scores the generator on them: SWD over Laplacian-pyramid patches, relative to bicubic
+downscaling (1 = as good as bicubic, 0 = as real as the real set's own halves). The best-scoring weights are
+kept as `best.safetensors` beside the last ones; `Degrader.load(run)` prefers them.
+
+Exact resume: the best weights travel in the training state (as the module "best_g"), and the best score is
+read back from the log, whose lines after the saved step are dropped on resume, so a resumed run keeps the
+same best as an uninterrupted one, file for file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from degrader import dist
+from degrader.checkpoint import BEST_FILE, Degrader
+from degrader.errors import UserError
+from degrader.evaluate import draw_images
+from degrader.images import _hash_int
+from degrader.model import HighToLowConfig
+from degrader.realism import RealismProbe, relative
+from degrader.run import LOG_FILE, Progress, append_log, due
+from degrader.scan import Scan, scan_images
+
+MIN_LR = 16  # held-out real LR images below which validation is off: two halves of 8 images
+HR_SHARE = 4  # the validation HR images leave training only when the HR folder holds this many times as many
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSet:
+    """The images validation scores on, fixed before training (part of the `FitPlan`)."""
+
+    hr: list[Path]  # HR images degraded at every validation
+    lr: list[Path]  # held-out real LR images: halves A (the reference) and B (the floor)
+    hr_held_out: bool  # the HR images were removed from training too
+    source: str  # where the LR images come from, for the plan summary
+
+    @property
+    def n(self) -> int:
+        """Images per compared set."""
+        return min(len(self.hr), len(self.lr) // 2)
+
+
+def _shuffled(paths: list[Path], seed: int, tag: str) -> list[Path]:
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(_hash_int(tag, seed) % 2**63))
+    return [paths[int(i)] for i in order]
+
+
+def _without(scan: Scan, removed: list[Path]) -> Scan:
+    gone = set(removed)
+    return dataclasses.replace(scan, paths=[p for p in scan.paths if p not in gone])  # training order unchanged
+
+
+def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Scan, Scan, ValidationSet | None, str]:
+    """Choose the validation images and take them out of training where feasible.
+
+    `config` is a `FitConfig` (`val_lr`, `val_split`, `val_n`, `seed`). The real LR images come from `val_lr`
+    when set, else a seeded random `val_split` share of `lr` (at most 2 x `val_n` images: no more than the probe
+    uses) leaves training. `val_n` HR images are drawn from `hr`; they leave training only when `hr` holds at
+    least `HR_SHARE` times as many, so a small HR folder keeps all its images for training.
+
+    Returns:
+        The training HR and LR scans, the validation set (None: no validation) and a one-line note on it.
+
+    Raises:
+        UserError: `val_lr` holds too few usable images, or is the `lr` folder itself.
+    """
+    if config.val_lr:
+        val = scan_images(config.val_lr, min_size=lr_size, option="--val-lr")
+        if Path(config.val_lr).resolve() == Path(config.lr).resolve():
+            raise UserError(f"--val-lr {config.val_lr} is the --lr folder; use --val-split to hold out part of it.")
+        if len(val.paths) < MIN_LR:
+            raise UserError(
+                f"--val-lr {config.val_lr}: {len(val.paths)} usable images; validation needs at least {MIN_LR}."
+            )
+        held = _shuffled(val.paths, config.seed, "val-lr")[: 2 * config.val_n]
+        source = f"--val-lr {config.val_lr}"
+    elif config.val_split > 0:
+        k = min(round(config.val_split * len(lr.paths)), 2 * config.val_n)
+        if k < MIN_LR:
+            note = (
+                f"validation off: --val-split {config.val_split} of {len(lr.paths)} real LR images is {k}, fewer than "
+                f"{MIN_LR}; give more LR images, a larger --val-split or --val-lr DIR"
+            )
+            return hr, lr, None, note
+        held = _shuffled(lr.paths, config.seed, "val-lr")[:k]
+        lr = _without(lr, held)
+        source = f"{k} of --lr held out (--val-split {config.val_split})"
+    else:
+        return hr, lr, None, "validation off (--val-split 0)"
+    m = min(config.val_n, len(held) // 2, len(hr.paths))
+    val_hr = _shuffled(hr.paths, config.seed, "val-hr")[:m]
+    held_out = len(hr.paths) >= HR_SHARE * m
+    if held_out:
+        hr = _without(hr, val_hr)
+    vset = ValidationSet(val_hr, held[: 2 * m], held_out, source)
+    note = (
+        f"validation every {config.eval_every} steps: {m} HR images ({'held out' if held_out else 'also trained on'})"
+        f" against 2 x {m} real LR images ({source})"
+    )
+    return hr, lr, vset, note
+
+
+class Validation:
+    """Scores the generator on the validation set, keeps the best weights and logs every figure.
+
+    Call it after each training step with the network that is exported (the EMA copy when there is one);
+    it acts on the steps `due(step, eval_every, steps)` selects, on rank 0 only. `best_net` belongs in the
+    training state (module "best_g") so that resume restores it.
+    """
+
+    def __init__(self, out: Path, vset: ValidationSet, model: HighToLowConfig, config: Any, best_net: nn.Module):
+        self.out, self.every, self.total = out, config.eval_every, config.steps
+        self.best_net = best_net.eval().requires_grad_(False)  # a fresh generator like the trained one
+        self.best_step, self.best_swd = 0, math.inf
+        self.latest: dict[str, float] = {}  # shown in the progress line
+        self.probe = None
+        if dist.is_main():
+            m = vset.n
+            hr = draw_images(vset.hr, m, model.hr_size, config.hr_prep, config.seed, "val-hr")  # (m, 3, H, H)
+            lr = draw_images(vset.lr, 2 * m, model.lr_size, config.lr_prep, config.seed, "val-lr")  # (2m, 3, h, h)
+            self.probe = RealismProbe(hr, lr, model.scale, seed=config.seed)
+
+    def __call__(self, step: int, net_g: nn.Module) -> None:
+        """Validate after step `step` when it is due: log the figure, and save the weights when they are the best."""
+        if self.probe is None or not due(step, self.every, self.total):
+            return
+        training = net_g.training
+        scores = self.probe.score(Degrader(net_g).degrade)  # Degrader puts net_g in eval mode
+        net_g.train(training)
+        if scores["val_swd"] < self.best_swd:
+            self.best_swd, self.best_step = scores["val_swd"], step
+            self.best_net.load_state_dict(net_g.state_dict())
+            self._save_best()
+        record = {**scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
+        append_log(self.out, {"step": step, **record, "val_best_step": self.best_step})
+        self.latest = {"val_rel": scores["val_swd_rel"]}
+
+    def _save_best(self) -> None:
+        Degrader(self.best_net, name=self.out.name, step=self.best_step).save(self.out / BEST_FILE)
+
+    def restore(self) -> None:
+        """After `load_state` (which restored `best_net` and cut the log at the saved step): the best score from
+        the log, and `best.safetensors` rewritten from the restored weights (a kill after a later best was
+        written would otherwise leave weights the resumed run has not reached)."""
+        if self.probe is None:
+            return
+        for record in read_validation_log(self.out):
+            if record["val_swd"] < self.best_swd:
+                self.best_swd, self.best_step = record["val_swd"], record["step"]
+            self.latest = {"val_rel": record["val_swd_rel"]}
+        if self.best_step:
+            self._save_best()
+        else:
+            (self.out / BEST_FILE).unlink(missing_ok=True)
+
+    def progress(self, on_progress: Progress | None) -> Progress | None:
+        """`on_progress` with the latest realism figure first among the logs (the progress bar shows the first few)."""
+        if on_progress is None:
+            return None
+        return lambda step, total, logs: on_progress(step, total, {**self.latest, **logs})
+
+    def summary(self) -> dict[str, Any] | None:
+        """The best validation result, or None on other ranks and when no validation has run yet."""
+        if self.probe is None or not self.best_step:
+            return None
+        return summarize(self.best_step, self.best_swd, self.probe.floor, self.probe.bicubic, self.probe.hr.shape[0])
+
+
+def summarize(step: int, swd: float, floor: float, bicubic: float, n: int) -> dict[str, Any]:
+    """What `fit` returns about validation: the best step, its SWD beside bicubic's and the floor, the verdict."""
+    rel = relative(swd, floor, bicubic)
+    return {
+        "best_step": step,
+        "val_swd": swd,
+        "val_swd_rel": rel,
+        "bicubic_swd": bicubic,
+        "floor_swd": floor,
+        "n": n,
+        "beat_bicubic": swd < bicubic,
+    }
+
+
+def read_validation_log(run: Path) -> list[dict[str, Any]]:
+    """The validation lines of a run's log.jsonl, in order; unreadable lines (a kill mid-write) are skipped."""
+    path = Path(run) / LOG_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "val_swd" in record:
+            records.append(record)
+    return records
+
+
+def verdict(summary: dict[str, Any] | None) -> tuple[bool | None, str]:
+    """One line on whether the degrader beat bicubic on the held-out set (None: no validation ran)."""
+    if summary is None:
+        return None, "no validation ran (see --val-split / --val-lr / --eval-every)"
+    rel = summary["val_swd_rel"]
+    figure = f"realism {rel:.2f} (SWD relative to bicubic; 1 = bicubic, 0 = real)" if rel is not None else ""
+    figure = figure or f"SWD {summary['val_swd']:.1f} vs bicubic {summary['bicubic_swd']:.1f}"
+    where = f"best at step {summary['best_step']}, {summary['n']} held-out images"
+    if summary["beat_bicubic"]:
+        return True, f"beat bicubic on the held-out set: {figure}, {where} (kept as {BEST_FILE})"
+    return False, (
+        f"did NOT beat bicubic on the held-out set: {figure}, {where}; its LR images are less like the real ones "
+        "than plain bicubic downscaling: use bicubic, or train longer or differently"
+    )
