@@ -20,6 +20,7 @@ from degrader.errors import UserError
 WRITTEN = (
     *("config.json", "state.safetensors", "degrader.safetensors", "sr.safetensors", "log.jsonl", "skipped.txt"),
     *("samples/step-*.png", "samples/.step-*.tmp"),  # sample grids and their temporaries
+    *("best.safetensors", "report.html", "report-*.png"),  # fit's validation best and its run report
     *("manifest.json", ".export-state.json", "shard-*.tar", ".shard-*.tmp"),  # exports
     *(".*.tmp", ".write-test"),  # atomic_path temporaries, the writability probe
 )
