@@ -8,19 +8,25 @@ import click
 
 from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
-from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, resumable, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 
 @click.group()
 @click.version_option(package_name="degrader")
 def degrade() -> None:
-    """Learn how real cameras and the web degrade images, and make SR training data from it."""
+    """Learn how real cameras and the web degrade images, and make SR training data from it.
+
+    
+    Example:
+      degrade demo demo-run
+      degrade fit --help
+    """
 
 
 @degrade.command()
-@click.option("--hr", "hr", type=DIR, required=True, help="Folder of clean HR images (searched recursively).")
-@click.option("--lr", "lr", type=DIR, required=True, help="Folder of real low-quality images, unpaired with --hr.")
+@click.option("--hr", "hr", type=DIR, help="Clean HR images (searched recursively); required unless --resume.")
+@click.option("--lr", "lr", type=DIR, help="Real low-quality images, unpaired with --hr; required unless --resume.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
 @HR_PREP
 @LR_PREP
@@ -34,12 +40,19 @@ def degrade() -> None:
 @click.option(
     "--hr-size", type=click.IntRange(min=16), default=64, show_default=True, help="HR crop size (power of 2)."
 )
-@click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True)
+@click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True, help="HR size / LR size.")
 @click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
 @loss_options
 @run_options
+@resumable("hr", "lr")
 def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
-    """Learn a High-to-Low degrader from two unpaired image folders."""
+    """Learn a High-to-Low degrader from two unpaired image folders.
+
+    
+    Example:
+      degrade fit --hr faces-hr --lr faces-lr --out runs/degrader --steps 2000
+      degrade fit --out runs/degrader --resume --steps 4000   # --hr, --lr and the rest from its config.json
+    """
     from degrader.gan import LossConfig
     from degrader.train import FitConfig, fit, plan_fit
 
@@ -67,7 +80,7 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
 @click.argument("out", type=click.Path(path_type=Path), default="degrade-demo")
 @click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Degrader training steps.")
 @click.option("--sr-steps", type=click.IntRange(min=1), default=400, show_default=True, help="SR training steps.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Fixes the data and every model.")
 @click.pass_context
 def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) -> None:
     """Run the whole pipeline on built-in generated data (no downloads), in a few minutes on a CPU.
@@ -75,6 +88,10 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     Makes clean HR faces and a disjoint set of camera-degraded "real" LR faces, fits a small degrader on
     them, exports paired shards with it, trains a small SR model on the shards and upscales held-out LR
     faces. Everything lands in OUT.
+
+    
+    Example:
+      degrade demo demo-run --steps 150 --sr-steps 400
     """
     import shutil
 

@@ -64,11 +64,18 @@ def print_tables(report: dict) -> None:
 )
 @click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="For classical degraders.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fixes image draw, noise and metrics.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True, help="Where models run."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the report files in a non-empty --out.")
 @click.option("--dry-run", is_flag=True, help="Load everything, print the plan, compute and write nothing.")
 def eval_cmd(degraders: tuple[str, ...], out: Path, features: Path | None, dry_run: bool, **options) -> None:
-    """Measure how real each degrader's LR images look against real LR images, beside the real-vs-real floor."""
+    """Measure how real each degrader's LR images look against real LR images, beside the real-vs-real floor.
+
+    
+    Example:
+      degrade eval runs/degrader bicubic --hr faces-hr --lr faces-lr --out eval-report
+    """
     import time
 
     from degrader.evaluate import EvalConfig, evaluate_degraders, plan_evaluation

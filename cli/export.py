@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICES
+from cli.options import DEVICE_HELP, DEVICES
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 SOURCE = click.argument("shards", metavar="SHARDS")
@@ -29,7 +29,9 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the shards and manifest.")
 @click.option("--per-image", type=click.IntRange(min=1), default=1, show_default=True, help="LR variants per crop.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed of every sample.")
-@click.option("--samples-per-shard", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--samples-per-shard", type=click.IntRange(min=1), default=1000, show_default=True, help="Pairs per tar file."
+)
 @click.option(
     "--crop",
     type=click.Choice(["center", "random", "grid"]),
@@ -46,12 +48,17 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
     "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Decode / PNG-encode processes."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Crops per call.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the plan; write nothing.")
 def export_shards(dry_run: bool, **options) -> None:
-    """Degrade every HR image into paired (seed, LR, HR) WebDataset shards."""
+    """Degrade every HR image into paired (seed, LR, HR) WebDataset shards.
+
+    
+    Example:
+      degrade export-shards --degrader runs/degrader --hr faces-hr --out shards --per-image 4
+    """
     from degrader.export import ExportConfig, export_shards, plan_export
 
     config = ExportConfig(**options)
@@ -70,7 +77,8 @@ def export_shards(dry_run: bool, **options) -> None:
             with progress_bar("export", plan.samples, unit="pair") as on_progress:
                 manifest = export_shards(plan, on_progress)
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; the finished shards are kept. Continue with --resume.") from None
+            console.print("[yellow]interrupted[/]; the finished shards are kept. Continue with --resume.")
+            raise click.exceptions.Exit(130) from None
     t = manifest["totals"]
     console.print(f"wrote {t['samples']} pairs in {t['shards']} shards to {config.out} (manifest.json)")
 
@@ -82,7 +90,12 @@ def export_shards(dry_run: bool, **options) -> None:
 )
 @click.option("--examples", type=click.IntRange(min=1, max=64), default=8, show_default=True, help="Sheet columns.")
 def inspect(shards: str, contact_sheet: str | None, examples: int) -> None:
-    """Summarize paired shards: counts, degrader, seeds, sizes."""
+    """Summarize paired shards: counts, degrader, seeds, sizes.
+
+    
+    Example:
+      degrade inspect shards --contact-sheet sheet.png
+    """
     from rich.table import Table
 
     from degrader.shards import summarize_shards
@@ -119,7 +132,12 @@ def inspect(shards: str, contact_sheet: str | None, examples: int) -> None:
 @click.command("verify", epilog=SOURCE_HELP)
 @SOURCE
 def verify(shards: str) -> None:
-    """Check every checksum and decode every sample; exit non-zero on any fault."""
+    """Check every checksum and decode every sample; exit non-zero on any fault.
+
+    
+    Example:
+      degrade verify 'shards/shard-{000000..000009}.tar'
+    """
     from degrader.shards import verify_shards
 
     with user_errors():

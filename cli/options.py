@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from cli.progress import console
 
 DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
+DEVICE_HELP = "Where the model runs; auto picks CUDA when there is a GPU."
 
 HR_PREP = click.option(
     "--hr-prep",
@@ -40,9 +42,9 @@ def run_options(f):
     for option in reversed(
         [
             click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="G updates."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--device", type=DEVICES, default="auto", show_default=True),
+            click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Per step."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Fixes init, data order, noise."),
+            click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP),
             click.option("--bf16", is_flag=True, help="bf16 autocast (CUDA only)."),
             click.option("--channels-last", is_flag=True, help="channels_last memory format (faster on CUDA)."),
             click.option("--compile", is_flag=True, help="torch.compile the networks (slow start, faster steps)."),
@@ -54,8 +56,16 @@ def run_options(f):
                 show_default=True,
                 help="Decoded-image cache per loader worker and folder, MiB (large photos decode once); 0: off.",
             ),
-            click.option("--sample-every", type=click.IntRange(min=1), default=250, show_default=True),
-            click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True),
+            click.option(
+                "--sample-every", type=click.IntRange(min=1), default=250, show_default=True, help="Steps per grid."
+            ),
+            click.option(
+                "--checkpoint-every",
+                type=click.IntRange(min=1),
+                default=500,
+                show_default=True,
+                help="Steps between checkpoints.",
+            ),
             click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
             click.option("--overwrite", is_flag=True, help="Replace what --out holds."),
             click.option("--dry-run", is_flag=True, help="Check the data and settings, print the plan, train nothing."),
@@ -65,13 +75,64 @@ def run_options(f):
     return f
 
 
+def resumable(*needed: str):
+    """With --resume, options not given on the command line come from the run's config.json (--out/config.json).
+
+    Options given again are checked against the config by the library, which names any that differ. Without
+    --resume, each option in `needed` must be given. Put this decorator directly above the command function.
+    """
+
+    def decorate(f):
+        @functools.wraps(f)
+        def command(**params):
+            ctx = click.get_current_context()
+            if params.get("resume"):
+                params.update(_saved_options(ctx, params))
+            missing = [name for name in needed if params.get(name) is None]
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
+            if missing and params.get("resume"):
+                out = params["out"]
+                raise click.UsageError(f"--resume: --out {out} holds no run to continue; drop --resume, give {flags}.")
+            if missing:
+                raise click.UsageError(f"missing option {flags} (or --resume a run in --out that has it).")
+            return f(**params)
+
+        return command
+
+    return decorate
+
+
+def _saved_options(ctx: click.Context, params: dict) -> dict:
+    """The options of the run in --out that the command line left at their defaults, converted as click does."""
+    import json
+
+    try:
+        saved = json.loads((Path(params["out"]) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # no config to read from: the library says why --resume cannot continue
+    if not isinstance(saved, dict):
+        return {}
+    flat = {**(saved["loss"] if isinstance(saved.get("loss"), dict) else {}), **saved}  # loss.lr is not --lr
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    options = {}
+    for param in ctx.command.params:
+        if param.name in ("out", "resume", "overwrite", "dry_run") or param.name not in flat:
+            continue
+        if ctx.get_parameter_source(param.name) in given or flat[param.name] is None:
+            continue
+        value = flat[param.name]
+        options[param.name] = param.type_cast_value(ctx, str(value) if isinstance(param.type, click.Choice) else value)
+    return options
+
+
 def as_str(options: dict) -> dict:
     """Paths as strings, for the JSON-serialisable config dataclasses."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
 
 
 def report(result, files: list[str]) -> None:
-    """Say where a finished (or Ctrl-C'd) run left its files."""
+    """Say where a finished (or Ctrl-C'd) run left its files; a Ctrl-C'd run exits with status 130, as shells do."""
+    console.print("  ".join(f"{name}: {result.out / name}" for name in files if (result.out / name).exists()))
     if result.interrupted:
         console.print(f"[yellow]interrupted[/] at step {result.step}; state saved. Continue with --resume.")
-    console.print("  ".join(f"{name}: {result.out / name}" for name in files))
+        raise click.exceptions.Exit(130)

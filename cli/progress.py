@@ -70,13 +70,16 @@ def progress_bar(
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's `UserError` into a one-line click error (no traceback)."""
+    """Turn the library's `UserError` into a one-line click error (no traceback), and Ctrl-C into exit status 130."""
     from degrader.errors import UserError
 
     try:
         yield
     except UserError as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] (Ctrl-C).")
+        raise click.exceptions.Exit(130) from None
 
 
 def warn_skipped(option: str, skipped: list, shown: int = 3) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, resumable, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.sr_use import eval_cmd, upscale
 
@@ -15,7 +15,13 @@ from cli.sr_use import eval_cmd, upscale
 @click.group()
 @click.version_option(package_name="degrader")
 def sr() -> None:
-    """Super-resolution trained on realistic, learned degradations (Bulat et al., ECCV 2018)."""
+    """Super-resolution trained on realistic, learned degradations (Bulat et al., ECCV 2018).
+
+    
+    Example:
+      sr train --shards shards --out runs/sr
+      sr upscale --checkpoint runs/sr photos --out photos-x4
+    """
 
 
 @sr.command()
@@ -46,8 +52,15 @@ def sr() -> None:
 )
 @loss_options
 @run_options
+@resumable()
 def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
-    """Train a Low-to-High SR model on paired shards (--shards) or on the fly (--degrader with --hr)."""
+    """Train a Low-to-High SR model on paired shards (--shards) or on the fly (--degrader with --hr).
+
+    
+    Example:
+      sr train --shards shards --out runs/sr --steps 2000
+      sr train --degrader runs/degrader --hr faces-hr --out runs/sr-fly
+    """
     from degrader.gan import LossConfig
     from sr.train import SRTrainConfig, plan_train
     from sr.train import train as run_train
@@ -86,7 +99,12 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
 @loss_options
 @run_options
 def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
-    """Fine-tune a degrader and an SR model together, end to end (HR -> degrader -> LR -> SR)."""
+    """Fine-tune a degrader and an SR model together, end to end (HR -> degrader -> LR -> SR).
+
+    
+    Example:
+      sr finetune --degrader runs/degrader --sr runs/sr --hr faces-hr --lr faces-lr --out runs/joint
+    """
     from degrader.gan import LossConfig
     from sr.finetune import FinetuneConfig, plan_finetune
     from sr.finetune import finetune as run_finetune

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import DEVICES, DIR
+from cli.options import DEVICE_HELP, DEVICES, DIR
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 CHECKPOINT = click.Path(exists=True, path_type=Path)
@@ -25,7 +25,7 @@ CHECKPOINT = click.Path(exists=True, path_type=Path)
     help="LR pixels of context around each tile [default: the model's receptive field, seamless].",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per pass.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing same-named files.")
 def upscale(
     checkpoint: Path,
@@ -41,6 +41,10 @@ def upscale(
 
     Large images are processed in overlapping tiles, so memory does not grow with the image. Unreadable
     inputs are reported one by one and the rest are still processed; the exit status is then non-zero.
+
+    
+    Example:
+      sr upscale --checkpoint runs/sr photos/ extra.jpg --out photos-x4
     """
     from sr.upscale import SuperResolver, upscale_files
 
@@ -99,7 +103,8 @@ def render_report(report, shown: int) -> Table:
 @click.option("--grid-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows in --grid.")
 @click.option("--show", type=click.IntRange(min=0), default=50, show_default=True, help="Images listed in the table.")
 @click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="LR pixels per tile core.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json or --grid file.")
 def eval_cmd(
     checkpoint: Path,
     pairs: Path | None,
@@ -113,11 +118,17 @@ def eval_cmd(
     show: int,
     tile: int,
     device: str,
+    overwrite: bool,
 ) -> None:
     """PSNR and SSIM (RGB and Y, border = scale) of the SR model against bicubic upscaling, per image and mean.
 
     Give one source: --pairs DIR, or --hr DIR with --lr DIR, or --shards.
+
+    
+    Example:
+      sr eval --checkpoint runs/sr --pairs Set5 --json set5.json --grid set5.png
     """
+    from degrader.files import check_out_file
     from degrader.images import save_grid
     from sr.evaluate import evaluate_pairs, evaluate_shards
     from sr.upscale import SuperResolver
@@ -129,6 +140,9 @@ def eval_cmd(
         raise click.UsageError("--limit applies to --shards only.")
     examples = grid_images if grid else 0
     with user_errors():
+        for option, path in (("--json", json_out), ("--grid", grid)):
+            if path is not None:
+                check_out_file(path, overwrite=overwrite, option=option)  # before the work, not after it
         model = SuperResolver.load(checkpoint, device)
         model.name = str(checkpoint)
         with progress_bar("sr eval", None, unit="image") as on_progress:
@@ -140,10 +154,14 @@ def eval_cmd(
                 report = evaluate_pairs(
                     model, pairs, hr_dir=hr, lr_dir=lr, tile=tile, examples=examples, on_progress=on_progress
                 )
-        warn_skipped("--pairs" if pairs else "--hr/--lr", [(Path(p), why) for p, why in report.skipped])
+        source = "--pairs" if pairs else "--shards" if shards else "--hr/--lr"
+        warn_skipped(source, [(Path(p), why) for p, why in report.skipped], shown=len(report.skipped))
         Console().print(render_report(report, show))
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                json_out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise click.ClickException(f"--json {json_out}: cannot create its folder ({e.strerror}).") from None
             report.write_json(json_out)
             console.print(f"scores: {json_out}")
         if grid is not None:

@@ -28,7 +28,6 @@ OWN_MARKS = ("config.json", "manifest.json", ".export-state.json")  # what `is_o
 RUN_KEYS = {"out", "steps", "seed", "checkpoint_every", "resume", "overwrite"}  # in every run's config.json
 SHARDS_FORMAT = "degrader-shards"  # manifest.json "format" of an export (degrader.shards.FORMAT)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def write_error(path: str | Path, e: BaseException) -> UserError | None:
@@ -37,8 +36,8 @@ def write_error(path: str | Path, e: BaseException) -> UserError | None:
     text = str(e)
     if code in NO_SPACE or "No space left" in text or "os error 28" in text:  # safetensors reports ENOSPC as text
         return UserError(f"no space left on device writing {path}; free some space, then rerun (--resume continues).")
-    if code in READ_ONLY:
-        return UserError(f"cannot write {path} ({os.strerror(code)}); choose a writable output path.")
+    if isinstance(e, OSError):  # read-only (EROFS, EACCES), a missing folder, ...
+        return UserError(f"cannot write {path} ({os.strerror(code) if code else e}); choose a writable output path.")
     return None
 
 
@@ -169,6 +168,16 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"{option} {out} is not writable; choose another directory.")
     return out
+
+
+def check_out_file(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
+    """Refuse an output file that exists (unless `overwrite`) or is a folder; writes nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name.")
+    if path.exists() and not overwrite:
+        raise UserError(f"{option} {path} exists; give a new name, or pass --overwrite to replace it.")
+    return path
 
 
 def prepare_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, option: str = "--out") -> Path:

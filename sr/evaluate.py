@@ -118,9 +118,13 @@ def _evaluate(
     rows: list[EvalRow] = []
     kept: list[dict[str, Any]] = []
     for name, lr, hr in pairs:
-        hr = mod_crop(hr, lr, s, name)  # (3, h*s, w*s)
-        if min(hr.shape[-2:]) - 2 * s < 11:
-            raise UserError(f"{name}: HR {hr.shape[-1]}x{hr.shape[-2]} is too small for SSIM after a {s} px crop.")
+        try:  # one bad pair is named in `skipped`; the rest are still scored
+            hr = mod_crop(hr, lr, s, name)  # (3, h*s, w*s)
+            if min(hr.shape[-2:]) - 2 * s < 11:
+                raise UserError(f"{name}: HR {hr.shape[-1]}x{hr.shape[-2]} is too small for SSIM after a {s} px crop.")
+        except UserError as e:
+            skipped.append((name, str(e).removeprefix(f"{name}: ")))
+            continue
         sr = model.upscale(lr[None], tile=tile)[0].cpu()  # (3, h*s, w*s)
         bic = bicubic_upscale(lr, s)
         rows.append(
@@ -137,7 +141,8 @@ def _evaluate(
         if on_progress is not None:
             on_progress(len(rows), total, {f"{m}_{k}": rows[-1].scores[m][k] for m in METHODS for k in ("psnr_y",)})
     if not rows:
-        raise UserError(f"{source}: no image pairs to evaluate.")
+        why = f" ({len(skipped)} skipped, first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise UserError(f"{source}: no image pairs to evaluate{why}.")
     mean = {m: {k: sum(r.scores[m][k] for r in rows) / len(rows) for k in METRICS} for m in METHODS}
     return EvalReport(checkpoint, source, s, s, rows, mean, skipped, kept)
 
@@ -146,6 +151,15 @@ def _resolver(checkpoint: SuperResolver | str | Path, device: str) -> tuple[Supe
     if isinstance(checkpoint, SuperResolver):
         return checkpoint, checkpoint.name
     return SuperResolver.load(checkpoint, device), str(checkpoint)
+
+
+def _unambiguous(images: dict[str, list[Path]], role: str, skipped: list[tuple[str, str]]) -> dict[str, Path]:
+    """One file per name; a name with several files (x_HR.png and x_HR.webp) is left out, each file named."""
+    for name, paths in images.items():
+        if len(paths) > 1:
+            names = " and ".join(p.name for p in paths)
+            skipped += [(str(p), f"ambiguous {role} of {name}: {names}; rename or move all but one") for p in paths]
+    return {name: paths[0] for name, paths in images.items() if len(paths) == 1}
 
 
 def find_pairs(
@@ -168,18 +182,21 @@ def find_pairs(
         for p in scan.paths:
             rel = p.relative_to(scan.root).with_suffix("").as_posix()
             if rel.upper().endswith("_HR"):
-                hr[rel[:-3]] = p
+                hr.setdefault(rel[:-3], []).append(p)
             elif rel.upper().endswith("_LR"):
-                lr[rel[:-3]] = p
+                lr.setdefault(rel[:-3], []).append(p)
             else:
                 skipped.append((str(p), "name ends in neither _HR nor _LR"))
         where = f"--pairs {pairs_dir}"
     else:
         hr_scan, lr_scan = scan_images(hr_dir, option="--hr"), scan_images(lr_dir, option="--lr")
         skipped += [(str(p), r) for p, r in hr_scan.skipped + lr_scan.skipped]
-        hr = {p.relative_to(hr_scan.root).with_suffix("").as_posix(): p for p in hr_scan.paths}
-        lr = {p.relative_to(lr_scan.root).with_suffix("").as_posix(): p for p in lr_scan.paths}
+        hr, lr = {}, {}
+        for images, scan in ((hr, hr_scan), (lr, lr_scan)):
+            for p in scan.paths:
+                images.setdefault(p.relative_to(scan.root).with_suffix("").as_posix(), []).append(p)
         where = f"--hr {hr_dir} and --lr {lr_dir}"
+    hr, lr = _unambiguous(hr, "HR", skipped), _unambiguous(lr, "LR", skipped)
     skipped += [(str(hr[k]), "no LR partner") for k in sorted(hr.keys() - lr.keys())]
     skipped += [(str(lr[k]), "no HR partner") for k in sorted(lr.keys() - hr.keys())]
     pairs = [(k, hr[k], lr[k]) for k in sorted(hr.keys() & lr.keys())]
@@ -211,14 +228,20 @@ def evaluate_pairs(
         on_progress: called after each image as (done, total, {"model_psnr_y", "bicubic_psnr_y"}).
 
     Raises:
-        UserError: bad folders, no pairs, unreadable images, or a pair whose sizes do not match the scale.
+        UserError: bad folders, or no pair left to score. Unreadable, ambiguous or mismatched pairs are left
+            out and named in the report's `skipped`.
     """
     pairs, skipped = find_pairs(pairs_dir, hr_dir=hr_dir, lr_dir=lr_dir)
     model, name = _resolver(checkpoint, device)
 
     def load() -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         for key, hr_path, lr_path in pairs:
-            yield key, to_tensor(load_rgb(lr_path)), to_tensor(load_rgb(hr_path))
+            try:
+                lr, hr = to_tensor(load_rgb(lr_path)), to_tensor(load_rgb(hr_path))
+            except UserError as e:  # named in the report's `skipped`; the other pairs are still scored
+                skipped.append((key, str(e)))
+                continue
+            yield key, lr, hr
 
     source = str(pairs_dir) if pairs_dir is not None else f"{hr_dir} + {lr_dir}"
     return _evaluate(

@@ -34,8 +34,8 @@ def run(*args) -> Result:
 
 
 def assert_clean_error(result: Result, *words: str) -> str:
-    """Exit code 1, one 'Error: ...' line naming `words`, no traceback."""
-    assert result.exit_code == 1, result.output
+    """Exit code 1 (or 2, a usage error), one 'Error: ...' line naming `words`, no traceback."""
+    assert result.exit_code in (1, 2), result.output
     assert isinstance(result.exception, SystemExit), result.exception
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, result.output
