@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from degrader import __version__
+from degrader import __version__, dist
 from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.errors import UserError
 from degrader.files import check_out_dir, prepare_out_dir, read_json, sha256_file, write_json
@@ -147,6 +147,7 @@ def plan_export(config: ExportConfig) -> ExportPlan:
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+    dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     degrader = load_degrader(config.degrader, config.scale, config.device)
     size = config.hr_size or degrader.hr_size or 64
     if degrader.hr_size is not None and size != degrader.hr_size:
@@ -173,10 +174,31 @@ def _describe(degrader: DegraderLike) -> dict[str, Any]:
     return {"name": degrader.name, "sha256": degrader.sha256, "scale": degrader.scale, "hr_size": degrader.hr_size}
 
 
-def _start_or_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any]:
-    """The saved progress of an export in `out` (checked against this one), or a fresh state."""
-    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "shards": [], "failed": []}
-    state_path, manifest_path = out / STATE, out / MANIFEST
+def block_size(config: ExportConfig) -> int:
+    """Images per batch block. Batches form within blocks of this many images (see `_samples`), so a resumed
+    run and each rank of a torchrun export form exactly the batches of an uninterrupted single-process run."""
+    return max(1, config.batch_size // config.per_image)
+
+
+def rank_images(n: int, block: int, rank: int, world: int) -> tuple[int, int]:
+    """The images [lo, hi) rank `rank` of `world` exports: contiguous whole blocks, in rank order."""
+    blocks = -(-n // block)
+    return min(n, blocks * rank // world * block), min(n, blocks * (rank + 1) // world * block)
+
+
+def _rank_state(rank: int, world: int) -> str:
+    """A rank's progress file; a single process keeps its progress in STATE itself."""
+    return STATE if world == 1 else f".export-state-r{rank:04d}.json"
+
+
+def _check_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any] | None:
+    """Rank 0: a finished export's manifest, or None after checking that an unfinished one in `out` is this one.
+
+    Under torchrun, STATE records the number of processes: each rank resumes its own part, so an export is
+    resumed by as many processes as started it.
+    """
+    described = {"config": plan.recorded, "degrader": _describe(plan.degrader)}
+    state_path, manifest_path, world = out / STATE, out / MANIFEST, dist.world()
     saved = None
     if resume and manifest_path.exists():
         saved = read_json(manifest_path, "export's manifest", "export into a new --out")
@@ -185,13 +207,33 @@ def _start_or_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any
     elif resume and any(p.name != STATE for p in out.iterdir()):
         raise UserError(f"--out {out} holds no export to resume; pass --overwrite to replace its contents.")
     if saved is not None:
-        if saved.get("config") != fresh["config"] or saved.get("degrader") != fresh["degrader"]:
+        if saved.get("config") != described["config"] or saved.get("degrader") != described["degrader"]:
             raise UserError(f"--out {out} was exported with other options or degrader; rerun those or --overwrite.")
         if "format" in saved:
             return saved  # finished already
+        if saved.get("processes", 1) != world:
+            n = saved.get("processes", 1)
+            raise UserError(
+                f"--resume: {out} was being exported by {n} process{'es' * (n > 1)}, this run has {world}; resume "
+                f"with {n} (torchrun --nproc_per_node), or start again with --overwrite."
+            )
+    if world > 1:  # marks `out` as an unfinished export of ours; the ranks keep their progress beside it
+        write_json(state_path, {**described, "processes": world, "shards": [], "failed": []})
+    return None
+
+
+def _start_or_resume(out: Path, plan: ExportPlan, resume: bool, images: tuple[int, int]) -> dict[str, Any]:
+    """This rank's saved progress (its intact shards, in order), or a fresh state for `images` [lo, hi)."""
+    rank, world = dist.rank(), dist.world()
+    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "shards": [], "failed": []}
+    if world > 1:
+        fresh.update(rank=rank, processes=world, images=list(images))
+    state_path = out / _rank_state(rank, world)
+    if resume and state_path.exists():
+        saved = read_json(state_path, "export's progress file", "export into a new --out")
         # Keep the shards that are intact, in order; everything after the first damaged one is redone.
         good = []
-        for entry in saved["shards"]:
+        for entry in saved["shards"] if saved.get("images", list(images)) == list(images) else []:
             path = out / entry["name"]
             if not path.is_file() or sha256_file(path) != entry["sha256"]:
                 break
@@ -200,30 +242,40 @@ def _start_or_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any
         next_image = good[-1]["next"][0] if good else 0
         fresh["failed"] = [f for f in saved["failed"] if f[0] < next_image]
     keep = {e["name"] for e in fresh["shards"]}
+    mine = shard_name(0, None if world == 1 else rank).rsplit("-", 1)[0]  # "shard" or "shard-r0003"
     for path in out.iterdir():  # half-written temporaries and shards past the resume point
-        if (path.name.startswith(".shard-") or path.name.startswith("shard-")) and path.name not in keep:
+        if path.name.lstrip(".").startswith(mine + "-") and path.name not in keep:
             path.unlink()
     write_json(state_path, fresh)
     return fresh
 
 
 def _samples(
-    loader: Iterator, k_per_crop: int, start: tuple[int, int, int], failed: list, plan: ExportPlan
-) -> Iterator[tuple[tuple[int, int, int], str, dict[str, Any], np.ndarray, bytes]]:
-    """The export's samples in their fixed order from position `start`: (position, key, meta, HR, HR PNG)."""
-    offset, mode, seed = start[0], plan.config.crop, plan.config.seed
+    loader: Iterator, first: int, start: tuple[int, int, int], failed: list, config: ExportConfig
+) -> Iterator[tuple[tuple[int, int, int], str, dict[str, Any], np.ndarray, bytes, tuple[int, int]]]:
+    """The export's samples in their fixed order from image `first` on: (position, key, meta, HR, HR PNG, batch).
+
+    `batch` numbers the degrader batch a sample belongs to: every `batch_size` samples within a block of
+    `block_size` images. It depends only on the images of that block, so a run that starts at a block's first
+    image (a resumed run, a rank) forms the same batches as any other, and the learned degrader's float
+    rounding, which can depend on the batch, is the same. Failures before `start` are recorded already.
+    """
+    block, mode, seed = block_size(config), config.crop, config.seed
+    current, n = -1, 0  # the block being read, samples in it so far
     for i, image_id, crops, reason in loader:
-        i += offset
+        i += first
+        if i // block != current:
+            current, n = i // block, 0
         if reason is not None:
-            failed.append([i, image_id, reason])
+            if i >= start[0]:
+                failed.append([i, image_id, reason])
             continue
         for c, (box, hr, hr_png) in enumerate(crops):
-            for k in range(k_per_crop):
-                if (i, c, k) < start:
-                    continue
+            for k in range(config.per_image):
                 s = sample_seed(seed, crop_id(image_id, c, mode), k)
                 meta = {"seed": s, "source": image_id, "crop": c, "box": list(box) if box else None, "k": k}
-                yield (i, c, k), sample_key(image_id, c, k), meta, hr, hr_png
+                yield (i, c, k), sample_key(image_id, c, k), meta, hr, hr_png, (current, n // config.batch_size)
+                n += 1
 
 
 def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict[str, Any]:
@@ -232,38 +284,62 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     Rerunning with `resume=True` after a crash or kill continues where it stopped and ends with the same bytes
     as an uninterrupted run (with the same batch size: a learned degrader's float rounding may depend on it).
 
+    Under torchrun, each rank exports a contiguous part of the images (`rank_images`) into its own shards
+    (`shard-r0003-000000.tar`, ...; `shard_name`), and rank 0 writes the manifest, listing the shards in rank
+    order, once every rank is done. Read in that order, the samples are those of a single-process export, byte
+    for byte; only the shard boundaries differ. Resume with the same number of processes.
+
     Args:
         plan: the result of `plan_export(config)`.
-        on_progress: called after every batch as `on_progress(pairs_written, pairs_planned, logs)`.
+        on_progress: called after every batch as `on_progress(pairs_written, pairs_planned, logs)` (rank 0's part).
 
     Raises:
         UserError: `out` changed since the plan, or holds an export with other options.
     """
     config, degrader, scan, recorded = plan.config, plan.degrader, plan.scan, plan.recorded
-    out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")
-    state = _start_or_resume(out, plan, config.resume)
-    if "format" in state:
-        (out / STATE).unlink(missing_ok=True)
-        return state
-    start = tuple(state["shards"][-1]["next"]) if state["shards"] else (0, 0, 0)
+    rank, world = dist.rank(), dist.world()
+    dist.barrier()  # every rank's plan has checked `out` before rank 0 writes there
+
+    def check() -> tuple[Path, dict[str, Any] | None]:
+        out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")
+        return out, _check_resume(out, plan, config.resume)
+
+    out, finished = dist.on_main(check)
+    if finished is not None:
+        if dist.is_main():
+            (out / STATE).unlink(missing_ok=True)
+        return finished
+    lo, hi = rank_images(len(scan.paths), block_size(config), rank, world)
+    state = _start_or_resume(out, plan, config.resume, (lo, hi))
+    start = tuple(state["shards"][-1]["next"]) if state["shards"] else (lo, 0, 0)
+    first = start[0] // block_size(config) * block_size(config)  # the block's first image: the same batches
     done = sum(e["samples"] for e in state["shards"])
+    planned = plan.samples if world == 1 else round(plan.samples * (hi - lo) / max(1, len(scan.paths)))
+    report = on_progress if dist.is_main() else None
     common = {"scale": degrader.scale, "degrader": degrader.name, "degrader_sha256": degrader.sha256}
     common["version"] = __version__
 
-    crops = _Crops(scan.paths[start[0] :], scan.root, recorded["hr_size"], config.crop, config.seed)
+    crops = _Crops(
+        scan.paths[first:hi] if start[0] < hi else [], scan.root, recorded["hr_size"], config.crop, config.seed
+    )
     workers = config.workers
     loader = DataLoader(
         crops, batch_size=None, collate_fn=_identity, num_workers=workers, worker_init_fn=_die_with_parent
     )
     pool = ProcessPoolExecutor(workers, initializer=_die_with_parent) if workers > 0 else None
-    writer = ShardWriter(out, config.samples_per_shard, first_shard=len(state["shards"]))
+    writer = ShardWriter(
+        out, config.samples_per_shard, first_shard=len(state["shards"]), rank=None if world == 1 else rank
+    )
     in_flight: deque[tuple[list, Future | list[bytes], list[list[int]]]] = deque()  # (samples, LR PNGs, LR sizes)
     batch: list = []
     failed: list = list(state["failed"])
+    state_path = out / _rank_state(rank, world)
 
     def write_batch(samples: list, lr_pngs: list[bytes], lr_sizes: list[list[int]]) -> None:
         nonlocal done
-        for (pos, key, meta, hr, hr_png), lr_png, lr_hw in zip(samples, lr_pngs, lr_sizes, strict=True):
+        for (pos, key, meta, hr, hr_png, _), lr_png, lr_hw in zip(samples, lr_pngs, lr_sizes, strict=True):
+            if pos < start:  # written before the resume; degraded again only to form the same batch
+                continue
             meta = {**meta, **common, "hr_size": list(hr.shape[:2]), "lr_size": lr_hw}
             members = {"hr.png": hr_png, "lr.png": lr_png, "seed.txt": str(meta["seed"]).encode()}
             members["json"] = json.dumps(meta, sort_keys=True).encode()
@@ -272,9 +348,9 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
             if entry is not None:  # a shard is complete: record where the next one starts
                 state["shards"].append({**entry, "next": [pos[0], pos[1], pos[2] + 1]})
                 state["failed"] = [f for f in failed if f[0] < pos[0]]
-                write_json(out / STATE, state)
-        if on_progress is not None:
-            on_progress(done, plan.samples, {"shards": float(writer.index), "skipped": float(len(failed))})
+                write_json(state_path, state)
+            if report is not None:  # per sample: a batch may end a shard and start the next
+                report(done, planned, {"shards": float(writer.index), "skipped": float(len(failed))})
 
     def drain(limit: int) -> None:
         while len(in_flight) > limit:
@@ -291,18 +367,19 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         drain(2 * workers + 1)  # bounded: memory stays flat
 
     try:
-        for sample in _samples(iter(loader), config.per_image, start, failed, plan):
-            batch.append(sample)
-            queued = done + sum(len(q[0]) for q in in_flight) + len(batch)
-            # Batches never straddle a shard boundary, so a resumed run forms exactly the same batches.
-            if len(batch) >= config.batch_size or queued % config.samples_per_shard == 0:
+        for sample in _samples(iter(loader), first, start, failed, config):
+            if batch and sample[5] != batch[-1][5]:
                 flush()
+            batch.append(sample)
         if batch:
             flush()
         drain(0)
         entry = writer.finish_shard()
         if entry is not None:
-            state["shards"].append({**entry, "next": [len(scan.paths), 0, 0]})
+            state["shards"].append({**entry, "next": [hi, 0, 0]})
+        if world > 1:  # this rank is done: a resume skips its part
+            state["failed"] = failed
+            write_json(state_path, state)
     except BaseException:
         writer.abort()
         raise
@@ -310,30 +387,46 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
-    failed_paths = {scan.paths[f[0]]: f[2] for f in failed}
+    parts = dist.gather_to_main((state["shards"], failed))  # every rank's shards and failures, in rank order
+    manifest = dist.on_main(lambda: _write_manifest(out, plan, parts))
+    if report is not None:
+        totals = manifest["totals"]
+        report(
+            totals["samples"],
+            totals["samples"],
+            {"shards": float(totals["shards"]), "skipped": float(totals["skipped"])},
+        )
+    return manifest
+
+
+def _write_manifest(out: Path, plan: ExportPlan, parts: list[tuple[list, list]]) -> dict[str, Any]:
+    """Rank 0, once every rank is done: the manifest of all shards in rank order; progress files removed."""
+    config, scan = plan.config, plan.scan
+    shards = [e for rank_shards, _ in parts for e in rank_shards]
+    failed_paths = {scan.paths[f[0]]: f[2] for _, failed in parts for f in failed}
     skipped = sorted([*scan.skipped, *failed_paths.items()], key=lambda s: s[0].relative_to(scan.root).as_posix())
-    total = sum(e["samples"] for e in state["shards"])
+    total = sum(e["samples"] for e in shards)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "version": common["version"],
+        "version": __version__,
         "members": list(MEMBERS),
-        "degrader": state["degrader"],
-        "config": recorded,
-        "shards": [{k: e[k] for k in ("name", "samples", "sha256")} for e in state["shards"]],
+        "degrader": _describe(plan.degrader),
+        "config": plan.recorded,
+        "shards": [{k: e[k] for k in ("name", "samples", "sha256")} for e in shards],
         "skipped": [{"path": p.relative_to(scan.root).as_posix(), "reason": r} for p, r in skipped],
         "totals": {
             "images": len(scan.paths) - len(failed_paths),
             "crops": total // config.per_image,
             "samples": total,
-            "shards": len(state["shards"]),
+            "shards": len(shards),
             "skipped": len(skipped),
         },
     }
     write_json(out / MANIFEST, manifest)
+    for rank in range(len(parts)):
+        (out / _rank_state(rank, len(parts))).unlink(missing_ok=True)
     (out / STATE).unlink(missing_ok=True)
-    if on_progress is not None:
-        on_progress(total, total, {"shards": float(len(state["shards"])), "skipped": float(len(skipped))})
     return manifest
 
 
