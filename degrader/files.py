@@ -22,6 +22,7 @@ WRITTEN = (
     *("samples/step-*.png", "samples/.step-*.tmp"),  # sample grids and their temporaries
     *("best.safetensors", "report.html", "report-*.png"),  # fit's validation best and its run report
     *("manifest.json", ".export-state.json", "shard-*.tar", ".shard-*.tmp"),  # exports
+    ".export-state-r*.json",  # each rank's progress in an export under torchrun
     *(".*.tmp", ".write-test"),  # atomic_path temporaries, the writability probe
 )
 OWN_MARKS = ("config.json", "manifest.json", ".export-state.json")  # what `is_ours` reads
