@@ -3,11 +3,15 @@ PairedImageDataset does: one LR and one HR file per sample, decoded to float ten
 DataLoader with 2 workers.
 
     python benchmarks/bench_reader.py [--pairs 2000] [--hr-size 128] [--epochs 2] [--cache warm|cold|both]
+    python benchmarks/bench_reader.py --hr-size 64 --workers 8 --consumer cuda --bf16   # against one GPU
 
 Generated data only; prints pairs/s for each and the ratio shards / folder, measured in the same run.
 "warm" reads from the page cache (a data set that fits in RAM, read before); "cold" evicts every file of both
 data sets from the page cache before each pass (posix_fadvise DONTNEED), so reads come from the disk, as they
 do for a training set larger than RAM or on first use.
+`--consumer cuda` (the default where CUDA is available) also measures what one GPU consumes: `sr train`'s
+iteration (G + 5 D steps, bench_sr's loop on in-memory batches of the same size), and prints each reader's
+rate against it; above 1 the reader keeps the GPU fed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_export import write_images  # noqa: E402  (the same generated photos as the export benchmark)
+from bench_fit import Variant  # noqa: E402
+from bench_sr import iteration_rate  # noqa: E402
 
 from degrader.export import ExportConfig, export_shards, plan_export  # noqa: E402
 from degrader.shards import ShardDataset, ShardMapDataset, shard_urls, tar_samples  # noqa: E402
@@ -88,7 +94,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cache", choices=["warm", "cold", "both"], default="both")
     parser.add_argument("--dir", default=None, help="where to write the data (a disk, not tmpfs, for --cache cold)")
+    parser.add_argument("--consumer", choices=["auto", "cuda", "cpu", "none"], default="auto", help="auto: cuda if any")
+    parser.add_argument("--preset", default="small", help="SR preset the consumer trains")
+    parser.add_argument("--bf16", action="store_true", help="consumer with bf16 autocast and channels_last")
     args = parser.parse_args()
+    consumer = args.consumer
+    if consumer == "auto":
+        consumer = "cuda" if torch.cuda.is_available() else "none"
+    gpu_rate = None
+    if consumer != "none":
+        variant = Variant(bf16=args.bf16, channels_last=args.bf16)
+        device = torch.device(consumer)
+        gpu_rate = iteration_rate(
+            args.preset, device, args.batch_size, 20, False, False, variant, lr_size=args.hr_size // 4, warmup=3
+        )
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print(f"consumer: sr train {args.preset} {variant.name}, G+5D, on {name}: {gpu_rate:.1f} pairs/s")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         write_images(root / "hr", args.pairs, args.hr_size)
@@ -118,6 +139,9 @@ def main() -> None:
             print(f"ShardDataset (iterable, shuffled):             {shards:8.1f} pairs/s")
             print(f"ShardMapDataset (map-style, shuffled):         {mapped:8.1f} pairs/s")
             print(f"ratio iterable / folder: {shards / folder:.2f}   map-style / folder: {mapped / folder:.2f}")
+            if gpu_rate:
+                print(f"ratio to what the {consumer} consumer trains on: folder {folder / gpu_rate:.2f}  "
+                      f"iterable {shards / gpu_rate:.2f}  map-style {mapped / gpu_rate:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
