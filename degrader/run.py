@@ -28,7 +28,7 @@ import torch
 from degrader import dist
 from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
 from degrader.errors import UserError
-from degrader.files import prepare_out_dir, read_json, write_json
+from degrader.files import prepare_out_dir, read_json, write_error, write_json
 from degrader.images import Scan, first_readable, make_loader
 
 CONFIG_FILE = "config.json"
@@ -154,8 +154,11 @@ def _logged_step(line: str) -> float:
 
 
 def append_log(out: Path, record: dict[str, Any]) -> None:
-    with open(out / LOG_FILE, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    try:
+        with open(out / LOG_FILE, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    except OSError as e:  # a full disk: one line naming the file (the last checkpoint stays intact)
+        raise write_error(out / LOG_FILE, e) from None
 
 
 def mean_logs(records: list[dict[str, float]]) -> dict[str, float]:

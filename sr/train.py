@@ -9,6 +9,8 @@ Paired data comes from one of two places:
 from __future__ import annotations
 
 import hashlib
+import itertools
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,6 +117,35 @@ def noise_seed(seed: int, position: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def _png_size(f, offset: int) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header; None when it is not a PNG (decoding names that file later)."""
+    f.seek(offset)
+    head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def check_pair_sizes(shards: ShardMapDataset, scale: int, lr_size: int, option: str) -> None:
+    """Every pair must be `scale` apart with an LR of at least `lr_size` px, or batches could not be stacked.
+
+    Reads only the PNG headers (24 bytes a member), so a bad sample is named before training, not mid-run.
+    """
+    bad = []
+    for i, entries in itertools.groupby(shards.entries, key=lambda e: e.shard):  # entries come shard by shard
+        url = shards.urls[i]
+        with open(url, "rb") as f:
+            for entry in entries:
+                lr, hr = _png_size(f, entry.members["lr.png"][0]), _png_size(f, entry.members["hr.png"][0])
+                if lr and hr and (min(lr) < lr_size or hr != (lr[0] * scale, lr[1] * scale)):
+                    bad.append(f"{url}: {entry.key} (LR {lr[0]}x{lr[1]}, HR {hr[0]}x{hr[1]})")
+    if bad:
+        raise UserError(
+            f"--shards {option}: {len(bad)} samples are not x{scale} pairs with at least {lr_size} px LR, as the "
+            f"first is; e.g. {bad[0]}. Re-export those shards, or give --lr-size for a smaller crop."
+        )
+
+
 def plan_train(config: SRTrainConfig) -> SRPlan:
     """Check the config, open the data and size the networks, without writing anything.
 
@@ -147,6 +178,7 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
         lr_size = config.lr_size or min(h, w)
         if lr_size > min(h, w):
             raise UserError(f"--lr-size {lr_size}: the shards' LR images are only {w}x{h}.")
+        check_pair_sizes(shards, scale, lr_size, config.shards)
         source, samples = f"{len(shards)} pairs from {len(shards.urls)} shards ({config.shards})", len(shards)
     else:
         if config.hr is None:

@@ -250,3 +250,71 @@ def test_atomic_path_passes_other_errors_through(tmp_path):
     with pytest.raises(ValueError, match="mine"), atomic_path(tmp_path / "x"):
         raise ValueError("mine")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- sr train
+
+
+def pair_shards(root: Path, bad: dict[int, tuple[int, int]]) -> Path:
+    """4 x4 samples (LR 8 px, HR 32 px) in 2 shards; sample i in `bad` gets an LR of size (w, h) instead."""
+    import numpy as np
+
+    from degrader.shards import ShardWriter, encode_png
+
+    root.mkdir(parents=True)
+    writer = ShardWriter(root, samples_per_shard=2)
+    for i in range(4):
+        w, h = bad.get(i, (8, 8))
+        members = {
+            "hr.png": encode_png(np.full((32, 32, 3), 40 * i, np.uint8)),
+            "lr.png": encode_png(np.full((h, w, 3), 40 * i, np.uint8)),
+            "seed.txt": str(i).encode(),
+            "json": json.dumps({"seed": i, "source": f"{i}.png"}).encode(),
+        }
+        writer.write(f"k{i}", members)
+    writer.finish_shard()
+    return root
+
+
+@pytest.mark.parametrize("size", [(4, 4), (16, 16), (8, 4)], ids=["x8", "larger-than-hr", "two-scales"])
+def test_sr_train_names_a_sample_of_the_wrong_size_before_training(tmp_path, size):
+    from sr.train import SRTrainConfig, plan_train
+
+    root = pair_shards(tmp_path / "shards", {3: size})
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=f"--shards {root}: 1 samples are not x4 pairs .* e.g. .*shard-000001.tar: k3"):
+        plan_train(SRTrainConfig(out=str(out), shards=str(root), device="cpu", workers=0))
+    assert not out.exists()
+    plan = plan_train(SRTrainConfig(out=str(out), shards=str(pair_shards(tmp_path / "good", {})), device="cpu"))
+    assert (plan.model.scale, plan.model.lr_size) == (4, 8)
+
+
+def test_sr_train_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from sr.train import SRTrainConfig, plan_train, train
+
+    shards = str(pair_shards(tmp_path / "shards", {}))
+    kw = dict(shards=shards, device="cpu", workers=0, batch_size=2, pixel_only=True, preset="small", log_every=1)
+    out = tmp_path / "run"
+    train(plan_train(SRTrainConfig(out=str(out), steps=1, **kw)))
+    before = {k: v for k, v in snapshot(out).items() if k.endswith(".safetensors")}
+    full_disk_after(monkeypatch, degrader.checkpoint, "save_file", 0)
+    with pytest.raises(UserError, match=f"^no space left on device writing {out / 'sr.safetensors'}"):
+        train(plan_train(SRTrainConfig(out=str(out), steps=2, resume=True, **kw)))
+    after = snapshot(out)
+    assert {k: after[k] for k in before} == before and not [k for k in after if k.endswith(".tmp")]
+
+
+def test_fit_on_a_full_disk_while_logging(tiny_folders, tmp_path, monkeypatch):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+
+    real_open = open
+
+    def open_log(path, mode="r", *args, **kwargs):
+        if str(path).endswith("log.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", open_log)
+    with pytest.raises(UserError, match=f"^no space left on device writing {out / 'log.jsonl'}"):
+        fit(plan_fit(tiny(hr, lr, out)))
