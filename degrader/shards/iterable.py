@@ -10,11 +10,12 @@ webdataset: `reraise_exception` (the default) stops the stream with a `ShardErro
 
 from __future__ import annotations
 
+import bisect
 import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,6 +127,31 @@ def tar_samples(
             handler(ShardError(f"{url}: holds {len(keys)} samples, the manifest says {counts[url]}; re-export it."))
 
 
+def ring_samples(
+    urls: Sequence[str],
+    counts: Sequence[int],
+    start: int,
+    handler: Handler = reraise_exception,
+    expected: dict[str, int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The samples of `urls` (holding `counts` samples) from global position `start` round to `start` - 1.
+
+    Only the shards that hold these positions are opened; the samples before `start` in its shard are read
+    (not decoded) and dropped.
+    """
+    offsets = list(accumulate(counts, initial=0))
+    first = bisect.bisect_right(offsets, start) - 1
+    skip = start - offsets[first]
+    order = [*range(first, len(urls)), *range(first)] + ([first] if skip else [])
+    for n, j in enumerate(order):
+        samples = tar_samples([urls[j]], handler, expected)
+        if n == 0 and skip:
+            samples = islice(samples, skip, None)
+        elif n == len(order) - 1 and skip:
+            samples = islice(samples, skip)  # the start of the first shard, at the end of the round
+        yield from samples
+
+
 def _if_whole(sample: dict[str, Any], fault: str | None, handler: Handler) -> Iterator[dict[str, Any]]:
     try:
         if fault is not None:
@@ -191,9 +217,13 @@ def passes(make_pass: Callable[[int], Iterable[T]], repeat: bool) -> Iterator[T]
 class ShardDataset(IterableDataset):
     """Iterate paired shards as dicts {"lq", "gt", "seed", "key", "lq_path", "gt_path"} (+ "L", "H" for KAIR).
 
-    Work is split over DDP ranks and DataLoader workers: by shard when there are at least as many shards as
-    ranks x workers, otherwise by sample, so each sample is read by exactly one of them per epoch. Ranks may
-    then get unequal counts; with DDP, set `epoch_length` so every rank yields the same number of samples.
+    Work is split over DDP ranks and DataLoader workers so each sample is read by exactly one of them per epoch.
+    In one process, workers split by shard when there are at least as many shards as workers, else by sample.
+    Under DDP (world > 1) every rank must yield the same number of samples, or training hangs at the end of
+    an epoch: the manifest's counts place the epoch's samples (in shard order) on a ring, and each rank, then
+    each worker, reads a contiguous stretch of ceil(N / world) of them, opening only the shards it needs. So
+    every sample is read once per epoch, and when N is not a multiple of the world size, fewer than `world`
+    samples are read twice (as DistributedSampler pads). Without a manifest (bare URLs), set `epoch_length`.
 
     Args:
         source: shard directory, manifest, glob, brace pattern, URL or list (see `shard_urls`).
@@ -250,7 +280,7 @@ class ShardDataset(IterableDataset):
             return self.epoch_length // world
         if self.counts is None:
             raise TypeError("length unknown: read shards through their directory (with manifest) or set epoch_length")
-        return sum(self.counts) // world
+        return -(-sum(self.counts) // world)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = dist_info()
@@ -270,6 +300,28 @@ class ShardDataset(IterableDataset):
             samples = tar_samples(split(urls) if by_shard else urls, self.handler, self.expected)
             return shuffle(samples if by_shard else split(samples), self.buffer_size if self.shuffle else 0, rng)
 
-        stream = passes(one_pass, repeat=quota is not None)
+        if self.epoch_length is None and world > 1:
+            stream = self._rank_stretch(rank, world, worker, workers, rng)
+        else:
+            stream = passes(one_pass, repeat=quota is not None)
         stream = augment(decode(stream, self.kair_keys, self.handler), rng, self.gt_size, self.flip, self.rot)
         return islice(stream, quota) if quota is not None else stream
+
+    def _rank_stretch(self, rank: int, world: int, worker: int, workers: int, rng: random.Random) -> Iterator:
+        """Under DDP without `epoch_length`: this worker's contiguous stretch of the epoch's ring of samples.
+
+        Ranks get ceil(N / world) samples each, split over their workers as evenly as can be; samples a
+        handler skipped are made up from the ring's next positions, so every rank still yields its count.
+        """
+        if self.counts is None:
+            raise ValueError(
+                f"under DDP ({world} ranks) every rank must read as many samples: read the shards through their "
+                "directory or manifest (sample counts), or set epoch_length"
+            )
+        order = shard_list(range(len(self.urls)), f"{self.seed}:{self.epoch}:0" if self.shuffle else None)
+        urls, counts = [self.urls[j] for j in order], [self.counts[j] for j in order]
+        total, per_rank = sum(counts), -(-sum(counts) // world)
+        quota = per_rank // workers + (worker < per_rank % workers)
+        start = (rank * per_rank + worker * (per_rank // workers) + min(worker, per_rank % workers)) % max(total, 1)
+        raw = passes(lambda _: ring_samples(urls, counts, start, self.handler, self.expected), repeat=True)
+        return shuffle(islice(raw, quota), self.buffer_size if self.shuffle else 0, rng)
