@@ -10,6 +10,7 @@ from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
 from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, resumable, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
+from cli.run_report import fit_summary, report_cmd
 
 
 @click.group()
@@ -42,6 +43,22 @@ def degrade() -> None:
 )
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True, help="HR size / LR size.")
 @click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
+@click.option("--val-lr", type=DIR, default=None, help="Real LR images for validation [a --val-split share of --lr].")
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of --lr held out for validation (at most 2 x --val-n images); 0: no validation.",
+)
+@click.option("--val-n", type=click.IntRange(min=8), default=128, show_default=True, help="Images per validation set.")
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Steps between validations (SWD relative to bicubic); the best weights are kept as best.safetensors.",
+)
 @loss_options
 @run_options
 @resumable("hr", "lr")
@@ -68,12 +85,14 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
             f"preset {config.preset} ({'residual' if m.residual else 'tanh'} output), G {plan.params_g / 1e6:.2f}M / "
             f"D {plan.params_d / 1e6:.2f}M parameters, {config.steps} steps on {plan.device}"
         )
+        console.print(("" if plan.validation else "[yellow]note:[/] ") + plan.validation_note)
         if dry_run:
             console.print("dry run: nothing trained or written.")
             return
         with progress_bar("fit", config.steps) as on_progress:
             result = fit(plan, on_progress)
     report(result, ["degrader.safetensors", "samples"])
+    fit_summary(result)
 
 
 @degrade.command()
@@ -140,3 +159,4 @@ degrade.add_command(export_shards)
 degrade.add_command(inspect)
 degrade.add_command(verify)
 degrade.add_command(eval_cmd)
+degrade.add_command(report_cmd)

@@ -143,8 +143,8 @@ class Validation:
             self.best_swd, self.best_step = scores["val_swd"], step
             self.best_net.load_state_dict(net_g.state_dict())
             self._save_best()
-        record = {**scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
-        append_log(self.out, {"step": step, **record, "val_best_step": self.best_step})
+        record = {"step": step, **scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
+        append_log(self.out, {**record, "val_n": len(self.probe.hr), "val_best_step": self.best_step})
         self.latest = {"val_rel": scores["val_swd_rel"]}
 
     def _save_best(self) -> None:

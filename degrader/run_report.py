@@ -1,0 +1,188 @@
+"""`report.html` of a training run: loss curves, the validation realism curve, the sample grids over the steps
+and the final eval table, built from the run directory's own files.
+
+`degrade fit` writes it when it ends and `degrade report RUN` for any run, old or new, finished or not. The HTML
+refers only to files inside the run directory (its plots `report-*.png`, `samples/step-*.png`, `eval/...`) and
+loads nothing from the network, so the folder can be copied or opened offline. Library code: writes files only.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from degrader.errors import UserError
+from degrader.files import atomic_path
+from degrader.report import _STYLE, _html_table, _pyplot, _save, summary_columns, table
+from degrader.run import CONFIG_FILE, LOG_FILE
+from degrader.validation import read_validation_log, summarize, verdict
+
+REPORT_FILE = "report.html"
+LOSS_PLOT = "report-losses.png"
+REALISM_PLOT = "report-realism.png"
+EVAL_DIR = "eval"  # `degrade eval --out RUN/eval` puts its table into the run's report
+MAX_GRIDS = 12  # sample grids shown, evenly spaced over the steps (the last always)
+
+
+def read_log(run: Path) -> list[dict[str, Any]]:
+    """The loss lines of log.jsonl (validation lines apart); an unreadable line (a kill mid-write) is skipped."""
+    path = run / LOG_FILE
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record and "val_swd" not in record:
+            records.append(record)
+    return records
+
+
+def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
+    keys = dict.fromkeys(k for r in records for k, v in r.items() if isinstance(v, (int, float)))
+    return [k for k in keys if k != "step" and not k.endswith("_per_s")]  # throughput is not a loss
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
+    """One small panel per logged loss against the step."""
+    plt = _pyplot()
+    keys = _loss_keys(records)
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False, layout="constrained")
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        ax.plot([s for s, _ in points], [v for _, v in points], linewidth=1.2)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> None:
+    """Validation SWD relative to bicubic against the step, with bicubic (1) and real (0) marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    relative = all(not math.isnan(r["val_swd_rel"]) for r in records)
+    key = "val_swd_rel" if relative else "val_swd"
+    steps, values = [r["step"] for r in records], [r[key] for r in records]
+    ax.plot(steps, values, marker="o", markersize=3, label="degrader (held-out)")
+    if relative:
+        ax.axhline(1.0, color="tab:red", linestyle="--", linewidth=1, label="bicubic (1)")
+        ax.axhline(0.0, color="0.4", linestyle=":", linewidth=1, label="real vs real (0)")
+        ax.set_ylabel("SWD relative to bicubic (lower is better)")
+    else:  # bicubic at the floor: no relative figure, show raw SWD beside bicubic's
+        ax.axhline(records[0]["val_bicubic"], color="tab:red", linestyle="--", linewidth=1, label="bicubic")
+        ax.set_ylabel("SWD x1e3 (lower is better)")
+    best = [r for r in records if r["step"] == best_step]
+    if best:
+        ax.plot([best_step], [best[0][key]], marker="*", markersize=14, color="tab:green", linestyle="none")
+        ax.annotate(f"best: step {best_step}", (best_step, best[0][key]), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _evenly(items: list[Path], n: int) -> list[Path]:
+    if len(items) <= n:
+        return items
+    picked = {round(i * (len(items) - 1) / (n - 1)) for i in range(n)}
+    return [items[i] for i in sorted(picked)]
+
+
+def _eval_section(run: Path) -> str:
+    path = run / EVAL_DIR / "report.json"
+    if not path.exists():
+        return (
+            f"<p>No evaluation yet: <code>degrade eval --degrader {html.escape(str(run))} --hr HR --lr REAL_LR "
+            f"--out {html.escape(str(run / EVAL_DIR))}</code> puts its table here.</p>"
+        )
+    try:
+        report = json.loads(path.read_text())
+        main = table(report, summary_columns(report.get("features") is not None))
+    except (ValueError, KeyError, TypeError) as e:
+        return f"<p>{EVAL_DIR}/report.json is unreadable ({html.escape(str(e))}).</p>"
+    links = f'<a href="{EVAL_DIR}/report.html">the full eval report</a>'
+    grid = f'<img src="{EVAL_DIR}/samples.png" alt="eval samples">' if (run / EVAL_DIR / "samples.png").exists() else ""
+    return (
+        f"<p>{report.get('n')} HR images degraded against {report.get('n')} held-out real LR images from "
+        f"<code>{html.escape(str(report.get('lr')))}</code> (relative: 1 = bicubic, 0 = real; lower is better). "
+        f"See {links}.</p>{_html_table(*main)}{grid}"
+    )
+
+
+def write_run_report(run: str | Path) -> Path:
+    """Write `report.html` (and `report-losses.png`, `report-realism.png`) into the run directory `run`.
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        UserError: `run` is not a run directory (it has no config.json).
+    """
+    run = Path(run)
+    if not (run / CONFIG_FILE).is_file():
+        raise UserError(f"{run} holds no {CONFIG_FILE}; give a run directory of `degrade fit` or `sr train`.")
+    try:
+        config = json.loads((run / CONFIG_FILE).read_text())
+    except ValueError as e:
+        raise UserError(f"{run / CONFIG_FILE} is not valid JSON ({e}); is the run directory damaged?") from None
+    losses, vals = read_log(run), read_validation_log(run)
+    parts = []
+
+    # --- validation: the verdict and the realism curve ---
+    if vals:
+        last = vals[-1]
+        best = min(vals, key=lambda r: r["val_swd"])
+        n = int(last.get("val_n", 0))
+        beat, line = verdict(summarize(best["step"], best["val_swd"], last["val_floor"], last["val_bicubic"], n))
+        colour = "#060" if beat else "#a00"
+        plot_realism(vals, run / REALISM_PLOT, best["step"])
+        parts.append(
+            f'<h2>Validation realism</h2><p style="color:{colour};font-weight:bold">{html.escape(line)}</p>'
+            f"<p>SWD over Laplacian-pyramid patches against held-out real LR images, relative to bicubic "
+            f"downscaling: 1 = as good as bicubic, 0 = as real as two halves of the real set.</p>"
+            f'<img src="{REALISM_PLOT}" alt="validation realism over the steps">'
+        )
+    else:
+        parts.append("<h2>Validation realism</h2><p>This run logged no validation (--val-split 0 or too few LR).</p>")
+
+    # --- losses ---
+    if losses and _loss_keys(losses):
+        plot_losses(losses, run / LOSS_PLOT)
+        parts.append(f'<h2>Losses</h2><img src="{LOSS_PLOT}" alt="loss curves">')
+    else:
+        parts.append("<h2>Losses</h2><p>No loss lines logged yet.</p>")
+
+    # --- sample grids over the steps ---
+    grids = _evenly(sorted(run.glob("samples/step-*.png")), MAX_GRIDS)
+    figures = "".join(
+        f'<figure><img src="samples/{p.name}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>' for p in grids
+    )
+    parts.append(f"<h2>Samples over the steps</h2>{figures or '<p>No sample grids yet.</p>'}")
+
+    # --- the eval table, then the config ---
+    parts.append(f"<h2>Evaluation</h2>{_eval_section(run)}")
+    parts.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2, sort_keys=True))}</pre>")
+    models = [p.name for p in sorted(run.glob("*.safetensors")) if p.name != "state.safetensors"]
+    steps = losses[-1]["step"] if losses else 0
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(run.name)}: run report</title><style>{_STYLE}
+figure{{display:inline-block;margin:0 1em 1em 0}}figcaption{{text-align:center;color:#555}}</style></head><body>
+<h1>Run report: {html.escape(run.name)}</h1>
+<p>Logged up to step {steps} of {config.get("steps", "?")}; models: {html.escape(", ".join(models) or "none yet")}.
+Files: <a href="{CONFIG_FILE}">{CONFIG_FILE}</a>, <a href="{LOG_FILE}">{LOG_FILE}</a>.</p>
+{"".join(parts)}
+</body></html>
+"""
+    with atomic_path(run / REPORT_FILE) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return run / REPORT_FILE
