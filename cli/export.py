@@ -69,6 +69,7 @@ def export_shards(dry_run: bool, **options) -> None:
         console.print(
             f"{len(plan.scan.paths)} images -> {plan.crops} {plan.recorded['hr_size']}px crops ({config.crop}) x "
             f"{config.per_image} = {plan.samples} pairs in {plan.shards} shards, degrader {d.name} (x{d.scale})"
+            + (f", weights {d.file.name} from step {d.step}" if getattr(d, "file", None) else "")  # best or last
         )
         if dry_run:
             console.print("dry run: nothing written.")
