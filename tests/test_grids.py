@@ -1,11 +1,20 @@
-"""PNG grids: captions drawn in the image (header band above the columns, band left of the rows), sizes follow."""
+"""PNG grids: captions drawn in the image (header band above the columns, band left of the rows), sizes follow;
+`degrade sample` (the paper's Fig. 3)."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from cli.sample import sample
+from degrader.checkpoint import DEGRADER_FILE, Degrader
+from degrader.classical import Bicubic
 from degrader.grids import MAX_HEADER_LINES, _font, _line_height, _width, grid_image, save_grid, wrap
+from degrader.model import HighToLowConfig, HighToLowGenerator
+from degrader.sample import SampleConfig, sample_grid
 
 PAD = 2
 
@@ -101,3 +110,56 @@ def test_caption_counts_are_checked():
         grid_image(rows_of(), row_labels=["only one"])
     with pytest.raises(ValueError, match="column labels"):
         grid_image(rows_of(), col_labels=["a", "b", "c", "d"])
+
+
+# ------------------------------------------------------------------------------------------------ degrade sample
+
+
+@pytest.fixture
+def learned(tmp_path) -> Path:
+    """A tiny untrained degrader whose output depends on the noise seed."""
+    torch.manual_seed(0)
+    net = HighToLowGenerator(HighToLowConfig(z_dim=8, width=8, blocks_per_group=1, residual=True, d_width=8))
+    torch.nn.init.normal_(net.tail.conv.weight, std=0.05)
+    run = tmp_path / "deg"
+    run.mkdir()
+    Degrader(net).save(run / DEGRADER_FILE)
+    return run
+
+
+def cell(grid: np.ndarray, rows: int, cols: int, i: int, j: int, size: int = 64) -> np.ndarray:
+    """Cell (i, j) of a captioned grid, found from the bottom-right corner (the caption bands are top and left)."""
+    top, left = grid.shape[0] - (PAD + rows * (size + PAD)), grid.shape[1] - (PAD + cols * (size + PAD))
+    y, x = top + PAD + i * (size + PAD), left + PAD + j * (size + PAD)
+    return grid[y : y + size, x : x + size]
+
+
+def test_degrade_sample_rows_are_images_and_columns_hr_bicubic_and_seeds(learned, make_images, tmp_path):
+    make_images(tmp_path / "hr", 3, 64)
+    out = tmp_path / "fig3.png"
+    sample_grid(SampleConfig(degrader=str(learned), hr=str(tmp_path / "hr"), out=str(out), seeds=3, n=5, device="cpu"))
+    grid = np.asarray(Image.open(out))
+    rows, cols = 3, 2 + 3  # only 3 HR images; HR, bicubic, 3 seeds
+    top, left = grid.shape[0] - (PAD + rows * 66), grid.shape[1] - (PAD + cols * 66)
+    assert top == _line_height(_font()) + PAD and left == _width(_font(), "002.png") + PAD  # captions: names
+    assert (grid[:top, left:] < 128).any() and (grid[top:, :left] < 128).any()
+    hr = np.array(Image.open(tmp_path / "hr" / "001.png"))
+    assert (cell(grid, rows, cols, 1, 0) == hr).all()
+    bicubic = Bicubic(4).degrade(torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255, [0])
+    assert (cell(grid, rows, cols, 1, 1)[::4, ::4] == (bicubic[0].permute(1, 2, 0) * 255).round().numpy()).all()
+    seeds = [cell(grid, rows, cols, 1, j) for j in (2, 3, 4)]
+    assert (seeds[0] != seeds[1]).any() and (seeds[1] != seeds[2]).any()  # each seed its own degradation
+    first = out.read_bytes()
+    sample_grid(SampleConfig(degrader=str(learned), hr=str(tmp_path / "hr"), out=str(out), seeds=3, n=5, device="cpu"))
+    assert out.read_bytes() == first  # seeded: the same picture
+
+
+def test_degrade_sample_cli(make_images, tmp_path):
+    make_images(tmp_path / "hr", 2, 64)
+    out = tmp_path / "grid.png"
+    args = ["--hr", str(tmp_path / "hr"), "--out", str(out), "--seeds", "2", "--device", "cpu"]
+    result = CliRunner().invoke(sample, ["--degrader", "blur-bilinear", *args])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size[0] > 4 * 66 and str(out) in result.output.replace("\n", "")
+    bad = CliRunner().invoke(sample, ["--degrader", "no-such-run", *args])
+    assert bad.exit_code == 1 and "no-such-run" in bad.output and "Traceback" not in bad.output

@@ -1,0 +1,34 @@
+"""`degrade sample`: the paper's Fig. 3 as a PNG grid. Registered on the `degrade` group by `cli/degrade.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.options import DEVICES, DIR, HR_PREP
+from cli.progress import console, user_errors
+
+
+@click.command("sample")
+@click.option(
+    "--degrader", required=True, help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear."
+)
+@click.option("--hr", "hr", type=DIR, required=True, help="Folder of HR images; the first --n readable ones are rows.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The PNG to write.")
+@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True, help="Noise seeds: one column each.")
+@click.option("--first-seed", type=int, default=0, show_default=True, help="The first noise seed.")
+@click.option("--n", type=click.IntRange(min=1), default=8, show_default=True, help="HR images: one row each.")
+@HR_PREP
+@click.option(
+    "--hr-size", type=click.IntRange(min=8), default=64, show_default=True, help="HR side for classical degraders."
+)
+@click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="For classical degraders.")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+def sample(out: Path, hr: Path, **options) -> None:
+    """Degrade the first HR images with several noise seeds: rows are images; columns HR, bicubic, each seed."""
+    from degrader.sample import SampleConfig, sample_grid
+
+    with user_errors():
+        path = sample_grid(SampleConfig(hr=str(hr), out=str(out), **options))
+    console.print(f"grid (rows: HR images; columns: HR, bicubic, seeds): {path}")
