@@ -77,8 +77,9 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
     config = FitConfig(scale=int(scale), loss=loss, **as_str(options))
     with user_errors():
         plan = plan_fit(config)
-        warn_skipped("--hr", plan.hr.skipped)
-        warn_skipped("--lr", plan.lr.skipped)
+        listed = None if dry_run else Path(config.out) / "skipped.txt"  # a dry run names every file instead
+        for option, files in (("--hr", plan.hr.skipped), ("--lr", plan.lr.skipped)):
+            warn_skipped(option, files, shown=3 if listed else len(files), listed_in=listed)
         m = plan.model
         console.print(
             f"{len(plan.hr.paths)} HR images -> {len(plan.lr.paths)} real LR images, {m.hr_size}px -> {m.lr_size}px, "

@@ -81,6 +81,12 @@ def export_shards(dry_run: bool, **options) -> None:
             console.print("[yellow]interrupted[/]; the finished shards are kept. Continue with --resume.")
             raise click.exceptions.Exit(130) from None
     t = manifest["totals"]
+    if t["samples"] == 0:  # every image failed to decode after the scan: not a success
+        first = manifest["skipped"][0] if manifest["skipped"] else {"path": "?", "reason": "?"}
+        raise click.ClickException(
+            f"--hr {config.hr}: no image could be used ({t['skipped']} skipped, e.g. {first['path']}: "
+            f"{first['reason']}); wrote no pairs. {Path(config.out) / 'manifest.json'} lists them all."
+        )
     console.print(f"wrote {t['samples']} pairs in {t['shards']} shards to {config.out} (manifest.json)")
 
 

@@ -82,9 +82,11 @@ def user_errors() -> Iterator[None]:
         raise click.exceptions.Exit(130) from None
 
 
-def warn_skipped(option: str, skipped: list, shown: int = 3) -> None:
-    """One warning line for unreadable or too-small inputs, naming the first few."""
+def warn_skipped(option: str, skipped: list, shown: int = 3, listed_in=None) -> None:
+    """One warning line for unreadable or too-small inputs, naming the first `shown` and the file `listed_in`
+    that lists them all (a run's skipped.txt)."""
     if skipped:
         names = ", ".join(f"{p.name} ({why})" for p, why in skipped[:shown])
         more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        more += f"; all of them in {listed_in}" if listed_in is not None and more else ""
         console.print(f"[yellow]warning:[/] {option}: skipped {len(skipped)} files: {names}{more}")

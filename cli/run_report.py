@@ -39,6 +39,10 @@ def report_cmd(run: Path) -> None:
 
     Works for any `degrade fit` run (also one still running or stopped), and for `sr train` runs. The page
     and its plots refer only to files inside RUN: open it offline, or copy the folder.
+
+    
+    Example:
+      degrade report runs/degrader
     """
     from degrader.run_report import write_run_report
 

@@ -70,7 +70,9 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
     with user_errors():
         plan = plan_train(config)
         if plan.scan is not None:
-            warn_skipped("--hr", plan.scan.skipped)
+            listed = None if dry_run else Path(config.out) / "skipped.txt"  # a dry run names every file instead
+            files = plan.scan.skipped
+            warn_skipped("--hr", files, shown=3 if listed else len(files), listed_in=listed)
         m = plan.model
         loss_name = "pixel loss only" if config.pixel_only else f"pixel + {loss.beta} GAN, {loss.d_steps} D steps"
         if config.warmup_steps and not config.pixel_only:

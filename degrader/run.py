@@ -28,12 +28,13 @@ import torch
 from degrader import dist
 from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
 from degrader.errors import UserError
-from degrader.files import prepare_out_dir, read_json, write_error, write_json
+from degrader.files import atomic_path, prepare_out_dir, read_json, write_error, write_json
 from degrader.images import Scan, first_readable, make_loader
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
+SKIPPED_FILE = "skipped.txt"  # every input file the scan left out, with the reason
 TRAINED = ("degrader.safetensors", "sr.safetensors", LOG_FILE)  # written only once training has begun
 STATE_KIND = "train-state"
 
@@ -111,6 +112,22 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     (out / LOG_FILE).unlink(missing_ok=True)  # --resume of a run that never saved a state starts afresh
     write_json(saved, config)
     return False
+
+
+def write_skipped(out: Path, skipped: dict[str, list[tuple[Path, str]]]) -> Path | None:
+    """List every input file left out, one `option<TAB>path<TAB>reason` line each, in RUN_DIR/skipped.txt.
+
+    Returns its path, or None when nothing was skipped (an earlier list is then removed).
+    """
+    path = out / SKIPPED_FILE
+    lines = [f"{option}\t{file}\t{why}\n" for option, files in skipped.items() for file, why in files]
+    if dist.is_main():
+        if lines:
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(lines))
+        else:
+            path.unlink(missing_ok=True)
+    return path if lines else None
 
 
 def save_state(

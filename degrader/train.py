@@ -31,6 +31,7 @@ from degrader.run import (
     resolve_device,
     save_state,
     unpaired_batches,
+    write_skipped,
 )
 from degrader.validation import Validation, ValidationSet, split_validation
 
@@ -134,6 +135,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     config, model, device = plan.config, plan.model, plan.device
     out = Path(config.out)
     resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
+    write_skipped(out, {"--hr": plan.hr.skipped, "--lr": plan.lr.skipped})
 
     # --- networks and optimizers ---
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG

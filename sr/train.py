@@ -48,6 +48,7 @@ from degrader.run import (
     open_run,
     resolve_device,
     save_state,
+    write_skipped,
 )
 from degrader.shards import ShardMapDataset
 from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
@@ -261,6 +262,7 @@ def train(plan: SRPlan, on_progress: Progress | None = None) -> RunResult:
     config, model, device = plan.config, plan.model, plan.device
     out = Path(config.out)
     resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
+    write_skipped(out, {"--hr": plan.scan.skipped if plan.scan is not None else []})
 
     # --- networks and optimizers ---
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG

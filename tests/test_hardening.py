@@ -318,3 +318,58 @@ def test_fit_on_a_full_disk_while_logging(tiny_folders, tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", open_log)
     with pytest.raises(UserError, match=f"^no space left on device writing {out / 'log.jsonl'}"):
         fit(plan_fit(tiny(hr, lr, out)))
+
+
+# -------------------------------------------------------------------------------------------- skipped inputs
+
+
+def test_export_where_every_image_fails_to_decode_exits_non_zero(tiny_folders, tmp_path, monkeypatch):
+    import degrader.export
+
+    hr, _ = tiny_folders
+
+    def broken(path):
+        raise UserError(f"{path}: cannot decode (broken data stream)")
+
+    monkeypatch.setattr(degrader.export, "load_rgb", broken)  # passes the scan, fails in the decoder
+    out = tmp_path / "shards"
+    args = ["--degrader", "bicubic", "--hr", hr, "--out", out, "--hr-size", "32", "--workers", "0"]
+    result = run("export-shards", *args)
+    assert_clean_error(result, f"--hr {hr}: no image could be used (6 skipped, e.g. 000.png: cannot decode", "wrote no")
+    assert len(json.loads((out / "manifest.json").read_text())["skipped"]) == 6
+
+
+def test_fit_lists_every_skipped_file_in_the_run_directory(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    for i in range(5):
+        (hr / f"broken-{i}.png").write_bytes(b"not a png")
+    (lr / "empty.png").write_bytes(b"")
+    out = tmp_path / "run"
+    args = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+    result = run("fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", *args)
+    assert result.exit_code == 0, result.output
+    listed = [line.split("\t") for line in (out / "skipped.txt").read_text().splitlines()]
+    assert [(option, Path(path).name) for option, path, _ in listed] == [
+        *[("--hr", f"broken-{i}.png") for i in range(5)],
+        ("--lr", "empty.png"),
+    ]
+    text = result.output.replace("\n", "")
+    assert "skipped 5 files" in text and "and 2 more" in text and f"all of them in {out / 'skipped.txt'}" in text
+    # A dry run writes nothing and names every file.
+    dry = run("fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "dry", "--dry-run", *args)
+    assert dry.exit_code == 0 and all(f"broken-{i}.png" in dry.output for i in range(5))
+    assert not (tmp_path / "dry").exists()
+
+
+def test_sr_train_lists_every_skipped_file(tmp_path):
+    from sr.train import SRTrainConfig, plan_train, train
+    from tests.conftest import write_images
+
+    hr = tmp_path / "hr"
+    write_images(hr, 4, 32)
+    for i in range(4):
+        (hr / f"broken-{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    kw = dict(degrader="bicubic", hr=str(hr), lr_size=8, device="cpu", workers=0, batch_size=2, pixel_only=True)
+    result = train(plan_train(SRTrainConfig(out=str(tmp_path / "run"), steps=1, **kw)))
+    listed = (result.out / "skipped.txt").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [["--hr", str(hr / f"broken-{i}.png")] for i in range(4)]
