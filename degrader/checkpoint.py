@@ -247,7 +247,17 @@ class Degrader:
 
     @torch.no_grad()
     def degrade(self, hr: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """Degrade (B, 3, H, H) HR images in [0, 1]; seed i fixes the noise of image i. Returns (B, 3, H/s, H/s)."""
+        """Degrade (B, 3, H, H) HR images in [0, 1]; seed i fixes the noise of image i. Returns (B, 3, H/s, H/s).
+
+        Args:
+            hr: float images in [0, 1], of exactly `hr_size` x `hr_size` pixels. To load one:
+                `to_tensor(prepare(load_rgb(path), deg.hr_size, "resize", random.Random(0)))[None]`, all three
+                from `degrader.images` (shorter side resized, centre crop, as `degrade fit` prepares images).
+            seeds: one int per image (`len(seeds) == B`); the same seed gives the same LR.
+
+        Raises:
+            ValueError: HR of another size, or a number of seeds other than B.
+        """
         if hr.ndim != 4 or hr.shape[1] != 3 or hr.shape[-1] != self.hr_size or hr.shape[-2] != self.hr_size:
             raise ValueError(f"expected HR images (B, 3, {self.hr_size}, {self.hr_size}), got {tuple(hr.shape)}")
         if len(seeds) != hr.shape[0]:
