@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from degrader.files import atomic_path, write_json
+from degrader.grids import numbered, save_grid
 from degrader.realism import STATISTICS
 
 GRID_IMAGES = 8  # columns of the sample grid
@@ -119,22 +120,10 @@ def plot_histograms(stats: dict[str, dict[str, torch.Tensor]], path: Path) -> No
 
 
 def plot_samples(rows: list[tuple[str, torch.Tensor]], path: Path, n: int = GRID_IMAGES) -> None:
-    """A grid with its row captions in the image: rows are (caption, (N, 3, h, w) images in [0, 1])."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.6, 1.1 * len(rows)), squeeze=False)
-    for i, (caption, images) in enumerate(rows):
-        for j in range(n):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(images):
-                ax.imshow(images[j].clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
-        axes[i, 0].set_ylabel(caption, rotation=0, ha="right", va="center", fontsize=9)
-    fig.subplots_adjust(left=0.2, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.08)
-    _save(fig, path)
-    plt.close(fig)
+    """A grid with row and column captions in the image: rows are (caption, (N, 3, h, w) images in [0, 1])."""
+    images = [batch[:n] for _, batch in rows]  # LR rows are enlarged (nearest) to the HR row's height
+    columns = numbered(max(len(batch) for batch in images))
+    save_grid(images, path, row_labels=[caption for caption, _ in rows], col_labels=columns)
 
 
 # ---------------------------------------------------------------------------------------------- eval report
