@@ -76,10 +76,18 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(_one_line(str(e))) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/] (Ctrl-C).")
         raise click.exceptions.Exit(130) from None
+
+
+def _one_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker comes back wrapped in the worker's traceback; keep its message."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]  # "degrader.shards.tar.ShardError: <the message>"
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def warn_skipped(option: str, skipped: list, shown: int = 3, listed_in=None) -> None:

@@ -203,3 +203,24 @@ def test_eval_with_no_pair_left_is_one_line(sr_run, pairs):
     for name in ("a", "b", "c"):
         save_png(pairs / f"{name}_LR.png", 12, 3)
     assert_clean_error(invoke(sr, *eval_args(sr_run, pairs)), "no image pairs to evaluate", "3 skipped")
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        from degrader.errors import UserError
+
+        if i == 2:
+            raise UserError("shard-000001.tar: k2: cannot decode (broken data stream); re-export it.")
+        return torch.zeros(1)
+
+
+def test_a_user_error_in_a_loader_worker_is_one_line():
+    from cli.progress import user_errors
+
+    loader = torch.utils.data.DataLoader(_Broken(), batch_size=1, num_workers=1)
+    with pytest.raises(click.ClickException) as caught, user_errors():
+        list(loader)
+    assert caught.value.message == "shard-000001.tar: k2: cannot decode (broken data stream); re-export it."
