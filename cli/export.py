@@ -41,6 +41,13 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
     "grid: every non-overlapping crop (large non-face images).",
 )
 @click.option(
+    "--crops-per-image",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--crop random: crops cut from each image, all from one decode (large photos).",
+)
+@click.option(
     "--hr-size", type=click.IntRange(min=4), default=None, help="HR crop side [the degrader's; 64 for classical]."
 )
 @click.option("--scale", type=click.IntRange(min=2), default=None, help="Classical degraders only [4].")

@@ -59,6 +59,7 @@ class ExportConfig:
     samples_per_shard: int = 1000  # samples per tar file (the last one may hold fewer)
     crop: str = "center"  # center: resize + centre crop as `degrade fit` does; random: one seeded native-res
     #                       crop per image; grid: every non-overlapping hr_size crop (large non-face images)
+    crops_per_image: int = 1  # random: seeded crops per image, all cut from one decode (large photos)
     hr_size: int | None = None  # HR crop side; None takes the learned degrader's (64 for classical ones)
     scale: int | None = None  # classical degraders only (default 4); a learned degrader has its own
     workers: int = 2  # decode and PNG-encode processes; 0 does everything in this process
@@ -76,15 +77,17 @@ def grid_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
 
 
 def crop_id(image_id: str, crop: int, mode: str) -> str:
-    """The id seeds derive from: the image's relative path, plus the crop index in grid mode."""
-    return f"{image_id}#{crop}" if mode == "grid" else image_id
+    """The id seeds derive from: the image's relative path, plus the crop index in grid mode and for random crops
+    after the first (so an export of one random crop per image keeps the seeds it always had)."""
+    return f"{image_id}#{crop}" if mode == "grid" or crop > 0 else image_id
 
 
 class _Crops(Dataset):
     """Image i -> (i, image id, [(top, left) or None, HR uint8 (H, W, 3), HR PNG bytes], failure reason)."""
 
-    def __init__(self, paths: list[Path], root: Path, size: int, mode: str, seed: int):
+    def __init__(self, paths: list[Path], root: Path, size: int, mode: str, seed: int, random_crops: int = 1):
         self.paths, self.root, self.size, self.mode, self.seed = paths, root, size, mode, seed
+        self.random_crops = random_crops
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -95,9 +98,9 @@ class _Crops(Dataset):
             img = load_rgb(self.paths[i])
             if self.mode == "center":
                 crops = [(None, np.array(prepare(img, self.size, "resize", random.Random(0))))]
-            elif self.mode == "random":
-                rng = random.Random(sample_seed(self.seed, image_id, -1))  # crop position: its own stable seed
-                crops = [(None, np.array(prepare(img, self.size, "crop", rng)))]
+            elif self.mode == "random":  # one decode, many crops; each position from its own stable seed
+                seeds = [sample_seed(self.seed, crop_id(image_id, c, "random"), -1) for c in range(self.random_crops)]
+                crops = [(None, np.array(prepare(img, self.size, "crop", random.Random(s)))) for s in seeds]
             else:
                 a, s = np.asarray(img), self.size
                 crops = [((y, x), a[y : y + s, x : x + s].copy()) for y, x in grid_boxes(img.width, img.height, s)]
@@ -143,9 +146,11 @@ def plan_export(config: ExportConfig) -> ExportPlan:
         raise UserError("--hr and --out are required: the HR image folder and the folder to write shards to.")
     if config.crop not in CROPS:
         raise UserError(f"--crop {config.crop!r} is not one of {', '.join(CROPS)}.")
-    for name in ("per_image", "samples_per_shard", "batch_size"):
+    for name in ("per_image", "samples_per_shard", "batch_size", "crops_per_image"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+    if config.crops_per_image > 1 and config.crop != "random":
+        raise UserError(f"--crops-per-image is for --crop random; --crop {config.crop} takes its crops itself.")
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     degrader = load_degrader(config.degrader, config.scale, config.device)
@@ -163,9 +168,11 @@ def plan_export(config: ExportConfig) -> ExportPlan:
 
         crops = sum(count(p) for p in scan.paths)
     else:
-        crops = len(scan.paths)
+        crops = len(scan.paths) * config.crops_per_image
     samples = crops * config.per_image
     recorded = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
+    if config.crops_per_image == 1:  # as manifests recorded before the option, so their exports still resume
+        del recorded["crops_per_image"]
     recorded.update(hr=str(Path(config.hr).resolve()), hr_size=size, scale=degrader.scale)
     return ExportPlan(config, degrader, scan, recorded, crops, samples, -(-samples // config.samples_per_shard))
 
@@ -320,7 +327,12 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     common["version"] = __version__
 
     crops = _Crops(
-        scan.paths[first:hi] if start[0] < hi else [], scan.root, recorded["hr_size"], config.crop, config.seed
+        scan.paths[first:hi] if start[0] < hi else [],
+        scan.root,
+        recorded["hr_size"],
+        config.crop,
+        config.seed,
+        config.crops_per_image,
     )
     workers = config.workers
     loader = DataLoader(

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degrader import dist
+
 PIXEL_LOSSES = ("rgb", "luma", "luma-lowpass")
 AUGMENTATIONS = ("translation", "cutout", "colour")
 _LUMA = (0.299, 0.587, 0.114)  # Rec. 601
@@ -87,22 +89,23 @@ def diff_augment(x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator)
     fill; cutout: one square of half the side set to 0. All random draws come from `gen` (CPU).
     """
     b, _, h, w = x.shape
+    n, mine = b * dist.world(), slice(dist.rank() * b, (dist.rank() + 1) * b)  # draws for the global batch
     if "colour" in policy:
-        x = x + (_uniform(b, gen, x) - 0.5)
+        x = x + (_uniform(n, gen, x)[mine] - 0.5)
         mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (_uniform(b, gen, x) * 2) + mean
+        x = (x - mean) * (_uniform(n, gen, x)[mine] * 2) + mean
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (_uniform(b, gen, x) + 0.5) + mean
+        x = (x - mean) * (_uniform(n, gen, x)[mine] + 0.5) + mean
     if "translation" in policy:
         sy, sx = max(1, h // 8), max(1, w // 8)
-        dy = torch.randint(-sy, sy + 1, (b,), generator=gen).tolist()
-        dx = torch.randint(-sx, sx + 1, (b,), generator=gen).tolist()
+        dy = torch.randint(-sy, sy + 1, (n,), generator=gen)[mine].tolist()
+        dx = torch.randint(-sx, sx + 1, (n,), generator=gen)[mine].tolist()
         padded = F.pad(x, (sx, sx, sy, sy))  # (B, C, H + 2sy, W + 2sx), zeros around
         x = torch.stack([padded[i, :, sy - dy[i] : sy - dy[i] + h, sx - dx[i] : sx - dx[i] + w] for i in range(b)])
     if "cutout" in policy:
         ch, cw = h // 2, w // 2
-        top = torch.randint(0, h - ch + 1, (b,), generator=gen)
-        left = torch.randint(0, w - cw + 1, (b,), generator=gen)
+        top = torch.randint(0, h - ch + 1, (n,), generator=gen)[mine]
+        left = torch.randint(0, w - cw + 1, (n,), generator=gen)[mine]
         rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
         hole = ((rows >= top.view(b, 1, 1)) & (rows < (top + ch).view(b, 1, 1))) & (
             (cols >= left.view(b, 1, 1)) & (cols < (left + cw).view(b, 1, 1))

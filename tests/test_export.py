@@ -226,3 +226,35 @@ def test_cli_help_does_not_import_torch():
     code = "import sys, cli.export; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_several_random_crops_from_one_decode(tmp_path, monkeypatch):
+    import degrader.export
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    source = np.random.default_rng(3).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    Image.fromarray(source).save(hr / "big.png")
+    decodes = []
+    load_rgb = degrader.export.load_rgb
+    monkeypatch.setattr(degrader.export, "load_rgb", lambda p: decodes.append(p) or load_rgb(p))
+    plan = plan_export(config(hr, tmp_path / "r4", crop="random", crops_per_image=4, per_image=2))
+    assert plan.crops == 4 and plan.samples == 8
+    manifest = export_shards(plan)
+    assert len(decodes) == 1 and manifest["totals"]["crops"] == 4
+    samples = list(ShardDataset(tmp_path / "r4"))
+    gts = {int(s["key"].split("-c")[1][:4]): to_uint8(s["gt"][None])[0] for s in samples}
+    windows = np.lib.stride_tricks.sliding_window_view(source, (32, 32, 3))[..., 0, :, :, :]  # (39, 69, 32, 32, 3)
+    for gt in gts.values():  # each crop is a native-resolution window of the photo
+        assert (windows == gt).all(axis=(-3, -2, -1)).any()
+    assert len({gt.tobytes() for gt in gts.values()}) == 4
+    assert {s["seed"] for s in samples} == {sample_seed(0, f"big.png{'' if c == 0 else f'#{c}'}", k)
+                                            for c in range(4) for k in range(2)}  # fmt: skip
+    # The first crop is the one an export of one random crop per image takes, seeds included.
+    one = export_shards(plan_export(config(hr, tmp_path / "r1", crop="random", per_image=2)))
+    assert "crops_per_image" not in one["config"] and manifest["config"]["crops_per_image"] == 4
+    first = list(ShardDataset(tmp_path / "r1"))
+    assert np.array_equal(to_uint8(first[0]["gt"][None])[0], gts[0])
+    assert {s["seed"] for s in first} == {s["seed"] for s in samples if "-c0000" in s["key"]}
+    with pytest.raises(UserError, match="--crops-per-image"):
+        plan_export(config(hr, tmp_path / "g", crop="grid", crops_per_image=2))
