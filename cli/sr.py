@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.compare import compare_cmd
 from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, resumable, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.sr_use import eval_cmd, upscale
@@ -132,3 +133,4 @@ def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: boo
 # --- `sr upscale` and `sr eval` live in cli/sr_use.py; register them here: ---------------------------------
 sr.add_command(upscale)
 sr.add_command(eval_cmd)
+sr.add_command(compare_cmd)  # cli/compare.py

@@ -168,5 +168,6 @@ def eval_cmd(
             import torch
 
             rows = [torch.stack([e["lr"], e["bicubic"], e["sr"], e["hr"]]) for e in report.examples]
-            save_grid(rows, grid)
+            names = [e["name"] for e in report.examples]
+            save_grid(rows, grid, row_labels=names, col_labels=["LR (enlarged)", "bicubic", "SR", "HR"])
             console.print(f"grid (LR, bicubic, SR, HR): {grid}")
