@@ -7,8 +7,9 @@ crops/s through `degrader.images.make_loader` as `fit` builds it (batch 16, "pap
 ratio against the baseline measured in the same run: 64 px face images, `--hr-prep resize`, no cache.
 The "first epoch" row times a fresh loader (worker start-up too) over about one pass: every image decoded once;
 "steady" rows come after that pass, as most of a long fit does. Other rows skip the first batch (start-up).
-`--export` adds `export-shards` pairs/s (bicubic) for `--crop grid` on the photos against `--crop center` on
-the faces: export decodes every image once, however many crops it cuts from it.
+`--export` adds `export-shards` pairs/s (bicubic) on the photos for `--crop random` with one and with 32
+`--crops-per-image`, and `--crop grid`, against `--crop center` on the faces: export decodes every image once,
+however many crops it cuts from it.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def crop_rate(paths: list[Path], prep: str, cache_mb: float, workers: int, skip:
     return n / (time.perf_counter() - start)
 
 
-def export_rate(hr: Path, out: Path, crop: str, workers: int) -> tuple[float, int]:
+def export_rate(hr: Path, out: Path, crop: str, workers: int, crops_per_image: int = 1) -> tuple[float, int]:
     from degrader.export import ExportConfig, export_shards, plan_export
 
-    config = ExportConfig(degrader="bicubic", hr=str(hr), out=str(out), crop=crop, workers=workers, device="cpu")
+    config = ExportConfig(
+        degrader="bicubic", hr=str(hr), out=str(out), crop=crop, crops_per_image=crops_per_image, workers=workers,
+        device="cpu",
+    )  # fmt: skip
     start = time.perf_counter()
     manifest = export_shards(plan_export(config))
     n = manifest["totals"]["samples"]
@@ -128,12 +132,18 @@ def main() -> None:
         print(f"photos: cache steady / no cache = {steady / uncached:.1f}x")
         if args.export:
             workers = max(1, w)
-            face_rate, face_n = export_rate(root / "faces", root / "shards-faces", "center", workers)
-            grid_rate, grid_n = export_rate(root / "photos", root / "shards-grid", "grid", workers)
-            print(
-                f"export-shards bicubic, {workers} workers: faces center {face_rate:.1f} pairs/s ({face_n} pairs); "
-                f"photos grid {grid_rate:.1f} pairs/s ({grid_n} pairs); ratio {grid_rate / face_rate:.2f}"
-            )
+            runs = {
+                "faces, center (baseline)": (root / "faces", "center", 1),
+                "photos, random, 1 crop per image": (root / "photos", "random", 1),
+                "photos, random, 32 crops per image": (root / "photos", "random", 32),
+                "photos, grid": (root / "photos", "grid", 1),
+            }
+            print(f"{'export-shards, bicubic, ' + str(workers) + ' workers':<44}{'pairs/s':>10}  ratio to faces")
+            base = None
+            for i, (name, (hr, crop, per)) in enumerate(runs.items()):
+                rate, pairs = export_rate(hr, root / f"shards-{i}", crop, workers, per)
+                base = base or rate
+                print(f"{name:<44}{rate:>10.1f}  {rate / base:.3f}  ({pairs} pairs)")
 
 
 if __name__ == "__main__":
