@@ -139,7 +139,8 @@ def inspect(shards: str, contact_sheet: str | None, examples: int) -> None:
         lq = torch.stack([e["lq"] for e in s["examples"]])
         gt = torch.stack([e["gt"] for e in s["examples"]])
         with user_errors():
-            save_grid([lq, gt], Path(contact_sheet))
+            keys = [e["key"] for e in s["examples"]]
+            save_grid([lq, gt], Path(contact_sheet), row_labels=["LR", "HR"], col_labels=keys)
         console.print(f"contact sheet (top: LR, bottom: HR): {contact_sheet}")
 
 
