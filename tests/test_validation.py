@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from cli.degrade import degrade
 from degrader.checkpoint import BEST_FILE, DEGRADER_FILE, Degrader
 from degrader.errors import UserError
 from degrader.gan import LossConfig
@@ -148,3 +150,21 @@ def test_verdict_lines():
     beat, line = verdict(lost)
     assert beat is False and "did NOT beat bicubic" in line and "1.50" in line
     assert verdict(None)[0] is None
+
+
+def test_fit_command_ends_with_the_verdict_and_a_report(folders, tmp_path):
+    hr, lr = folders
+    out = tmp_path / "run"
+    args = ["fit", "--hr", hr, "--lr", lr, "--out", out, "--preset", "paper", "--hr-size", "32", "--steps", "4"]
+    args += ["--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu", "--val-split", "0.5"]
+    result = CliRunner().invoke(degrade, [str(a) for a in [*args, "--eval-every", "2"]])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert "validation every 2 steps: 10 HR images (also trained on) against 2 x 10 real LR images" in text
+    best = min(read_validation_log(out), key=lambda r: r["val_swd"])
+    figure = f"bicubic on the held-out set: realism {best['val_swd_rel']:.2f}"
+    if best["val_swd"] < best["val_bicubic"]:
+        assert f"validation: the degrader beat {figure}" in text
+    else:
+        assert f"warning: the degrader did NOT beat {figure}" in text
+    assert f"best at step {best['step']}" in text and (out / "report.html").is_file()
