@@ -16,7 +16,7 @@ from degrader.errors import UserError
 from degrader.gan import LossConfig
 from degrader.model import HighToLowConfig, HighToLowGenerator
 from degrader.synthetic import make_faces
-from sr.compare import GRID, RESULT, SETTINGS, CompareConfig, compare, plan_compare
+from sr.compare import GRID, RESULT, SETTINGS, CompareConfig, compare, plan_compare, score
 from sr.compare_report import FLOOR, summary_columns, table
 from sr.evaluate import evaluate_pairs
 from sr.model import PRESETS
@@ -204,3 +204,22 @@ def test_cli_pairs_only_prints_the_table(data, tmp_path):
         assert grid.height > 3 * (64 + 2) and grid.width > 4 * (64 + 2)
     again = CliRunner().invoke(compare_cmd, args)
     assert again.exit_code == 1 and "--resume" in again.output
+
+
+class MeanStd(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)  # (B, 6): a tiny stand-in for Inception features
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated in torch 2.14, still what FID files use
+def test_fid_and_kid_columns_with_user_features(data, uninterrupted, tmp_path):
+    features = tmp_path / "features.pt"
+    torch.jit.save(torch.jit.script(MeanStd()), str(features))
+    plan = plan_compare(config(data, tmp_path / "f", features=str(features), pairs=None))
+    models = [SuperResolver.load(uninterrupted / "sr" / run) for run in ("1-bicubic", "2-deg")]
+    report = score(plan, models)
+    assert report["pairs"] == 0 and all("pairs" not in r for r in report["rows"])
+    bicubic = report["rows"][0]
+    assert bicubic["realism"]["fid"] > report["floor"]["fid"] >= 0 and bicubic["relative"]["fid"] == pytest.approx(1)
+    header = table(report, summary_columns(report))[0]
+    assert {"FID ↓", "FID rel. ↓", "KID x1e3 ↓"} <= set(header) and "PSNR-Y dB ↑" not in header
