@@ -107,7 +107,8 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
 
     Makes clean HR faces and a disjoint set of camera-degraded "real" LR faces, fits a small degrader on
     them, exports paired shards with it, trains a small SR model on the shards and upscales held-out LR
-    faces. Everything lands in OUT.
+    faces; ends with `degrade eval` of the learned degrader against bicubic on faces it never saw, and
+    prints the table. Everything lands in OUT.
 
     
     Example:
@@ -115,10 +116,12 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     """
     import shutil
 
+    from cli.eval import eval_cmd as degrade_eval
     from cli.sr import eval_cmd
     from cli.sr import train as sr_train
     from degrader.gan import LossConfig
-    from degrader.synthetic import write_demo_data
+    from degrader.run_report import write_run_report
+    from degrader.synthetic import write_demo_data, write_eval_data
     from degrader.train import FitConfig, fit, plan_fit
 
     with user_errors():
@@ -127,6 +130,7 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
         shutil.rmtree(out, ignore_errors=True)  # an earlier demo's output: the demo always starts fresh
         console.rule("1. built-in data")
         hr_dir, lr_dir, heldout_lr, heldout_hr = write_demo_data(out / "data", seed=seed)
+        eval_hr, eval_lr = write_eval_data(out / "data", seed=seed)  # other people again: for degrade eval
         console.print(f"clean HR faces: {hr_dir}\ncamera-degraded 'real' LR faces (other people): {lr_dir}")
 
         console.rule("2. degrade fit: learn the degradation from the unpaired folders")
@@ -135,8 +139,9 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
             loss=LossConfig(d_steps=2), seed=seed, workers=1, sample_every=steps, checkpoint_every=steps,
         )  # fmt: skip
         with progress_bar("fit", steps) as on_progress:
-            fit(plan_fit(config), on_progress)
+            result = fit(plan_fit(config), on_progress)
         console.print(f"degrader: {out / 'degrader'}  samples: {out / 'degrader' / 'samples'}")
+        fit_summary(result)  # validation on 10% of the LR faces, held out of training
 
     console.rule("3. degrade export-shards: paired (seed, LR, HR) shards from the learned degrader")
     shards = out / "shards"
@@ -152,6 +157,11 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     console.rule("5. sr eval: upscale held-out degraded faces, against bicubic")
     ctx.invoke(eval_cmd, checkpoint=out / "sr", hr=heldout_hr, lr=heldout_lr, grid=out / "sr-results.png",
                json_out=out / "sr-results.json")  # fmt: skip
+    console.rule("6. degrade eval: is the learned LR more real than bicubic? Faces never trained or validated on")
+    ctx.invoke(degrade_eval, degraders=(str(out / "degrader"),), hr=eval_hr, lr=eval_lr, out=out / "degrader" / "eval",
+               n=100, seed=seed)  # fmt: skip
+    with user_errors():
+        console.print(f"run report with the eval table: {write_run_report(out / 'degrader')}")
     console.print(f"[bold green]demo done[/]: everything is in {out}; the SR result grid is {out / 'sr-results.png'}")
 
 

@@ -192,3 +192,22 @@ def write_demo_data(
     _write_set(dirs[3], make_faces(params["n_heldout"], hr_size, _seed("heldout", seed)))
     write_json(marker, params)  # last: its presence means all three sets are complete
     return dirs
+
+
+def write_eval_data(root: Path, *, n: int = 100, hr_size: int = 64, scale: int = 4, seed: int = 0) -> tuple[Path, Path]:
+    """Write a set for `degrade eval`: `root/eval_hr` holds `n` clean faces, `root/eval_lr` 2n camera-degraded faces
+    of other people; both are disjoint from `write_demo_data`'s sets (other seeds), so nothing in them was trained
+    or validated on. Returns (eval_hr_dir, eval_lr_dir).
+
+    Raises:
+        UserError: either folder exists already.
+    """
+    hr_dir, lr_dir = Path(root) / "eval_hr", Path(root) / "eval_lr"
+    for d in (hr_dir, lr_dir):
+        if d.exists():
+            raise UserError(f"{d} already exists; choose an empty folder or delete it.")
+    _write_set(hr_dir, make_faces(n, hr_size, _seed("eval-hr", seed)))
+    faces = make_faces(2 * n, hr_size, _seed("eval-lr", seed))
+    rngs = [random.Random(_seed("eval-lr", "degrade", seed, i)) for i in range(2 * n)]
+    _write_set(lr_dir, [camera_degrade(face, scale, rng) for face, rng in zip(faces, rngs, strict=True)])
+    return hr_dir, lr_dir
