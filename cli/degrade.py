@@ -11,6 +11,7 @@ from cli.export import export_shards, inspect, verify
 from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, resumable, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.run_report import fit_summary, report_cmd
+from cli.sample import sample
 
 
 @click.group()
@@ -171,3 +172,4 @@ degrade.add_command(inspect)
 degrade.add_command(verify)
 degrade.add_command(eval_cmd)
 degrade.add_command(report_cmd)
+degrade.add_command(sample)  # cli/sample.py
