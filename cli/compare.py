@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICES, DIR, HR_PREP, LR_PREP, as_str, loss_options
+from cli.options import DEVICE_HELP, DEVICES, DIR, HR_PREP, LR_PREP, as_str, loss_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 UNITS = {"export": "pair", "sr train": "step", "score": "image"}
@@ -77,7 +77,7 @@ def print_table(report: dict) -> None:
 @click.option("--pixel-only", is_flag=True, help="Train with the L2 loss alone (no discriminator).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True, help="L2-only first steps.")
 @loss_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Pairs per step.")
 @click.option("--per-image", type=click.IntRange(min=1), default=1, show_default=True, help="LR variants per HR image.")
 @click.option(
     "--n", type=click.IntRange(min=8), default=1000, show_default=True, help="Real LR images scored for realism."
@@ -94,9 +94,9 @@ def print_table(report: dict) -> None:
 @click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="For classical degraders.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Exports, SR training and realism draws.")
 @click.option("--grid-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of grid.png.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True, help="SR steps.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--resume", is_flag=True, help="Continue a killed comparison in --out where it stopped.")
 @click.option("--dry-run", is_flag=True, help="Check everything, print the plan, write nothing.")
 def compare_cmd(
@@ -107,6 +107,10 @@ def compare_cmd(
     For each degrader: export shards of --hr, train SR on them; then PSNR/SSIM on --pairs and realism of
     upscaled --lr images against --hr, each against bicubic upscaling. Writes compare.json, grid.png and
     report.html to --out.
+
+    
+    Example:
+      sr compare --degrader runs/degrader --degrader bicubic --hr faces-hr --lr faces-lr --pairs Set5 --out cmp
     """
     import time
 
@@ -137,10 +141,11 @@ def compare_cmd(
             with staged_progress() as (on_progress, on_stage):
                 result = compare(plan, on_progress, on_stage)
         except KeyboardInterrupt:
-            raise click.ClickException(f"interrupted; continue with the same command and --resume ({out}).") from None
+            console.print(f"[yellow]interrupted[/]; continue with the same command and --resume ({out}).")
+            raise click.exceptions.Exit(130) from None
     if result.interrupted:
         console.print("[yellow]interrupted[/] during SR training; state saved. Continue with --resume.")
-        return
+        raise click.exceptions.Exit(130)
     print_table(result.report)
     console.print(
         f"report: {out / 'report.html'} (and compare.json, grid.png); SR runs in {out / 'sr'}; "

@@ -138,6 +138,7 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
         config = FitConfig(
             hr=str(hr_dir), lr=str(lr_dir), out=str(out / "degrader"), steps=steps, batch_size=16,
             loss=LossConfig(d_steps=2), seed=seed, workers=1, sample_every=steps, checkpoint_every=steps,
+            eval_every=25,  # 20 held-out images: a probe costs little, and the report gets a curve
         )  # fmt: skip
         with progress_bar("fit", steps) as on_progress:
             result = fit(plan_fit(config), on_progress)

@@ -133,6 +133,16 @@ def as_str(options: dict) -> dict:
 def report(result, files: list[str]) -> None:
     """Say where a finished (or Ctrl-C'd) run left its files; a Ctrl-C'd run exits with status 130, as shells do."""
     console.print("  ".join(f"{name}: {result.out / name}" for name in files if (result.out / name).exists()))
+    listed = result.out / "skipped.txt"
+    if listed.exists():
+        from degrader.images import LATE
+
+        late = {line.split("\t")[1] for line in listed.read_text().splitlines() if line.endswith(LATE)}
+        if late:
+            console.print(
+                f"[yellow]warning:[/] {len(late)} files passed the scan but failed to decode during training (the "
+                f"next image took their place); every skipped file is listed in {listed}"
+            )
     if result.interrupted:
         console.print(f"[yellow]interrupted[/] at step {result.step}; state saved. Continue with --resume.")
         raise click.exceptions.Exit(130)

@@ -28,6 +28,7 @@ from degrader.scan import scan_images as scan_images
 
 PREP_MODES = ("resize", "crop")
 AUGMENTS = ("none", "flip", "paper")
+LATE = "(failed to decode during training; the next image took its place)"  # marks these lines in a run's list
 CACHE_MB = 256  # default decoded-image cache per DataLoader worker (and per folder: `fit` loads two)
 
 
@@ -192,14 +193,23 @@ class ImageFolder(torch.utils.data.Dataset):
 
     A sample is a pure function of (index, sample_seed): crop position, flips and augmentation come from
     `random.Random(sample_seed)`, never from the global RNG (which is left untouched). A file that fails to
-    decode is replaced by the next one, `(index + 1) % len`, with the same seed, so a long run goes on.
+    decode is replaced by the next one, `(index + 1) % len`, with the same seed, so a long run goes on; with
+    `failed_log`, it is appended there as `option<TAB>path<TAB>reason` (once per process; workers share the file).
 
     `cache_mb` > 0 keeps decoded images in a `DecodeCache` of that many MiB per process (per DataLoader
     worker): whole images for "crop", the prepared size x size image for "resize" (small, so a face folder
     fits whole). The samples are the same bytes with or without it.
     """
 
-    def __init__(self, paths: list[Path], size: int, prep: str = "resize", augment: str = "none", cache_mb: float = 0):
+    def __init__(
+        self,
+        paths: list[Path],
+        size: int,
+        prep: str = "resize",
+        augment: str = "none",
+        cache_mb: float = 0,
+        failed_log: tuple[Path, str] | None = None,  # (file, option): where late decode failures are listed
+    ):
         if prep not in PREP_MODES:
             raise UserError(f"prep mode {prep!r} is not one of {', '.join(PREP_MODES)}.")
         if augment not in AUGMENTS:
@@ -209,6 +219,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.paths = [Path(p) for p in paths]
         self.size, self.prep, self.augment = size, prep, augment
         self.cache = DecodeCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+        self.failed_log, self._noted = failed_log, set()
 
     def _decoded(self, i: int) -> Image.Image:
         """Image i, decoded; prepared already in "resize" mode, which draws nothing from the seed."""
@@ -232,9 +243,19 @@ class ImageFolder(torch.utils.data.Dataset):
                 img = img if self.prep == "resize" else prepare(img, self.size, self.prep, rng)
             except UserError as e:  # undecodable file, or too small to crop
                 errors.append(str(e))
+                self._note(i, str(e))
                 continue
             return _augment(to_tensor(img), self.augment, rng)
         raise BadImageError(f"{len(errors)} images in a row failed to load, last: {errors[-1]}")
+
+    def _note(self, i: int, reason: str) -> None:
+        if self.failed_log is None or i in self._noted:
+            return
+        self._noted.add(i)
+        path, option = self.failed_log
+        line = f"{option}\t{self.paths[i]}\t{reason.removeprefix(f'{self.paths[i]}: ')} {LATE}\n"
+        with contextlib.suppress(OSError), open(path, "a") as f:  # a note only: never stop training for it
+            f.write(line)
 
 
 def first_readable(scan: Scan, n: int, size: int, prep: str, rng: torch.Generator) -> list[torch.Tensor]:
@@ -312,15 +333,16 @@ def make_loader(
     cache_mb: float = 0,
     rank: int = 0,
     world: int = 1,
+    failed_log: tuple[Path, str] | None = None,
 ) -> Iterator[torch.Tensor]:
     """An infinite iterator of (batch_size, 3, size, size) batches in [0, 1].
 
     The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers` or
     `cache_mb` (the decoded-image cache of each worker, see `ImageFolder`).
     `start` is a sample position (batches consumed x batch_size), for resuming. With `world` > 1 processes,
-    this one gets the `rank`-th slice of each batch (batch_size // world images).
+    this one gets the `rank`-th slice of each batch (batch_size // world images). `failed_log`: see `ImageFolder`.
     """
-    dataset = ImageFolder(paths, size, prep, augment, cache_mb)
+    dataset = ImageFolder(paths, size, prep, augment, cache_mb, failed_log)
     return infinite_loader(
         dataset, batch_size=batch_size, seed=seed, start=start, workers=workers, rank=rank, world=world
     )

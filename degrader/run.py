@@ -273,8 +273,13 @@ def unpaired_batches(
     b, k, c = config.batch_size, config.loss.d_steps, config
     kw = dict(batch_size=b, workers=c.workers, cache_mb=c.cache_mb)
     kw.update(rank=dist.rank(), world=dist.world())  # under DDP, each rank loads its part of every global batch
-    hr_batches = make_loader(hr.paths, hr_size, c.hr_prep, "paper", seed=c.seed, start=step * (k + 1) * b, **kw)
-    lr_batches = make_loader(lr.paths, lr_size, c.lr_prep, "flip", seed=c.seed + 1, start=step * k * b, **kw)
+    listed = Path(c.out) / SKIPPED_FILE  # files that pass the scan but fail to decode join the run's list
+    hr_batches = make_loader(
+        hr.paths, hr_size, c.hr_prep, "paper", seed=c.seed, start=step * (k + 1) * b, failed_log=(listed, "--hr"), **kw
+    )
+    lr_batches = make_loader(
+        lr.paths, lr_size, c.lr_prep, "flip", seed=c.seed + 1, start=step * k * b, failed_log=(listed, "--lr"), **kw
+    )
     return hr_batches, lr_batches
 
 

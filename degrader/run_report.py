@@ -83,7 +83,11 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
     best = [r for r in records if r["step"] == best_step]
     if best:
         ax.plot([best_step], [best[0][key]], marker="*", markersize=14, color="tab:green", linestyle="none")
-        ax.annotate(f"best: step {best_step}", (best_step, best[0][key]), textcoords="offset points", xytext=(6, 6))
+        last = best_step == steps[-1] and len(steps) > 1  # label to the left of a point at the right edge
+        ax.annotate(
+            f"best: step {best_step}", (best_step, best[0][key]), textcoords="offset points",
+            xytext=(-8 if last else 8, 8), ha="right" if last else "left",
+        )  # fmt: skip
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

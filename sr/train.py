@@ -37,6 +37,7 @@ from degrader.images import (
 from degrader.nets import Discriminator
 from degrader.run import (
     GRID_SAMPLES,
+    SKIPPED_FILE,
     Bookkeeping,
     Progress,
     RunResult,
@@ -216,6 +217,7 @@ def pair_batches(plan: SRPlan, start: int) -> Iterator[tuple[torch.Tensor, torch
     hr_batches = make_loader(
         plan.scan.paths, m.hr_size, config.hr_prep, config.augment, batch_size=config.batch_size, seed=config.seed,
         start=start, workers=config.workers, cache_mb=config.cache_mb, rank=dist.rank(), world=dist.world(),
+        failed_log=(Path(config.out) / SKIPPED_FILE, "--hr"),  # late decode failures join the run's list
     )  # fmt: skip
     position = start  # of the global batch; under torchrun this rank holds its `rank`-th slice
     for hr in hr_batches:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
+import cli.options
 import degrader.checkpoint
 from cli.degrade import degrade
 from degrader.errors import UserError
@@ -373,3 +376,27 @@ def test_sr_train_lists_every_skipped_file(tmp_path):
     result = train(plan_train(SRTrainConfig(out=str(tmp_path / "run"), steps=1, **kw)))
     listed = (result.out / "skipped.txt").read_text().splitlines()
     assert [line.split("\t")[:2] for line in listed] == [["--hr", str(hr / f"broken-{i}.png")] for i in range(4)]
+
+
+def test_files_that_fail_to_decode_during_training_join_the_list(tiny_folders, tmp_path, monkeypatch):
+    import degrader.images
+    from cli.options import report
+
+    hr, lr = tiny_folders
+    real = degrader.images.load_rgb
+
+    def load_rgb(path):
+        if Path(path).name in ("002.png", "004.png") and Path(path).parent == hr:
+            raise degrader.images.BadImageError(f"{path}: cannot decode (broken data stream)")  # passes the scan
+        return real(path)
+
+    monkeypatch.setattr(degrader.images, "load_rgb", load_rgb)
+    result = fit(plan_fit(tiny(hr, lr, tmp_path / "run", steps=3, batch_size=3)))
+    lines = [line.split("\t") for line in (result.out / "skipped.txt").read_text().splitlines()]
+    named = sorted({(option, Path(path).name) for option, path, _ in lines})
+    assert named == [("--hr", "002.png"), ("--hr", "004.png")]
+    assert all(why == f"cannot decode (broken data stream) {degrader.images.LATE}" for _, _, why in lines)
+    printed = io.StringIO()  # what the CLI says at the end of the run
+    monkeypatch.setattr(cli.options, "console", Console(file=printed, width=400))
+    report(result, ["degrader.safetensors"])
+    assert "2 files passed the scan but failed to decode during training" in printed.getvalue()
