@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICES, DIR, HR_PREP
+from cli.options import DEVICE_HELP, DEVICES, DIR, HR_PREP
 from cli.progress import console, user_errors
 
 
@@ -24,9 +24,14 @@ from cli.progress import console, user_errors
     "--hr-size", type=click.IntRange(min=8), default=64, show_default=True, help="HR side for classical degraders."
 )
 @click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="For classical degraders.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 def sample(out: Path, hr: Path, **options) -> None:
-    """Degrade the first HR images with several noise seeds: rows are images; columns HR, bicubic, each seed."""
+    """Degrade the first HR images with several noise seeds: rows are images; columns HR, bicubic, each seed.
+
+    
+    Example:
+      degrade sample --degrader runs/degrader --hr faces-hr --out sample.png --seeds 6
+    """
     from degrader.sample import SampleConfig, sample_grid
 
     with user_errors():
