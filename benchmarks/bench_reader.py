@@ -105,8 +105,9 @@ def main() -> None:
     if consumer != "none":
         variant = Variant(bf16=args.bf16, channels_last=args.bf16)
         device = torch.device(consumer)
+        iters, warmup = (20, 3) if device.type == "cuda" else (1, 1)  # a CPU iteration takes seconds
         gpu_rate = iteration_rate(
-            args.preset, device, args.batch_size, 20, False, False, variant, lr_size=args.hr_size // 4, warmup=3
+            args.preset, device, args.batch_size, iters, False, False, variant, lr_size=args.hr_size // 4, warmup=warmup
         )
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"consumer: sr train {args.preset} {variant.name}, G+5D, on {name}: {gpu_rate:.1f} pairs/s")
