@@ -27,6 +27,7 @@ How the trainers use it, and why:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -175,4 +176,7 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     if world() == 1:
         return net
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids, forward_sync_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # torch 2.14 renamed the switch (buffers are still synced once, at wrapping); older releases know the old name
+    new = "forward_sync_buffers" in inspect.signature(ddp).parameters
+    return ddp(net, device_ids=ids, **{"forward_sync_buffers" if new else "broadcast_buffers": False})
