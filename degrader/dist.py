@@ -12,15 +12,17 @@ How the trainers use it, and why:
   batch means is the global batch mean.
 - Batch norm: on CUDA the generators' BN layers become `SyncBatchNorm` (`sync_batchnorm`), so statistics come
   from the global batch as in a single process, whatever the rank count (16 images over 8 GPUs would otherwise
-  normalise by 2). PyTorch's SyncBatchNorm runs on GPUs only, so CPU (gloo) runs keep per-rank statistics.
+  normalise by 2). PyTorch's SyncBatchNorm runs on GPUs only, so CPU (gloo) runs keep per-rank statistics
+  (and per-rank running averages, which only eval uses: rank 0's are saved).
 - Spectral norm: its power iteration updates the buffers `u`, `v` in every training forward, from the weight
   alone (no data), and DDP keeps the weights identical, so every rank computes the same `u` with no
   communication. DDP's default broadcast of rank 0's buffers before each forward is therefore switched off
-  (`broadcast_buffers=False`): it would only repeat that work for each of D's calls per step (real, fake).
+  (`forward_sync_buffers=False`, formerly `broadcast_buffers`; buffers are still synced once, at wrapping): it
+  would only repeat that work for each of D's calls per step (real, fake).
 - Several forwards, one backward: D is called on real and on fake images, then `loss.backward()` once; autograd
   sums both uses of a weight before DDP's hook fires, so one all-reduce per step suffices (no `no_sync`).
-  Where a network only passes gradients through (D, frozen, in the G step) or runs under `no_grad`, the plain
-  module is called, not its DDP wrapper: DDP would wait for gradients that never come.
+  Where a network only passes gradients through (D, frozen, in the G step), the plain module is called, not
+  its DDP wrapper, which would wait for gradients its parameters never get (under `no_grad` either is fine).
 - Files: only rank 0 (`is_main`) writes checkpoints, logs and sample grids; `on_main` runs a step there and
   hands its result, or its error, to every rank.
 """
