@@ -103,7 +103,7 @@ def main() -> None:
         photos = write_photos(root / "photos", args.photos, args.width, args.height)
         faces = write_faces(root / "faces", args.faces, 64)
         mb = sum(p.stat().st_size for p in photos) / args.photos / 2**20
-        decoded_mb = args.width * args.height * 3 / 2**20
+        decoded_mb = args.width * args.height * 4 / 2**20  # PIL holds RGB in 4 bytes a pixel
         print(
             f"{args.photos} photos {args.width}x{args.height} PNG ({mb:.1f} MiB each, {decoded_mb:.1f} MiB decoded), "
             f"{args.faces} faces 64x64; 64 px crops, batch {BATCH}, 'paper' augmentation, {args.workers} workers, "

@@ -179,7 +179,7 @@ class DecodeCache:
             return self.items[key][0]
         self.misses += 1
         img = load()
-        size = img.width * img.height * len(img.getbands())
+        size = img.width * img.height * (1 if img.mode in ("1", "L", "P") else 4)  # PIL stores RGB as 4 bytes
         if size <= self.budget:  # an image larger than the whole budget is never kept
             while self.used + size > self.budget:
                 self.used -= self.items.popitem(last=False)[1][1]

@@ -376,11 +376,11 @@ def test_cache_gives_the_same_samples_and_decodes_each_image_once(folder, prep, 
 
 def test_cache_stays_within_its_budget(folder):
     sizes = {i: Image.open(p).size for i, p in enumerate(folder)}
-    budget = 3 * 30 * 30  # bytes: room for a few of the smallest images only
+    budget = 3 * 30 * 30 * 4  # bytes (PIL holds RGB in 4 bytes a pixel): room for a few of the smallest images
     ds = ImageFolder(folder, 16, prep="crop", augment="none", cache_mb=budget / 2**20)
     for item in islice(iter(InfiniteSampler(len(folder), seed=1)), 3 * len(folder)):
         ds[item]
-        assert ds.cache.used == sum(w * h * 3 for w, h in (sizes[i] for i in ds.cache.items)) <= budget
+        assert ds.cache.used == sum(w * h * 4 for w, h in (sizes[i] for i in ds.cache.items)) <= budget
     assert 0 < len(ds.cache.items) < len(folder)
     big = ImageFolder(folder, 16, prep="crop", cache_mb=100 / 2**20)  # smaller than any image: nothing kept
     big[(0, 0)]
