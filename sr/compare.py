@@ -251,17 +251,22 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SETTINGS, plan.recorded)
     stage = on_stage or (lambda _: None)
+    done = on_progress or (lambda *_: None)  # a reused stage reports itself complete too
 
     # --- 1. one export per degrader; a finished one is checked whole and reused ---
     for arm in plan.arms:
         stage(f"export {arm.name}")
-        _check_shards(arm, export_shards(arm.export, on_progress))
+        manifest = export_shards(arm.export, on_progress)
+        _check_shards(arm, manifest)
+        done(manifest["totals"]["samples"], manifest["totals"]["samples"], {})
 
     # --- 2. the same SR model, steps and seed on each export; a finished run is left as it is ---
     for arm in plan.arms:
         stage(f"sr train on {arm.name}")
-        if train(plan_train(train_config(plan, arm)), on_progress).interrupted:
+        result = train(plan_train(train_config(plan, arm)), on_progress)
+        if result.interrupted:
             return CompareResult(out, True, None)
+        done(result.step, plan.config.steps, result.logs)
 
     # --- 3. scores, unless compare.json already holds them for these very models ---
     stage("score")
