@@ -151,7 +151,8 @@ def write_run_report(run: str | Path) -> Path:
         colour = "#060" if beat else "#a00"
         plot_realism(vals, run / REALISM_PLOT, best["step"])
         parts.append(
-            f'<h2>Validation realism</h2><p style="color:{colour};font-weight:bold">{html.escape(line)}</p>'
+            f'<h2>Validation realism</h2><p style="color:{colour};font-weight:bold">'
+            f"The degrader {html.escape(line)}</p>"
             f"<p>SWD over Laplacian-pyramid patches against held-out real LR images, relative to bicubic "
             f"downscaling: 1 = as good as bicubic, 0 = as real as two halves of the real set.</p>"
             f'<img src="{REALISM_PLOT}" alt="validation realism over the steps">'
