@@ -3,9 +3,9 @@
 The "real" LR set is real HR faces degraded by `degrader.synthetic.camera_degrade` (blur, colour loss, noise,
 JPEG; its parameters drawn per image), so the truth is known. The faces are split once into disjoint sets:
 
-    hr     1,400 clean HR faces: the degrader's HR input, and the SR model's training images
-    lr     1,000 other faces, camera-degraded: the unpaired "real" LR training set (200 of them for validation)
-    test     593 other faces, camera-degraded: held-out real LR for realism, and the SR test pairs
+    hr     1,000 clean HR faces: the degrader's HR input, and the SR model's training images
+    lr     1,000 other faces, camera-degraded: the unpaired "real" LR training set (300 of them for validation)
+    test     993 other faces, camera-degraded: held-out real LR for realism, and the SR test pairs
 
 Each variant (generator + GAN stabilisers) is fitted for `--seconds` per fit, keeping its best checkpoint by
 validation SWD. Reported per variant and seed:
@@ -55,32 +55,39 @@ from sr.model import PRESETS as SR_PRESETS  # noqa: E402
 from sr.model import LowToHighConfig, LowToHighGenerator  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SPLITS = {"hr": 1400, "lr": 1000}  # the rest of faces-hr is the test split
-VAL = 200  # of the "lr" split, held out of training for checkpoint selection
+SPLITS = {"hr": 1000, "lr": 1000}  # the rest of faces-hr is the test split
+VAL = 300  # of the "lr" split, held out of training for checkpoint selection
 WEB_TEST = 1044  # of faces-lr-web, held out
 
 # Each variant: the generator ("paper": the small preset's residual network; "structured") and overrides of
 # LossConfig and StructuredConfig. "paper" is the paper's losses and optimiser as `degrade fit --preset small`.
 STABLE = dict(augment="translation,colour", r1=1.0, lr_d=4e-4, d_steps=1, ema=0.99)
+TUNED = {**STABLE, "pixel": "luma-lowpass"}
 VARIANTS: dict[str, dict] = {
-    "paper": dict(generator="paper", loss={}),
-    "paper-init": dict(generator="paper", loss={}, max_steps=0),
-    "s-init": dict(generator="structured", loss={}, max_steps=0),
+    "paper-init": dict(generator="paper", loss={}, max_steps=0),  # the start: average pooling
+    "s-init": dict(generator="structured", loss={}, max_steps=0),  # the start: light blur + area downscaling
+    "paper": dict(generator="paper", loss={}),  # `--preset small` before this work
     "paper-stable": dict(generator="paper", loss=STABLE),
-    "structured": dict(generator="structured", loss={}),
+    "structured": dict(generator="structured", loss={}),  # the paper's losses and optimiser
     "s-d1": dict(generator="structured", loss=dict(d_steps=1)),
     "s-aug": dict(generator="structured", loss=dict(augment="translation,cutout,colour")),
-    "s-augtc": dict(generator="structured", loss=dict(augment="translation,colour")),
     "s-r1": dict(generator="structured", loss=dict(r1=1.0)),
     "s-ttur": dict(generator="structured", loss=dict(lr_d=4e-4, d_steps=1)),
     "s-ema": dict(generator="structured", loss=dict(ema=0.99)),
-    "s-luma": dict(generator="structured", loss=dict(pixel="luma")),
     "s-lowpass": dict(generator="structured", loss=dict(pixel="luma-lowpass")),
-    "s-beta0.2": dict(generator="structured", loss=dict(beta=0.2)),
     "s-stable": dict(generator="structured", loss=STABLE),
-    "tuned": dict(generator="structured", loss={**STABLE, "pixel": "luma-lowpass"}),
-    "tuned-b0.2": dict(generator="structured", loss={**STABLE, "pixel": "luma-lowpass", "beta": 0.2}),
-    "tuned-nores": dict(generator="structured", loss={**STABLE, "pixel": "luma-lowpass"}, net=dict(residual_width=0)),
+    "s-stable-b0.2": dict(generator="structured", loss={**STABLE, "beta": 0.2}),
+    "tuned": dict(generator="structured", loss=TUNED),
+    "tuned-noaug": dict(generator="structured", loss={**TUNED, "augment": ""}),
+    "tuned-cutout": dict(generator="structured", loss={**TUNED, "augment": "translation,cutout,colour"}),
+    "tuned-nor1": dict(generator="structured", loss={**TUNED, "r1": 0.0}),
+    "tuned-noema": dict(generator="structured", loss={**TUNED, "ema": 0.0}),
+    "tuned-d5": dict(generator="structured", loss={**TUNED, "d_steps": 5, "lr_d": None}),
+    "tuned-luma": dict(generator="structured", loss={**TUNED, "pixel": "luma"}),
+    "tuned-rgb": dict(generator="structured", loss={**TUNED, "pixel": "rgb"}),
+    "tuned-b0.2": dict(generator="structured", loss={**TUNED, "beta": 0.2}),
+    "tuned-b0.01": dict(generator="structured", loss={**TUNED, "beta": 0.01}),
+    "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
 }
 REFERENCES = ("bicubic", "oracle")  # SR-only rows
 
@@ -255,7 +262,16 @@ def train_sr(make_lr, hr: torch.Tensor, test_hr: torch.Tensor, test_lr: torch.Te
 
 
 def run_job(job: tuple[str, int, dict, dict]) -> dict:
-    name, seed, spec, argv = job
+    """One variant and seed; an exception becomes an "error" field, so one failure does not end a sweep."""
+    try:
+        return _run_job(*job)
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        return {"variant": job[0], "seed": job[1], "error": traceback.format_exc()}
+
+
+def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
     args = argparse.Namespace(**argv)
     torch.set_num_threads(args.threads)
     s = load_splits(args.splits)
@@ -337,6 +353,17 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     return table, "\n".join(lines) + "\n"
 
 
+def write_results(rows: list[dict], names: list[str], args: argparse.Namespace) -> str:
+    """results.json and results.md in --out, rows sorted by variant and seed; returns the markdown table."""
+    order = {n: i for i, n in enumerate([*REFERENCES, *names])}
+    rows.sort(key=lambda r: (order[r["variant"]], r["seed"]))
+    table, md = summarise([r for r in rows if "error" not in r])
+    meta = {k: v for k, v in vars(args).items() if k != "seed_list"}
+    (Path(args.out) / "results.json").write_text(json.dumps({"args": meta, "table": table, "runs": rows}, indent=1))
+    (Path(args.out) / "results.md").write_text(md)
+    return md
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/bench-quality")
@@ -347,7 +374,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--seconds", type=float, default=60.0, help="time budget of each fit (0: --max-steps only)")
     p.add_argument("--max-steps", type=int, default=0, help="step budget of each fit (0: --seconds only)")
-    p.add_argument("--eval-every", type=int, default=25, help="steps between validation scores")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between validation scores")
     p.add_argument("--sr-steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--targets", default="synthetic,web")
@@ -369,7 +396,7 @@ def main() -> None:
     print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
     jobs = [(r, s, {}, vars(args)) for s in args.seed_list for r in REFERENCES]
     jobs += [(n, s, VARIANTS[n], vars(args)) for s in args.seed_list for n in names]
-    rows = []
+    rows: list[dict] = []
     if args.jobs > 1:
         import multiprocessing as mp
 
@@ -377,17 +404,13 @@ def main() -> None:
             for row in pool.imap_unordered(run_job, jobs):
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "val"}), flush=True)
+                write_results(rows, names, args)  # after every job: a sweep cut short keeps its rows
     else:
         for job in jobs:
             rows.append(run_job(job))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "val"}), flush=True)
-    order = {n: i for i, n in enumerate([*REFERENCES, *names])}
-    rows.sort(key=lambda r: (order[r["variant"]], r["seed"]))
-    table, md = summarise(rows)
-    meta = {k: v for k, v in vars(args).items() if k != "seed_list"}
-    (Path(args.out) / "results.json").write_text(json.dumps({"args": meta, "table": table, "runs": rows}, indent=1))
-    (Path(args.out) / "results.md").write_text(md)
-    print(md)
+            write_results(rows, names, args)
+    print(write_results(rows, names, args))
     print(f"total {time.perf_counter() - t0:.0f}s")
 
 

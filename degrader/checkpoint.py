@@ -22,6 +22,7 @@ from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.model import HighToLowConfig, HighToLowGenerator
 from degrader.nets import FORMAT, check_fits, upgrade_state_dict  # FORMAT: bump when old code cannot read a file
+from degrader.structured import StructuredConfig, StructuredGenerator
 
 META_KEY = "degrader"
 
@@ -169,6 +170,8 @@ class DegraderLike(Protocol):
         ...
 
 
+# The High-to-Low generators, by the name a checkpoint's "generator" field holds (absent: "paper").
+GENERATORS = {"paper": (HighToLowConfig, HighToLowGenerator), "structured": (StructuredConfig, StructuredGenerator)}
 DEGRADER_FILE = "degrader.safetensors"
 BEST_FILE = "best.safetensors"  # the weights `fit`'s validation scored best; preferred in a run directory
 DEGRADER_KIND = "high-to-low"
@@ -203,9 +206,11 @@ class Degrader:
         >>> lr = deg.degrade(hr, seeds=[0, 1, 2])  # hr (3, 3, 64, 64) in [0, 1] -> lr (3, 3, 16, 16)
     """
 
-    def __init__(self, net_g: HighToLowGenerator, name: str = "degrader", sha256: str = "", step: int = 0):
+    def __init__(
+        self, net_g: HighToLowGenerator | StructuredGenerator, name: str = "degrader", sha256: str = "", step: int = 0
+    ):
         self.net_g = net_g.eval()
-        self.config: HighToLowConfig = net_g.config
+        self.config: HighToLowConfig | StructuredConfig = net_g.config
         self.name = name
         self.sha256 = sha256
         self.step = step
@@ -234,7 +239,10 @@ class Degrader:
         if Path(path).is_dir() and (Path(path) / BEST_FILE).is_file():
             file = Path(path) / BEST_FILE
         tensors, meta = load_checkpoint(file, DEGRADER_KIND, option="--degrader")
-        net_g = build_network(HighToLowConfig, HighToLowGenerator, tensors, meta, file, "--degrader")
+        generator = meta.get("generator", "paper")
+        if generator not in GENERATORS:
+            raise UserError(f"--degrader {file}: unknown generator {generator!r:.40}; written by a newer tool?")
+        net_g = build_network(*GENERATORS[generator], tensors, meta, file, "--degrader")
         name = Path(path).name if Path(path).is_dir() else file.stem
         degrader = cls(net_g.to(device), name=name, sha256=sha256_file(file), step=meta.get("step", 0))
         degrader.file = file
@@ -242,7 +250,8 @@ class Degrader:
 
     def save(self, path: str | Path, **meta: Any) -> None:
         """Write the generator and its config as a checkpoint `Degrader.load` reads."""
-        meta = {"kind": DEGRADER_KIND, "config": vars(self.config), "step": self.step, **meta}
+        generator = "structured" if isinstance(self.net_g, StructuredGenerator) else "paper"
+        meta = {"kind": DEGRADER_KIND, "generator": generator, "config": vars(self.config), "step": self.step, **meta}
         save_checkpoint(path, module_tensors("net_g", self.net_g), meta)
 
     @torch.no_grad()
@@ -250,7 +259,8 @@ class Degrader:
         """Degrade (B, 3, H, H) HR images in [0, 1]; seed i fixes the noise of image i. Returns (B, 3, H/s, H/s).
 
         Args:
-            hr: float images in [0, 1], of exactly `hr_size` x `hr_size` pixels. To load one:
+            hr: float images in [0, 1], of exactly `hr_size` x `hr_size` pixels (the structured generator takes
+                any H, W divisible by the scale; `degrader.apply` tiles large images). To load one:
                 `to_tensor(prepare(load_rgb(path), deg.hr_size, "resize", random.Random(0)))[None]`, all three
                 from `degrader.images` (shorter side resized, centre crop, as `degrade fit` prepares images).
             seeds: one int per image (`len(seeds) == B`); the same seed gives the same LR.
@@ -258,7 +268,8 @@ class Degrader:
         Raises:
             ValueError: HR of another size, or a number of seeds other than B.
         """
-        if hr.ndim != 4 or hr.shape[1] != 3 or hr.shape[-1] != self.hr_size or hr.shape[-2] != self.hr_size:
+        fixed = not isinstance(self.net_g, StructuredGenerator)  # the structured one checks the shape itself
+        if fixed and (hr.ndim != 4 or hr.shape[1] != 3 or hr.shape[-1] != self.hr_size or hr.shape[-2] != self.hr_size):
             raise ValueError(f"expected HR images (B, 3, {self.hr_size}, {self.hr_size}), got {tuple(hr.shape)}")
         if len(seeds) != hr.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for {hr.shape[0]} images")

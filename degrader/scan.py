@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -154,3 +154,41 @@ def scan_images(root: str | Path, *, min_size: int = 0, option: str = "--hr") ->
             f"skipped: {why}. Give a folder of valid images."
         )
     return Scan(root=root, paths=paths, skipped=skipped)
+
+
+def find_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """(image, output name relative to the output folder) for every input file or image in an input folder
+    (searched recursively), and the inputs that cannot be used, with why."""
+    jobs: list[tuple[Path, Path]] = []
+    failed: list[tuple[Path, str]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            try:
+                scan = scan_images(item, option="INPUTS")
+            except UserError as e:
+                failed.append((item, str(e).removeprefix(f"INPUTS {item} ")))
+                continue
+            jobs += [(p, p.relative_to(scan.root)) for p in scan.paths]
+            failed += scan.skipped
+        elif item.exists():
+            jobs.append((item, Path(item.name)))
+        else:
+            failed.append((item, "no such file or folder"))
+    return jobs, failed
+
+
+def output_jobs(
+    inputs: Sequence[str | Path], out: Path, overwrite: bool
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]], set[Path]]:
+    """`find_inputs` for a command that writes one file per input image into the folder `out`; also the
+    resolved input paths, which no output may overwrite.
+
+    Raises:
+        UserError: `out` is a file, or is not empty and `overwrite` is not set.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} is not empty; pass --overwrite to write into it (same-named files are replaced).")
+    jobs, failed = find_inputs([Path(item) for item in inputs])
+    return jobs, failed, {path.resolve() for path, _ in jobs}

@@ -12,16 +12,19 @@ Every random choice is a function of z: the noise images are drawn from a genera
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degrader.errors import UserError
 from degrader.jpeg import ROUNDINGS, diff_round, jpeg
-from degrader.nets import DiscriminatorConfig
+from degrader.nets import DiscriminatorConfig, config_from_dict
 
 NOISE_CHANNELS = 4  # per pixel: one normal per colour channel and one shared by all three (grey noise)
 LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights, as JPEG's Y
@@ -79,6 +82,33 @@ class StructuredConfig:
 
     def discriminator(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> StructuredConfig:
+        """The config a checkpoint stores, type- and range-checked before a network is built from it.
+
+        Raises:
+            UserError: a field of the wrong type, out of range or unknown; the message starts with `source`.
+        """
+        ranges = {"hr_size": (4, 4096), "scale": (1, 64), "z_dim": (1, 512), "hidden": (1, 1024)}
+        ranges |= {"kernel_size": (1, 63), "gaussians": (1, 16), "residual_width": (0, 512), "d_width": (1, 512)}
+        pairs = {}  # (low, high) float fields, which config_from_dict does not type-check
+        for name in ("shot_range", "read_range"):
+            value = d.get(name) if isinstance(d, dict) else None
+            if value is None:
+                continue
+            ok = isinstance(value, list | tuple) and len(value) == 2
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            if not ok or not 0 < value[0] < value[1] <= 1:
+                raise UserError(f"{source}: model config field {name!r} is {value!r:.40}, expected [lo, hi] in (0, 1].")
+            pairs[name] = tuple(float(v) for v in value)
+        if isinstance(d, dict) and not isinstance(d.get("rounding", "ste"), str):
+            raise UserError(f"{source}: model config field 'rounding' is not a string.")
+        rest = {k: v for k, v in d.items() if k not in pairs} if isinstance(d, dict) else d
+        try:
+            return dataclasses.replace(config_from_dict(cls, rest, source, ranges), **pairs)
+        except ValueError as e:
+            raise UserError(f"{source}: unusable model config ({e}).") from None
 
 
 def _logit(p: float) -> float:
@@ -264,7 +294,7 @@ class Jpeg(nn.Module):
         p, rounding = self.params(h), self.cfg.rounding
         q = p["quality"].float()
         with torch.autocast(x.device.type, enabled=False):  # bf16 would blur the DCT and the rounding steps
-            x = x.float()
+            x = x if x.dtype == torch.float64 else x.float()  # float64 where `degrader.apply` asks for it
             y = jpeg(x, q, subsample=False, rounding=rounding)
             if self.cfg.subsample:
                 w = p["subsampled"].float().view(-1, 1, 1, 1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
-from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, save_grid, scan_images
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
@@ -33,9 +34,25 @@ from degrader.run import (
     unpaired_batches,
     write_skipped,
 )
+from degrader.structured import StructuredConfig, StructuredGenerator
 from degrader.validation import Validation, ValidationSet, split_validation
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
+GENERATORS = ("paper", "structured")
+
+# What each preset trains unless told otherwise: (generator, losses and stabilisers). `paper` is the authors'
+# network with the paper's losses and optimiser. `small` is what won benchmarks/bench_quality.py (README,
+# "Results"): the structured generator, DiffAugment, R1, D at 4x the lr and one D step, an EMA of G, a 4x
+# larger GAN weight, and a pixel loss on coarse luma only, so that it keeps faces but does not pull colour back.
+PRESET_TRAINING = {
+    "paper": ("paper", LossConfig()),
+    "small": (
+        "structured",
+        LossConfig(
+            beta=0.2, d_steps=1, lr_d=4e-4, pixel="luma-lowpass", augment="translation,colour", r1=1.0, ema=0.99
+        ),
+    ),
+}
 
 
 @dataclass
@@ -48,10 +65,11 @@ class FitConfig:
     preset: str = "small"  # "small" (2 CPU cores) or "paper" (the authors' width); see degrader.model.PRESETS
     hr_size: int = 64  # HR crop size; LR size is hr_size // scale
     scale: int = 4  # downscaling factor the degrader learns
-    residual: bool | None = None  # predict a residual over avg-pooled HR; None takes the preset's choice
+    residual: bool | None = None  # paper generator: a residual over avg-pooled HR; None takes the preset's choice
+    generator: str | None = None  # "paper" (the authors' network) or "structured"; None: the preset's
     steps: int = 2000  # generator updates
     batch_size: int = 16
-    loss: LossConfig = field(default_factory=LossConfig)  # alpha, beta, Adam settings, D steps per G step
+    loss: LossConfig | None = None  # alpha, beta, Adam, D steps per G step, stabilisers; None: the preset's
     seed: int = 0  # fixes initialisation, data order, augmentation and noise
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
@@ -69,11 +87,28 @@ class FitConfig:
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
-    def model(self) -> HighToLowConfig:
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):  # from a config.json
+            self.loss = LossConfig(**self.loss)
+        if self.preset in PRESET_TRAINING:  # an unknown preset is plan_fit's to report
+            generator, loss = PRESET_TRAINING[self.preset]
+            self.generator = self.generator or generator
+            self.loss = self.loss or dataclasses.replace(loss)
+
+    def model(self) -> HighToLowConfig | StructuredConfig:
         preset = dict(PRESETS[self.preset])
+        if self.generator == "structured":
+            return StructuredConfig(hr_size=self.hr_size, scale=self.scale, d_width=preset["d_width"])
         if self.residual is not None:
             preset["residual"] = self.residual
         return HighToLowConfig(hr_size=self.hr_size, scale=self.scale, **preset)
+
+
+def build_generator(model: HighToLowConfig | StructuredConfig) -> HighToLowGenerator | StructuredGenerator:
+    """The generator a model config describes."""
+    if isinstance(model, StructuredConfig):
+        return StructuredGenerator(model)
+    return HighToLowGenerator(model)
 
 
 @dataclass(frozen=True)
@@ -81,7 +116,7 @@ class FitPlan:
     """Everything `fit` runs from, checked before anything is written (also the answer to --dry-run)."""
 
     config: FitConfig
-    model: HighToLowConfig
+    model: HighToLowConfig | StructuredConfig
     hr: Scan
     lr: Scan
     device: torch.device
@@ -104,9 +139,11 @@ def plan_fit(config: FitConfig) -> FitPlan:
     """
     if config.preset not in PRESETS:
         raise UserError(f"--preset {config.preset!r} is not one of {', '.join(PRESETS)}.")
+    if config.generator not in GENERATORS:
+        raise UserError(f"--generator {config.generator!r} is not one of {', '.join(GENERATORS)}.")
     try:
         model = config.model()
-        net_g, net_d = HighToLowGenerator(model), Discriminator(model.discriminator())
+        net_g, net_d = build_generator(model), Discriminator(model.discriminator())
     except ValueError as e:
         raise UserError(f"--hr-size/--scale: {e}.") from None
     hr = scan_images(config.hr, min_size=model.hr_size, option="--hr")
@@ -137,20 +174,27 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
     write_skipped(out, {"--hr": plan.hr.skipped, "--lr": plan.lr.skipped})
 
-    # --- networks and optimizers ---
+    # --- networks, optimizers, EMA of G ---
+    loss = config.loss
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
-        net_g = accelerate(HighToLowGenerator(model).to(device), config)  # channels_last, compile
+        net_g = accelerate(build_generator(model).to(device), config)  # channels_last, compile
         net_d = accelerate(Discriminator(model.discriminator()).to(device), config)
     net_g = dist.sync_batchnorm(net_g, device)  # several GPUs: BN statistics of the global batch
-    opt_g, opt_d = adam(net_g, config.loss), adam(net_d, config.loss)
+    opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
+    ema = Ema(net_g, loss.ema) if loss.ema > 0 else None
+    exported = ema.module if ema else net_g  # what checkpoints, samples and validation see
     z_rng = torch.Generator().manual_seed(config.seed)  # fresh z for every sample, drawn on the CPU
+    aug_rng = torch.Generator().manual_seed(config.seed + 2)  # DiffAugment's draws
     val = None  # held-out realism every eval_every steps; its best weights travel in the state for resume
     if plan.validation is not None:
-        val = Validation(out, plan.validation, model, config, HighToLowGenerator(model).to(device))
-    best = {"best_g": val.best_net} if val else {}
-    state = ({"net_g": net_g, "net_d": net_d, **best}, {"opt_g": opt_g, "opt_d": opt_d}, {"z": z_rng})
+        val = Validation(out, plan.validation, model, config, build_generator(model).to(device))
+    extra = ({"best_g": val.best_net} if val else {}) | ({"ema_g": ema.module} if ema else {})
+    rngs = {"z": z_rng, "aug": aug_rng}
+    state = ({"net_g": net_g, "net_d": net_d, **extra}, {"opt_g": opt_g, "opt_d": opt_d}, rngs)
     step = load_state(out, *state) if resuming else 0
+    if ema:
+        ema.updates = step  # the decay's ramp continues where it stopped
     if val and resuming:
         val.restore()
     train_g, train_d = dist.wrap(net_g, device), dist.wrap(net_d, device)  # DDP under torchrun, for backward
@@ -167,7 +211,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
         return dist.part(torch.randn(b, model.z_dim, generator=z_rng)).to(device)  # this rank's rows of z
 
     def checkpoint(step: int) -> None:
-        Degrader(net_g, name=out.name, step=step).save(out / DEGRADER_FILE)
+        Degrader(exported, name=out.name, step=step).save(out / DEGRADER_FILE)
         save_state(out, step, *state)
         net_g.train()
 
@@ -176,36 +220,40 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
         config,
         "hr_per_s",
         val.progress(on_progress) if val else on_progress,
-        lambda path: write_samples(path, net_g, grid_hr, grid_lr, device),
+        lambda path: write_samples(path, exported, grid_hr, grid_lr, device),
         checkpoint,
     )
     with deferred_interrupt() as interrupted:
         while step < config.steps and not interrupted():
-            # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss ---
+            # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss (on augmented fakes) ---
             hr = to_net(next(hr_batches))  # (B, 3, H, H)
             with autocast(device, config.bf16):
                 fake = train_g(hr, noise())  # (B, 3, H/s, H/s)
-                g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, config.loss)
+                g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, loss, aug_rng)
             update(opt_g, g_loss)
+            if ema:
+                ema.update(net_g)
 
-            # --- D steps: real LR images against fresh fakes, detached ---
+            # --- D steps: real LR images against fresh fakes, detached (both augmented alike; R1 on real) ---
             for _ in range(k):
                 hr, real = to_net(next(hr_batches)), to_net(next(lr_batches))
                 with autocast(device, config.bf16):
                     with torch.no_grad():
                         fake = net_g(hr, noise())
-                    d_loss, d_logs = discriminator_loss(train_d, real, fake)
+                    d_loss, d_logs = discriminator_loss(train_d, real, fake, loss, aug_rng)
                 update(opt_d, d_loss)
             step += 1
             if val:
-                val(step, net_g)  # before this step's checkpoint, so that the state holds the best weights
+                val(step, exported)  # before this step's checkpoint, so that the state holds the best weights
             books.step(step, {**g_logs, **d_logs}, items=(k + 1) * b)
         result = books.finish(step, interrupted())
     return FitResult(**vars(result), validation=val.summary() if val else None)
 
 
 @torch.no_grad()
-def write_samples(path: Path, net_g: HighToLowGenerator, hr: torch.Tensor, real_lr: torch.Tensor, device) -> None:
+def write_samples(
+    path: Path, net_g: HighToLowGenerator | StructuredGenerator, hr: torch.Tensor, real_lr: torch.Tensor, device
+) -> None:
     """Rows: HR, bicubic-downscaled HR, G(HR, z) for several z, then real LR images for comparison."""
     path.parent.mkdir(exist_ok=True)
     s, n = net_g.config.scale, hr.shape[0]

@@ -20,8 +20,9 @@ from PIL import Image
 from degrader.checkpoint import resolve_checkpoint
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
-from degrader.images import load_rgb, scan_images, to_tensor
+from degrader.images import load_rgb, to_tensor
 from degrader.run import Progress, resolve_device
+from degrader.scan import output_jobs
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, load_sr_generator
 
 DEFAULT_TILE = 64  # LR pixels per tile core; at least the model's training size
@@ -169,27 +170,6 @@ class SuperResolver:
         return out[0] if single else out
 
 
-def find_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """(image, output name relative to the output folder) for every input file or image in an input folder
-    (searched recursively), and the inputs that cannot be used, with why."""
-    jobs: list[tuple[Path, Path]] = []
-    failed: list[tuple[Path, str]] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            try:
-                scan = scan_images(item, option="INPUTS")
-            except UserError as e:
-                failed.append((item, str(e).removeprefix(f"INPUTS {item} ")))
-                continue
-            jobs += [(p, p.relative_to(scan.root)) for p in scan.paths]
-            failed += scan.skipped
-        elif item.exists():
-            jobs.append((item, Path(item.name)))
-        else:
-            failed.append((item, "no such file or folder"))
-    return jobs, failed
-
-
 def upscale_files(
     model: SuperResolver,
     inputs: Sequence[Path],
@@ -213,12 +193,7 @@ def upscale_files(
         UserError: `out` is a file, or is not empty and `overwrite` is not set.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} is not empty; pass --overwrite to write into it (same-named files are replaced).")
-    jobs, failed = find_inputs(inputs)
-    sources = {path.resolve() for path, _ in jobs}
+    jobs, failed, sources = output_jobs(inputs, out, overwrite)
     written: list[Path] = []
     used: set[Path] = set()
     for i, (path, rel) in enumerate(jobs):

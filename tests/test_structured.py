@@ -288,3 +288,64 @@ def test_config_survives_json_and_refuses_bad_values():
         StructuredConfig(kernel_size=12)
     with pytest.raises(ValueError, match="rounding"):
         StructuredConfig(rounding="floor")
+
+
+# ------------------------------------------------------------------------------------------------ fit, load
+
+
+def test_config_round_trips_and_bad_fields_are_refused():
+    from degrader.errors import UserError
+
+    cfg = StructuredConfig(hr_size=32, shot_range=(1e-5, 1e-2), rounding="cubic")
+    assert StructuredConfig.from_dict(json.loads(json.dumps(vars(cfg))), "f") == cfg
+    for bad in ({"kernel_size": 4}, {"residual_width": 2**20}, {"shot_range": [0.1, 0.01]}, {"rounding": "exact"}):
+        with pytest.raises(UserError, match="^f: "):
+            StructuredConfig.from_dict({**vars(cfg), **bad}, "f")
+    with pytest.raises(UserError, match="unknown"):
+        StructuredConfig.from_dict({"width": 3}, "f")
+
+
+def _fit(tiny_folders, out, **kw):
+    from degrader.gan import LossConfig
+    from degrader.train import FitConfig, fit, plan_fit
+
+    hr, lr = tiny_folders
+    loss = LossConfig(d_steps=1, augment="translation,cutout,colour", r1=1.0, ema=0.9, pixel="luma-lowpass")
+    kw = {"hr_size": 32, "steps": 3, "batch_size": 2, "workers": 0, "device": "cpu", "val_split": 0.0, **kw}
+    return fit(plan_fit(FitConfig(hr=str(hr), lr=str(lr), out=str(out), generator="structured", loss=loss, **kw)))
+
+
+def test_fit_exports_the_ema_generator_and_seeds_reproduce_through_load(tiny_folders, tmp_path):
+    from safetensors.torch import load_file
+
+    from degrader.checkpoint import DEGRADER_FILE, Degrader
+    from degrader.run import STATE_FILE
+
+    a = _fit(tiny_folders, tmp_path / "a")
+    b = _fit(tiny_folders, tmp_path / "b")
+    ckpt_a, ckpt_b = load_file(a.out / DEGRADER_FILE), load_file(b.out / DEGRADER_FILE)
+    assert ckpt_a.keys() == ckpt_b.keys() and all(torch.equal(ckpt_a[k], ckpt_b[k]) for k in ckpt_a)  # seeded
+    state = load_file(a.out / STATE_FILE)
+    ema = {k.removeprefix("ema_g."): v for k, v in state.items() if k.startswith("ema_g.")}
+    raw = {k.removeprefix("net_g."): v for k, v in state.items() if k.startswith("net_g.")}
+    exported = {k.removeprefix("net_g."): v for k, v in ckpt_a.items()}
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)  # the checkpoint holds the EMA weights ...
+    assert any(not torch.equal(exported[k], raw[k]) for k in raw)  # ... which are not the raw ones
+
+    deg = Degrader.load(a.out)
+    assert isinstance(deg.net_g, StructuredGenerator) and deg.step == 3
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    one, two = deg.degrade(hr, [7, 8]), Degrader.load(b.out).degrade(hr, [7, 8])
+    assert torch.equal(one, two) and torch.equal(one[:1], deg.degrade(hr[:1], [7]))
+    assert deg.degrade(torch.rand(1, 3, 48, 80), [1]).shape == (1, 3, 12, 20)  # any size divisible by the scale
+
+
+def test_presets_pick_their_generator_and_losses(tiny_folders, tmp_path):
+    from degrader.train import PRESET_TRAINING, FitConfig
+
+    hr, lr = tiny_folders
+    small = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path))
+    paper = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), preset="paper")
+    assert (small.generator, small.loss) == PRESET_TRAINING["small"]
+    assert isinstance(small.model(), StructuredConfig)
+    assert (paper.generator, paper.loss.beta, paper.loss.d_steps, paper.loss.ema) == ("paper", 0.05, 5, 0.0)

@@ -26,6 +26,7 @@ def tiny(hr: Path, lr: Path, out: Path, **kw) -> FitConfig:
     """A fit that takes well under a second per step on one CPU thread."""
     kw = {"hr_size": 32, "steps": 6, "batch_size": 2, "workers": 0, "log_every": 1, "device": "cpu", **kw}
     kw.setdefault("loss", LossConfig(d_steps=2))
+    kw.setdefault("generator", "paper")  # the paper network; tests/test_structured.py fits the structured one
     return FitConfig(hr=str(hr), lr=str(lr), out=str(out), **kw)
 
 
