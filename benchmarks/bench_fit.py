@@ -1,8 +1,10 @@
 """Training throughput of the High-to-Low GAN: HR images per second through full G + d_steps x D iterations.
 
 Runs the loop body of `degrader.train.fit` (the same loss and update functions from `degrader.gan`) on random
-tensors, so it measures the networks and optimizers, not disk or decoding. Counts HR images as `fit`'s
-`hr_per_s` log field does: (d_steps + 1) x batch per iteration (one HR batch for the G step, one per D step).
+tensors, so it measures the networks and optimizers, not disk or decoding: each preset's generator and
+discriminator, with the paper's losses (no DiffAugment, R1 or EMA) and `--d-steps` D updates. Counts HR
+images as `fit`'s `hr_per_s` log field does: (d_steps + 1) x batch per iteration (one HR batch for the G step,
+one per D step).
 
 Each row prints its ratio against baselines measured in the same run: the `small` preset in fp32 on the
 same device, and the fp32 eager run of the same preset. On CUDA every preset runs as each variant of
@@ -29,9 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
-from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
 from degrader.run import accelerate, autocast  # noqa: E402
+from degrader.train import FitConfig, build_generator  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ def iteration_fn(preset: str, device: torch.device, variant: Variant, batch: int
     """Build G, D and their optimizers; return a function that runs one G step and `d_steps` D steps."""
     torch.manual_seed(0)
     bf16 = variant.bf16
-    model = HighToLowConfig(hr_size=hr_size, scale=4, **PRESETS[preset])
-    net_g = accelerate(HighToLowGenerator(model).to(device), variant)  # as fit builds them
+    model = FitConfig(hr="", lr="", out="", preset=preset, hr_size=hr_size, scale=4).model()  # the preset's networks
+    net_g = accelerate(build_generator(model).to(device), variant)  # as fit builds them
     net_d = accelerate(Discriminator(model.discriminator()).to(device), variant)
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss)
     # A small pool of random batches on the device, cycled: no data loading in the measurement.
