@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP, DEVICES, DIR, HR_PREP, LR_PREP, as_str, loss_options
+from cli.options import DEVICE_HELP, DEVICES, DIR, HR_PREP, LR_PREP, as_str, loss_options, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 UNITS = {"export": "pair", "sr train": "step", "score": "image"}
@@ -97,6 +97,7 @@ def print_table(report: dict) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True, help="SR steps.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
+@threads_option(record=False)
 @click.option("--resume", is_flag=True, help="Continue a killed comparison in --out where it stopped.")
 @click.option("--dry-run", is_flag=True, help="Check everything, print the plan, write nothing.")
 def compare_cmd(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DIR, HR_PREP, LR_PREP
+from cli.options import DIR, HR_PREP, LR_PREP, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 
@@ -67,6 +67,7 @@ def print_tables(report: dict) -> None:
 @click.option(
     "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True, help="Where models run."
 )
+@threads_option(record=False)
 @click.option("--overwrite", is_flag=True, help="Replace the report files in a non-empty --out.")
 @click.option("--dry-run", is_flag=True, help="Load everything, print the plan, compute and write nothing.")
 def eval_cmd(degraders: tuple[str, ...], out: Path, features: Path | None, dry_run: bool, **options) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP, DEVICES
+from cli.options import DEVICE_HELP, DEVICES, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 SOURCE = click.argument("shards", metavar="SHARDS")
@@ -56,6 +56,7 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Crops per call.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
+@threads_option(record=False)
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @click.option("--dry-run", is_flag=True, help="Check the inputs and print the plan; write nothing.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.progress import console
+from cli.progress import console, user_errors
 
 DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
@@ -27,6 +27,29 @@ LR_PREP = click.option(
     show_default=True,
     help="As --hr-prep, for the LR folder; use crop for large real photos to keep their noise.",
 )
+
+
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Set torch's thread count as the command starts (not for --help); the count in use becomes the value."""
+    if ctx.resilient_parsing:
+        return value
+    from degrader.threads import set_threads
+
+    with user_errors():
+        return set_threads(value)
+
+
+def threads_option(record: bool = True):
+    """--threads: applied as the command starts; `record` passes the count on (training runs store it)."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        callback=_apply_threads,
+        expose_value=record,
+        help="CPU threads for torch [one per core this process may use, or OMP_NUM_THREADS]"
+        + ("; training is byte-identical only for the same count, which config.json records." if record else "."),
+    )
 
 
 def loss_options(f):
@@ -49,6 +72,7 @@ def run_options(f):
             click.option("--channels-last", is_flag=True, help="channels_last memory format (faster on CUDA)."),
             click.option("--compile", is_flag=True, help="torch.compile the networks (slow start, faster steps)."),
             click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader procs."),
+            threads_option(),
             click.option(
                 "--cache-mb",
                 type=click.FloatRange(min=0),

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import DEVICE_HELP, DEVICES, DIR
+from cli.options import DEVICE_HELP, DEVICES, DIR, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 CHECKPOINT = click.Path(exists=True, path_type=Path)
@@ -26,6 +26,7 @@ CHECKPOINT = click.Path(exists=True, path_type=Path)
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per pass.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
+@threads_option(record=False)
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing same-named files.")
 def upscale(
     checkpoint: Path,
@@ -104,6 +105,7 @@ def render_report(report, shown: int) -> Table:
 @click.option("--show", type=click.IntRange(min=0), default=50, show_default=True, help="Images listed in the table.")
 @click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="LR pixels per tile core.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
+@threads_option(record=False)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json or --grid file.")
 def eval_cmd(
     checkpoint: Path,

@@ -30,6 +30,7 @@ from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, un
 from degrader.errors import UserError
 from degrader.files import atomic_path, prepare_out_dir, read_json, write_error, write_json
 from degrader.images import Scan, first_readable, make_loader
+from degrader.threads import threads_in_use
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
@@ -41,7 +42,7 @@ STATE_KIND = "train-state"
 # Config fields that may change between a run and its resume without changing the result.
 RESUMABLE = {
     *("steps", "resume", "overwrite", "device", "workers", "checkpoint_every", "sample_every", "log_every"),
-    *("cache_mb", "channels_last", "compile"),  # how the run executes, not what it computes
+    *("cache_mb", "channels_last", "compile", "threads"),  # how the run executes, not what it computes
 }
 
 Progress = Callable[[int, int, dict[str, float]], None]  # on_progress(step, total, logs)
@@ -86,6 +87,7 @@ def open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: bool
     """Prepare the run directory (rank 0 only, once every rank has checked it). Returns True when there is a
     saved state to resume from; under torchrun every rank gets rank 0's answer, or its error."""
     dist.barrier()  # every rank's plan has checked `out` before rank 0 writes there
+    config = {**config, "threads": threads_in_use(config.get("threads"))}  # bytes depend on it: recorded
     return dist.on_main(lambda: _open_run(out, config, resume=resume, overwrite=overwrite))
 
 

@@ -71,6 +71,7 @@ class FitConfig:
     batch_size: int = 16
     loss: LossConfig | None = None  # alpha, beta, Adam, D steps per G step, stabilisers; None: the preset's
     seed: int = 0  # fixes initialisation, data order, augmentation and noise
+    threads: int | None = None  # torch CPU threads; None keeps torch's count (recorded in config.json)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)

@@ -179,3 +179,31 @@ def test_passive_policy_reaches_torchs_openmp_only_when_set_before_torch(tmp_pat
     too_late = "import torch; from degrader.threads import prepare_openmp; prepare_openmp(); torch.ones(9).sum()"
     assert spin_count(prepared) == "0"
     assert spin_count(too_late) != "0"
+
+
+def test_fit_records_and_applies_the_thread_count(tiny_folders, tmp_path):
+    """--threads reaches torch before training, and config.json records the count a resume must reuse."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.degrade import degrade
+
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        tiny = ["--hr-size", "32", "--steps", "1", "--batch-size", "2", "--workers", "0", "--val-split", "0"]
+        args = ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(out), "--threads", "1", *tiny]
+        result = CliRunner().invoke(degrade, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["threads"] == 1
+        torch.set_num_threads(2)
+        # a resume with another count may continue (the run's bytes then differ); the new count is recorded
+        result = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "2", "--threads", "2"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["threads"] == 2
+        result = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--threads", "0"])
+        assert result.exit_code != 0 and "--threads" in result.output
+    finally:
+        torch.set_num_threads(before)
