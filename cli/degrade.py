@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from cli.apply import apply_cmd, gan_options, loss_from_options
 from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
-from cli.options import DIR, HR_PREP, LR_PREP, as_str, loss_options, report, resumable, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, as_str, report, resumable, run_options
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.run_report import fit_summary, report_cmd
 from cli.sample import sample
@@ -60,10 +61,10 @@ def degrade() -> None:
     show_default=True,
     help="Steps between validations (SWD relative to bicubic); the best weights are kept as best.safetensors.",
 )
-@loss_options
+@gan_options
 @run_options
 @resumable("hr", "lr")
-def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
+def fit(scale: str, dry_run: bool, **options) -> None:
     """Learn a High-to-Low degrader from two unpaired image folders.
 
     
@@ -71,10 +72,9 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
       degrade fit --hr faces-hr --lr faces-lr --out runs/degrader --steps 2000
       degrade fit --out runs/degrader --resume --steps 4000   # --hr, --lr and the rest from its config.json
     """
-    from degrader.gan import LossConfig
     from degrader.train import FitConfig, fit, plan_fit
 
-    loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
+    loss = loss_from_options(options["preset"], options)  # the preset's, with the options given
     config = FitConfig(scale=int(scale), loss=loss, **as_str(options))
     with user_errors():
         plan = plan_fit(config)
@@ -84,7 +84,9 @@ def fit(scale: str, alpha: float, beta: float, d_steps: int, dry_run: bool, **op
         m = plan.model
         console.print(
             f"{len(plan.hr.paths)} HR images -> {len(plan.lr.paths)} real LR images, {m.hr_size}px -> {m.lr_size}px, "
-            f"preset {config.preset} ({'residual' if m.residual else 'tanh'} output), G {plan.params_g / 1e6:.2f}M / "
+            f"preset {config.preset} ({config.generator} generator"
+            f"{'' if config.generator == 'structured' else ', residual' if m.residual else ', tanh'}), "
+            f"G {plan.params_g / 1e6:.2f}M / "
             f"D {plan.params_d / 1e6:.2f}M parameters, {config.steps} steps on {plan.device}"
         )
         console.print(("" if plan.validation else "[yellow]note:[/] ") + plan.validation_note)
@@ -120,7 +122,6 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     from cli.eval import eval_cmd as degrade_eval
     from cli.sr import eval_cmd
     from cli.sr import train as sr_train
-    from degrader.gan import LossConfig
     from degrader.run_report import write_run_report
     from degrader.synthetic import write_demo_data, write_eval_data
     from degrader.train import FitConfig, fit, plan_fit
@@ -137,7 +138,7 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
         console.rule("2. degrade fit: learn the degradation from the unpaired folders")
         config = FitConfig(
             hr=str(hr_dir), lr=str(lr_dir), out=str(out / "degrader"), steps=steps, batch_size=16,
-            loss=LossConfig(d_steps=2), seed=seed, workers=1, sample_every=steps, checkpoint_every=steps,
+            seed=seed, workers=1, sample_every=steps, checkpoint_every=steps,  # the small preset's GAN settings
             eval_every=25,  # 20 held-out images: a probe costs little, and the report gets a curve
         )  # fmt: skip
         with progress_bar("fit", steps) as on_progress:
@@ -174,3 +175,4 @@ degrade.add_command(verify)
 degrade.add_command(eval_cmd)
 degrade.add_command(report_cmd)
 degrade.add_command(sample)  # cli/sample.py
+degrade.add_command(apply_cmd)  # cli/apply.py

@@ -24,7 +24,7 @@ from PIL import Image
 
 from degrader.checkpoint import Degrader, noise_from_seeds
 from degrader.errors import UserError
-from degrader.files import atomic_path
+from degrader.files import atomic_path, write_json
 from degrader.images import load_rgb, to_tensor
 from degrader.run import Progress
 from degrader.scan import output_jobs
@@ -106,6 +106,7 @@ def degrade_files(
 
     Returns:
         (PNG written, its seed) for each image, and (input, reason) for every input that could not be used.
+        `out/seeds.json` maps each PNG's name to its seed.
 
     Raises:
         UserError: `out` is a file, or is not empty and `overwrite` is not set.
@@ -129,4 +130,6 @@ def degrade_files(
             failed.append((path, str(e).removeprefix(f"{path}: ")))
         if on_progress is not None:
             on_progress(i + 1, len(jobs), {})
+    if written:
+        write_json(out / "seeds.json", {p.relative_to(out).as_posix(): s for p, s in written})
     return written, failed

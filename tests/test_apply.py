@@ -72,3 +72,32 @@ def test_paper_generator_takes_only_its_size_and_tiles_are_checked():
         degrade_image(paper, torch.rand(3, 64, 48), 0)
     with pytest.raises(UserError, match="multiple of 16"):
         degrade_image(structured_degrader(), torch.rand(3, 64, 64), 0, tile=20)
+
+
+def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.degrade import degrade
+
+    hr, lr = tiny_folders
+    run, out = tmp_path / "run", tmp_path / "lr-out"
+    common = ["--hr-size", "32", "--steps", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    result = CliRunner().invoke(
+        degrade,
+        ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *common, "--val-split", "0", "--beta", "0.1"],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["generator"] == "structured"  # the small preset's, with the option given and the rest its own
+    assert (config["loss"]["beta"], config["loss"]["ema"], config["loss"]["d_steps"]) == (0.1, 0.99, 1)
+    result = CliRunner().invoke(degrade, ["apply", "--degrader", str(run), str(hr), "--out", str(out), "--tile", "16"])
+    assert result.exit_code == 0, result.output
+    seeds = json.loads((out / "seeds.json").read_text())
+    assert len(seeds) == 6 and len(set(seeds.values())) == 6
+    assert all(Image.open(out / name).size == (16, 16) for name in seeds)
+    bad = CliRunner().invoke(
+        degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / "x"), "--augment", "rotate"]
+    )
+    assert bad.exit_code != 0 and "augmentation" in bad.output and "Traceback" not in bad.output
