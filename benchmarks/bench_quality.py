@@ -88,6 +88,10 @@ VARIANTS: dict[str, dict] = {
     "tuned-b0.2": dict(generator="structured", loss={**TUNED, "beta": 0.2}),
     "tuned-b0.01": dict(generator="structured", loss={**TUNED, "beta": 0.01}),
     "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
+    "tuned-b0.2-noise": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(noise_init=0.5)),
+    "tuned-b0.2-noise-q80": dict(
+        generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(noise_init=0.5, quality_init=80.0)
+    ),
 }
 REFERENCES = ("bicubic", "oracle")  # SR-only rows
 
@@ -378,6 +382,7 @@ def main() -> None:
     p.add_argument("--sr-steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--targets", default="synthetic,web")
+    p.add_argument("--references", default="bicubic,oracle", help="SR reference rows to train ('' for none)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="variants fitted in parallel processes")
     args = p.parse_args()
@@ -394,7 +399,7 @@ def main() -> None:
     args.splits = str(Path(args.out) / "splits.safetensors")
     save_file(make_splits(load_data(args)), args.splits)  # once here; every job reads it
     print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
-    jobs = [(r, s, {}, vars(args)) for s in args.seed_list for r in REFERENCES]
+    jobs = [(r, s, {}, vars(args)) for s in args.seed_list for r in REFERENCES if r in args.references.split(",")]
     jobs += [(n, s, VARIANTS[n], vars(args)) for s in args.seed_list for n in names]
     rows: list[dict] = []
     if args.jobs > 1:
