@@ -9,7 +9,7 @@ import click
 from cli.apply import apply_cmd, gan_options, loss_from_options
 from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
-from cli.options import DIR, HR_PREP, LR_PREP, as_str, report, resumable, run_options
+from cli.options import DIR, HR_PREP, LR_PREP, as_str, report, resumable, run_options, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.run_report import fit_summary, report_cmd
 from cli.sample import sample
@@ -104,6 +104,7 @@ def fit(scale: str, dry_run: bool, **options) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Degrader training steps.")
 @click.option("--sr-steps", type=click.IntRange(min=1), default=400, show_default=True, help="SR training steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fixes the data and every model.")
+@threads_option(record=False)
 @click.pass_context
 def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) -> None:
     """Run the whole pipeline on built-in generated data (no downloads), in a few minutes on a CPU.
