@@ -28,6 +28,12 @@ def sr() -> None:
 @sr.command()
 @click.option("--shards", help="Paired shards: a directory, manifest, glob or brace pattern (local files).")
 @click.option(
+    "--no-verify",
+    "no_verify",
+    is_flag=True,
+    help="Skip comparing each shard's sha256 with its manifest before training (reads every byte once).",
+)
+@click.option(
     "--degrader",
     help="Degrade --hr on the fly: a `degrade fit` run directory, or bicubic, bilinear or blur-bilinear.",
 )
@@ -67,7 +73,8 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
     from sr.train import train as run_train
 
     loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
-    config = SRTrainConfig(scale=int(scale) if scale else None, loss=loss, **as_str(options))
+    verify = not options.pop("no_verify")
+    config = SRTrainConfig(scale=int(scale) if scale else None, loss=loss, verify=verify, **as_str(options))
     with user_errors():
         plan = plan_train(config)
         if plan.scan is not None:

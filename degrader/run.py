@@ -42,7 +42,7 @@ STATE_KIND = "train-state"
 # Config fields that may change between a run and its resume without changing the result.
 RESUMABLE = {
     *("steps", "resume", "overwrite", "device", "workers", "checkpoint_every", "sample_every", "log_every"),
-    *("cache_mb", "channels_last", "compile", "threads"),  # how the run executes, not what it computes
+    *("cache_mb", "channels_last", "compile", "threads", "verify"),  # how the run executes, not what it computes
 }
 
 Progress = Callable[[int, int, dict[str, float]], None]  # on_progress(step, total, logs)

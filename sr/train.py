@@ -59,6 +59,7 @@ from sr.model import PRESETS, SR_FILE, LowToHighConfig, LowToHighGenerator, save
 class SRTrainConfig:
     out: str  # run directory: config, checkpoints, log, sample grids
     shards: str | None = None  # paired shards: directory, manifest, glob or brace pattern (local files)
+    verify: bool = True  # compare each shard's sha256 with the manifest before training (a changed shard is refused)
     degrader: str | None = None  # on the fly: a `degrade fit` run dir / .safetensors, or bicubic|bilinear|blur-bilinear
     hr: str | None = None  # folder of HR images for on-the-fly data (with `degrader`)
     hr_prep: str = "resize"  # how HR images become hr_size squares: "resize" (face crops) or "crop" (random crops)
@@ -170,7 +171,7 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
     if config.shards is not None:
         if config.hr is not None:
             raise UserError("--hr is only used with --degrader; shards already hold the HR images.")
-        shards = ShardMapDataset(config.shards)
+        shards = ShardMapDataset(config.shards, check_sha256=config.verify)
         if len(shards) == 0:
             raise UserError(f"--shards {config.shards}: the shards hold no samples; export some first.")
         first = shards[0]

@@ -400,3 +400,22 @@ def test_files_that_fail_to_decode_during_training_join_the_list(tiny_folders, t
     monkeypatch.setattr(cli.options, "console", Console(file=printed, width=400))
     report(result, ["degrader.safetensors"])
     assert "2 files passed the scan but failed to decode during training" in printed.getvalue()
+
+
+def test_sr_train_refuses_a_changed_shard_unless_no_verify(tiny_folders, tmp_path):
+    from sr.train import SRTrainConfig, plan_train
+
+    root = tmp_path / "shards"
+    export_shards(plan_export(ExportConfig(hr=str(tiny_folders[0]), out=str(root), hr_size=32, samples_per_shard=2)))
+    with open(root / "shard-000001.tar", "ab") as f:
+        f.write(bytes(512))  # still a readable tar with the same samples, but not the bytes the manifest lists
+    config = dict(out=str(tmp_path / "run"), shards=str(root), device="cpu", workers=0)
+    with pytest.raises(UserError, match=r"shard-000001.tar: sha256 does not match the manifest"):
+        plan_train(SRTrainConfig(**config))
+    assert len(plan_train(SRTrainConfig(**config, verify=False)).shards) == 6
+    from cli.sr import sr
+
+    args = ["train", "--shards", str(root), "--out", str(tmp_path / "run"), "--dry-run"]
+    assert_clean_error(CliRunner().invoke(sr, args), "shard-000001.tar: sha256 does not match the manifest")
+    result = CliRunner().invoke(sr, [*args, "--no-verify"])
+    assert result.exit_code == 0 and "6 pairs from 3 shards" in result.output.replace("\n", " "), result.output
