@@ -110,8 +110,11 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor, *, subsample: bool = True, roun
     m = 16 if subsample else 8  # the minimum coded unit
     ph, pw = -h % m, -w % m
     x = x * 255
-    if ph or pw:  # skipped when not needed: torch.compile's replicate-pad backward fails on channels_last strides
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    # edge replication by concatenation: torch.compile's replication-pad backward fails on channels_last strides
+    if pw:
+        x = torch.cat([x, x[..., -1:].expand(-1, -1, -1, pw)], dim=-1)
+    if ph:
+        x = torch.cat([x, x[..., -1:, :].expand(-1, -1, ph, -1)], dim=-2)
     ycc = torch.einsum("ij,bjhw->bihw", RGB_TO_YCBCR.to(x), x)  # (B, 3, H', W'), Y in 0..255, CbCr centred
     y_table, c_table = quant_tables(quality)
     y = _code_plane(ycc[:, 0] - 128, y_table, rounding) + 128

@@ -180,7 +180,8 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
         net_g = accelerate(build_generator(model).to(device), config)  # channels_last, compile
-        net_d = accelerate(Discriminator(model.discriminator()).to(device), config)
+        eager_d = dataclasses.replace(config, compile=False)  # R1's double backward: torch.compile has none
+        net_d = accelerate(Discriminator(model.discriminator()).to(device), config if loss.r1 == 0 else eager_d)
     net_g = dist.sync_batchnorm(net_g, device)  # several GPUs: BN statistics of the global batch
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
     ema = Ema(net_g, loss.ema) if loss.ema > 0 else None
