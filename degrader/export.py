@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import random
 import signal
 from collections import deque
 from collections.abc import Iterator
@@ -23,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from degrader import __version__, dist
 from degrader.checkpoint import DegraderLike, load_degrader
+from degrader.crops import HRCrops, crop_id, grid_boxes
 from degrader.errors import UserError
 from degrader.files import check_out_dir, prepare_out_dir, read_json, sha256_file, write_json
-from degrader.images import Scan, load_rgb, prepare, scan_images
+from degrader.images import Scan, scan_images
 from degrader.run import Progress
 from degrader.shards import (
     FORMAT,
@@ -67,46 +67,6 @@ class ExportConfig:
     device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
     resume: bool = False  # continue an interrupted export in `out`
     overwrite: bool = False  # clear a non-empty `out` first
-
-
-def grid_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
-    """Top-left corners of every non-overlapping size x size crop, the grid centred in the image."""
-    rows, cols = height // size, width // size
-    top0, left0 = (height - rows * size) // 2, (width - cols * size) // 2
-    return [(top0 + r * size, left0 + c * size) for r in range(rows) for c in range(cols)]
-
-
-def crop_id(image_id: str, crop: int, mode: str) -> str:
-    """The id seeds derive from: the image's relative path, plus the crop index in grid mode and for random crops
-    after the first (so an export of one random crop per image keeps the seeds it always had)."""
-    return f"{image_id}#{crop}" if mode == "grid" or crop > 0 else image_id
-
-
-class _Crops(Dataset):
-    """Image i -> (i, image id, [(top, left) or None, HR uint8 (H, W, 3), HR PNG bytes], failure reason)."""
-
-    def __init__(self, paths: list[Path], root: Path, size: int, mode: str, seed: int, random_crops: int = 1):
-        self.paths, self.root, self.size, self.mode, self.seed = paths, root, size, mode, seed
-        self.random_crops = random_crops
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, str, list, str | None]:
-        image_id = self.paths[i].relative_to(self.root).as_posix()
-        try:
-            img = load_rgb(self.paths[i])
-            if self.mode == "center":
-                crops = [(None, np.array(prepare(img, self.size, "resize", random.Random(0))))]
-            elif self.mode == "random":  # one decode, many crops; each position from its own stable seed
-                seeds = [sample_seed(self.seed, crop_id(image_id, c, "random"), -1) for c in range(self.random_crops)]
-                crops = [(None, np.array(prepare(img, self.size, "crop", random.Random(s)))) for s in seeds]
-            else:
-                a, s = np.asarray(img), self.size
-                crops = [((y, x), a[y : y + s, x : x + s].copy()) for y, x in grid_boxes(img.width, img.height, s)]
-        except UserError as e:
-            return i, image_id, [], str(e).removeprefix(f"{self.paths[i]}: ")
-        return i, image_id, [(box, a, encode_png(a)) for box, a in crops], None
 
 
 def _identity(x: Any) -> Any:
@@ -326,7 +286,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     common = {"scale": degrader.scale, "degrader": degrader.name, "degrader_sha256": degrader.sha256}
     common["version"] = __version__
 
-    crops = _Crops(
+    crops = HRCrops(
         scan.paths[first:hi] if start[0] < hi else [],
         scan.root,
         recorded["hr_size"],

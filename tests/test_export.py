@@ -229,15 +229,15 @@ def test_cli_help_does_not_import_torch():
 
 
 def test_several_random_crops_from_one_decode(tmp_path, monkeypatch):
-    import degrader.export
+    import degrader.crops
 
     hr = tmp_path / "hr"
     hr.mkdir()
     source = np.random.default_rng(3).integers(0, 256, (70, 100, 3), dtype=np.uint8)
     Image.fromarray(source).save(hr / "big.png")
     decodes = []
-    load_rgb = degrader.export.load_rgb
-    monkeypatch.setattr(degrader.export, "load_rgb", lambda p: decodes.append(p) or load_rgb(p))
+    load_rgb = degrader.crops.load_rgb
+    monkeypatch.setattr(degrader.crops, "load_rgb", lambda p: decodes.append(p) or load_rgb(p))
     plan = plan_export(config(hr, tmp_path / "r4", crop="random", crops_per_image=4, per_image=2))
     assert plan.crops == 4 and plan.samples == 8
     manifest = export_shards(plan)
