@@ -327,14 +327,14 @@ def test_fit_on_a_full_disk_while_logging(tiny_folders, tmp_path, monkeypatch):
 
 
 def test_export_where_every_image_fails_to_decode_exits_non_zero(tiny_folders, tmp_path, monkeypatch):
-    import degrader.export
+    import degrader.crops
 
     hr, _ = tiny_folders
 
     def broken(path):
         raise UserError(f"{path}: cannot decode (broken data stream)")
 
-    monkeypatch.setattr(degrader.export, "load_rgb", broken)  # passes the scan, fails in the decoder
+    monkeypatch.setattr(degrader.crops, "load_rgb", broken)  # passes the scan, fails in the decoder
     out = tmp_path / "shards"
     args = ["--degrader", "bicubic", "--hr", hr, "--out", out, "--hr-size", "32", "--workers", "0"]
     result = run("export-shards", *args)
