@@ -14,8 +14,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from degrader.checkpoint import Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import atomic_path
+from degrader.grids import save_grid
 from degrader.report import _STYLE, _html_table, _pyplot, _save, summary_columns, table
 from degrader.run import CONFIG_FILE, LOG_FILE
 from degrader.validation import read_validation_log, summarize, verdict
@@ -23,6 +27,9 @@ from degrader.validation import read_validation_log, summarize, verdict
 REPORT_FILE = "report.html"
 LOSS_PLOT = "report-losses.png"
 REALISM_PLOT = "report-realism.png"
+FINGERPRINT_PLOT = "report-fingerprint.png"
+KERNELS_IMAGE = "report-kernels.png"
+FINGERPRINT_SEEDS = 512  # noise seeds whose parameters make the fingerprint's distributions
 EVAL_DIR = "eval"  # `degrade eval --out RUN/eval` puts its table into the run's report
 MAX_GRIDS = 12  # sample grids shown, evenly spaced over the steps (the last always)
 
@@ -123,6 +130,55 @@ def _eval_section(run: Path) -> str:
     )
 
 
+def fingerprint(net_g, n: int = FINGERPRINT_SEEDS) -> dict[str, torch.Tensor]:
+    """The physical parameters a structured generator draws for seeds 0..n-1, one value per seed and quantity."""
+    p = net_g.params(noise_from_seeds(range(n), net_g.config.z_dim).to(next(net_g.parameters()).device))
+    sigma = (p["mix"][..., None] * p["sigma"] ** 2).sum(1).mean(-1).sqrt()  # (n,) RMS width of the mixture
+    values = {
+        "blur sigma (HR px)": sigma,
+        "saturation (0 = grey)": p["saturation"],
+        "JPEG quality": p["quality"],
+        "noise std at mid-grey (/255)": (p["shot"] * 0.5 + p["read"]).sqrt() * 255,
+        "grey share of the noise": p["grey_noise"],
+    }
+    if "subsampled" in p:
+        values["4:2:0 chroma weight"] = p["subsampled"]
+    return {k: v.float().cpu() for k, v in values.items()} | {"kernel": p["kernel"].float().cpu()}
+
+
+def _fingerprint_section(run: Path) -> str:
+    """What a structured degrader learned: its parameter distributions and kernels (a fingerprint of the LR set)."""
+    try:
+        degrader = Degrader.load(run)
+    except UserError:
+        return "<p>No degrader checkpoint yet.</p>"
+    if not hasattr(degrader.net_g, "params"):
+        return "<p>The paper's generator has no readable parameters (use --generator structured for them).</p>"
+    values = fingerprint(degrader.net_g)
+    kernels = values.pop("kernel")[:8]  # (8, k, k)
+    kernels = (kernels / kernels.amax(dim=(1, 2), keepdim=True))[:, None].expand(-1, 3, -1, -1)
+    save_grid([kernels], run / KERNELS_IMAGE, col_labels=[f"seed {i}" for i in range(len(kernels))], scale_to=64)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(values), figsize=(3 * len(values), 2.6))
+    for ax, (name, v) in zip(axes, values.items(), strict=True):
+        ax.hist(v.numpy(), bins=30, color="#357")
+        ax.set_title(name, fontsize=9)
+    _save(fig, run / FINGERPRINT_PLOT)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{v.quantile(0.1):.3g}</td><td>{v.median():.3g}</td>"
+        f"<td>{v.quantile(0.9):.3g}</td></tr>"
+        for name, v in values.items()
+    )
+    return (
+        f"<p>The parameters that {html.escape(degrader.file.name if degrader.file else 'the degrader')} "
+        f"(step {degrader.step}) draws for "
+        f"{FINGERPRINT_SEEDS} noise seeds: a fingerprint of the real LR set, and the first place to look when a "
+        f"result looks wrong.</p><table><tr><th>parameter</th><th>10%</th><th>median</th><th>90%</th></tr>{rows}"
+        f'</table><img src="{FINGERPRINT_PLOT}" alt="parameter distributions">'
+        f'<p>Blur kernels of seeds 0-7 (each scaled to its peak):</p><img src="{KERNELS_IMAGE}" alt="kernels">'
+    )
+
+
 def write_run_report(run: str | Path) -> Path:
     """Write `report.html` (and `report-losses.png`, `report-realism.png`) into the run directory `run`.
 
@@ -173,6 +229,10 @@ def write_run_report(run: str | Path) -> Path:
         f'<figure><img src="samples/{p.name}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>' for p in grids
     )
     parts.append(f"<h2>Samples over the steps</h2>{figures or '<p>No sample grids yet.</p>'}")
+
+    # --- what a structured degrader learned ---
+    if (run / "degrader.safetensors").exists() or (run / "best.safetensors").exists():
+        parts.append(f"<h2>What the degrader learned</h2>{_fingerprint_section(run)}")
 
     # --- the eval table, then the config ---
     parts.append(f"<h2>Evaluation</h2>{_eval_section(run)}")

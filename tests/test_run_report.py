@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli.degrade import degrade
@@ -74,3 +75,20 @@ def test_report_command(run, tmp_path):
     assert_local_only(page, run)
     result = CliRunner().invoke(degrade, ["report", str(tmp_path / "hr")])
     assert result.exit_code == 1 and "holds no config.json" in result.output and "Traceback" not in result.output
+
+
+def test_report_shows_what_a_structured_degrader_learned(run):
+    """The fingerprint: per-seed parameter distributions and kernels, read from the checkpoint the run keeps."""
+    from degrader.checkpoint import Degrader
+    from degrader.run_report import FINGERPRINT_PLOT, KERNELS_IMAGE, fingerprint
+
+    assert hasattr(Degrader.load(run).net_g, "params")  # the small preset's structured generator
+    page = write_run_report(run).read_text()
+    assert_local_only(page, run)
+    assert {FINGERPRINT_PLOT, KERNELS_IMAGE} <= set(referenced(page))
+    assert "JPEG quality" in page and "saturation" in page
+    values = fingerprint(Degrader.load(run).net_g, n=16)
+    kernel = values.pop("kernel")
+    assert kernel.shape[0] == 16 and torch.allclose(kernel.sum(dim=(1, 2)), torch.ones(16), atol=1e-5)
+    assert all(v.shape == (16,) for v in values.values())
+    assert 10 <= float(values["JPEG quality"].min()) <= float(values["JPEG quality"].max()) <= 100
