@@ -29,8 +29,11 @@ How the trainers use it, and why:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import inspect
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -52,6 +55,28 @@ def init() -> None:
         dist.init_process_group("cuda:nccl,cpu:gloo")
     else:
         dist.init_process_group("gloo")
+    # Leave the group before the interpreter tears down: exiting with gloo's threads alive aborts the process
+    # now and then ("terminate called without an active exception"), which fails a finished run.
+    atexit.register(_leave)
+
+
+def _quiet_barrier() -> None:
+    with contextlib.suppress(Exception):  # a broken group: leave anyway
+        barrier()  # on the CPU group, whichever backend carries the model
+
+
+def _leave(wait: float = 30.0) -> None:
+    """No rank closes its connections while another still uses them: meet at a barrier, then leave the group.
+
+    A rank that exits alone (an error on that rank only) waits at most `wait` seconds, then exits without it.
+    """
+    if not dist.is_initialized():
+        return
+    met = threading.Thread(target=_quiet_barrier, daemon=True)
+    met.start()
+    met.join(wait)
+    if not met.is_alive():
+        dist.destroy_process_group()
 
 
 def rank() -> int:

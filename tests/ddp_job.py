@@ -154,6 +154,7 @@ def phase_b() -> None:
         lr, hr = next(pairs)
         gathered(f"otf_lr{i}", lr)
         gathered(f"otf_hr{i}", hr)
+    pairs.close()  # its DataLoader workers end here, not during interpreter teardown
     save()
 
 
