@@ -88,6 +88,20 @@ VARIANTS: dict[str, dict] = {
     "tuned-b0.2": dict(generator="structured", loss={**TUNED, "beta": 0.2}),
     "tuned-b0.01": dict(generator="structured", loss={**TUNED, "beta": 0.01}),
     "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
+    "tuned-b0.5": dict(generator="structured", loss={**TUNED, "beta": 0.5}),
+    "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),
+    "tuned-b0.5-colour": dict(generator="structured", loss={**TUNED, "beta": 0.5, "augment": "colour"}),
+    "tuned-b1-colour": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}),
+    "tuned-b0.2-colour": dict(generator="structured", loss={**TUNED, "beta": 0.2, "augment": "colour"}),
+    "tuned-b1-q70": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(quality_init=70.0)),
+    "tuned-b1-colour-q70": dict(
+        generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}, net=dict(quality_init=70.0)
+    ),
+    "tuned-b1-colour-noise": dict(
+        generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}, net=dict(noise_init=0.3)
+    ),
+    "tuned-b1-noise": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(noise_init=0.5)),
+    "tuned-b0.2-h30": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(head_lr_mult=30.0)),
     "tuned-b0.2-noise": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(noise_init=0.5)),
     "tuned-b0.2-noise-q80": dict(
         generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(noise_init=0.5, quality_init=80.0)
@@ -248,7 +262,7 @@ def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed
 
 def train_sr(make_lr, hr: torch.Tensor, test_hr: torch.Tensor, test_lr: torch.Tensor, args, seed: int) -> float:
     """Train the small SR model pixel-only on `make_lr(hr_batch, seeds, gen) -> lr_batch`; PSNR on the test pairs."""
-    device = torch.device(args.device)
+    device = torch.device(args.sr_device or args.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = LowToHighGenerator(LowToHighConfig(lr_size=16, scale=4, **SR_PRESETS["small"])).to(device)
@@ -288,7 +302,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
     elif name == "oracle":
         draw = lambda i, g: s["oracle_lr"][i + len(hr) * torch.randint(2, (len(i),), generator=g)]  # noqa: E731
         row["psnr"] = train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
-    else:
+    elif "synthetic" in args.targets:
         val = RealismProbe(probe_hr[:VAL], s["lr_val"], 4, seed=seed)
         syn = fit(spec, hr, s["lr_train"], val, args, seed)
         net = syn["net"]
@@ -296,22 +310,24 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         row |= {f"syn_{k}": v for k, v in realism(net, probe_hr, s["test_lr"], device, seed).items()}
         if isinstance(net, StructuredGenerator):
             p = net.params(noise_from_seeds(range(256), net.config.z_dim).to(device))
-            row["fingerprint"] = {k: round(float(p[k].float().mean()), 4) for k in ("saturation", "quality", "shot")}
+            row["fingerprint"] = {
+                k: float(f"{float(p[k].float().mean()):.4g}") for k in ("saturation", "quality", "shot", "read")
+            }
             row["fingerprint"]["sigma"] = round(float(p["sigma"].amax(-1).mean()), 3)
         degrade = degrade_fn(net, device)
         row["psnr"] = train_sr(
-            lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
-            hr, s["test_hr"], s["test_lr"], args, seed,
-        )  # fmt: skip
+                lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
+                hr, s["test_hr"], s["test_lr"], args, seed,
+            )  # fmt: skip
         if seed == args.seed_list[0]:
             n = 8
             rows = [s["test_hr"][:n], _bicubic(s["test_hr"][:n])]
             rows += [degrade(s["test_hr"][:n], [k] * n) for k in range(3)] + [s["test_lr"][:n]]
             save_grid(rows, Path(args.out) / f"grid-{name}.png", scale_to=64)
-        if "web" in args.targets:
-            web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
-            web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
-            row |= {f"web_{k}": v for k, v in realism(web["net"], probe_hr, s["web_test"], device, seed).items()}
+    if name not in REFERENCES and "web" in args.targets:
+        web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
+        web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
+        row |= {f"web_{k}": v for k, v in realism(web["net"], probe_hr, s["web_test"], device, seed).items()}
     row["job_s"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -340,7 +356,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
         for r in mine:
-            r["closure"] = (r["psnr"] - bic) / (ora - bic) if name not in REFERENCES else math.nan
+            r["closure"] = (r["psnr"] - bic) / (ora - bic) if "psnr" in r and name not in REFERENCES else math.nan
         entry = {"variant": name, "seeds": len(mine)}
         for c in cols:
             vals = [r[c] for r in mine if c in r and r[c] is not None and not math.isnan(r[c])]
@@ -384,6 +400,7 @@ def main() -> None:
     p.add_argument("--targets", default="synthetic,web")
     p.add_argument("--references", default="bicubic,oracle", help="SR reference rows to train ('' for none)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--sr-device", choices=("cpu", "cuda"), default=None, help="where SR trains (default: --device)")
     p.add_argument("--jobs", type=int, default=1, help="variants fitted in parallel processes")
     args = p.parse_args()
     names = args.variants.split(",")
@@ -399,8 +416,8 @@ def main() -> None:
     args.splits = str(Path(args.out) / "splits.safetensors")
     save_file(make_splits(load_data(args)), args.splits)  # once here; every job reads it
     print(f"data ready in {time.perf_counter() - t0:.0f}s", flush=True)
-    jobs = [(r, s, {}, vars(args)) for s in args.seed_list for r in REFERENCES if r in args.references.split(",")]
-    jobs += [(n, s, VARIANTS[n], vars(args)) for s in args.seed_list for n in names]
+    jobs = [(n, s, VARIANTS[n], vars(args)) for s in args.seed_list for n in names]  # the long jobs first
+    jobs += [(r, s, {}, vars(args)) for s in args.seed_list for r in REFERENCES if r in args.references.split(",")]
     rows: list[dict] = []
     if args.jobs > 1:
         import multiprocessing as mp

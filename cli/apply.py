@@ -23,7 +23,7 @@ def gan_options(f):
             "[structured / paper]",
         ),
         click.option("--alpha", type=click.FloatRange(min=0), help="Pixel-loss weight. [1 / 1]"),
-        click.option("--beta", type=click.FloatRange(min=0), help="GAN-loss weight. [0.2 / 0.05]"),
+        click.option("--beta", type=click.FloatRange(min=0), help="GAN-loss weight. [1 / 0.05]"),
         click.option("--d-steps", type=click.IntRange(min=1), help="D updates per G update. [1 / 5]"),
         click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), help="D learning rate. [4e-4 / 1e-4]"),
         click.option(

@@ -162,17 +162,27 @@ def gaussian_kernels(sigma: torch.Tensor, angle: torch.Tensor, size: int) -> tor
     return k / k.sum(dim=(-2, -1), keepdim=True)
 
 
-def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Convolve each image with its own kernel, reflect-padded: x (B, C, H, W), kernels (B, k, k) -> (B, C, H, W)."""
+def blur(x: torch.Tensor, kernels: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """Convolve each image with its own kernel (reflect-padded), then average-pool by `scale`.
+
+    x (B, C, H, W), kernels (B, k, k) -> (B, C, H/scale, W/scale). Blur and pooling are one strided
+    convolution by the kernel widened with the scale x scale box: (k + s - 1)^2 taps per LR pixel instead of
+    s^2 k^2 per LR pixel, about 7x less work (and the backward pass's, the larger part) at s = 4, k = 13.
+    """
     b, c, h, w = x.shape
     p = kernels.shape[-1] // 2
+    weight = kernels.flip(-2, -1).unsqueeze(1).to(x.dtype)  # (B, 1, k, k); flipped: a convolution
+    if scale > 1:
+        box = torch.full((1, 1, scale, scale), 1 / scale**2, dtype=x.dtype, device=x.device)
+        weight = F.conv2d(F.pad(weight, (scale - 1,) * 4), box)  # (B, 1, k + s - 1, k + s - 1)
     x = F.pad(x, (p, p, p, p), mode="reflect").reshape(1, b * c, h + 2 * p, w + 2 * p)
-    weight = kernels.flip(-2, -1).repeat_interleave(c, dim=0).unsqueeze(1)  # (B*C, 1, k, k); flip: a convolution
-    return F.conv2d(x, weight.to(x.dtype), groups=b * c).view(b, c, h, w)
+    out = F.conv2d(x, weight.repeat_interleave(c, dim=0), stride=scale, groups=b * c)
+    return out.view(b, c, h // scale, w // scale)
 
 
 class Blur(nn.Module):
-    """Optics: a per-image mixture of `gaussians` anisotropic Gaussian kernels, applied at HR."""
+    """Optics: a per-image mixture of `gaussians` anisotropic Gaussian kernels at HR, then the sensor's area
+    sampling by `scale` (the paper's pixel-loss target is the same average pooling)."""
 
     def __init__(self, hidden: int, cfg: StructuredConfig):
         super().__init__()
@@ -191,7 +201,7 @@ class Blur(nn.Module):
         return {"kernel": kernel, "sigma": sigma, "angle": raw[..., 2], "mix": weights}
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return blur(x, self.params(h)["kernel"])
+        return blur(x, self.params(h)["kernel"], self.cfg.scale)
 
 
 # ----------------------------------------------------------------------------------------------- colour
@@ -343,7 +353,6 @@ class StructuredGenerator(nn.Module):
         self.config = cfg = config
         self.embed = Embedding(cfg.z_dim, cfg.hidden)
         self.blur = Blur(cfg.hidden, cfg)
-        self.down = nn.AvgPool2d(cfg.scale)  # the sensor's area sampling; also the paper's pixel-loss target
         self.colour = Colour(cfg.hidden, cfg)
         self.noise = SensorNoise(cfg.hidden, cfg)
         self.jpeg = Jpeg(cfg.hidden, cfg)
@@ -358,8 +367,7 @@ class StructuredGenerator(nn.Module):
             noise = noise_images(z, hr.shape[-2] // s, hr.shape[-1] // s)
         h = self.embed(z)  # (B, hidden)
         x = (hr + 1) / 2  # [0, 1]: light intensities for the physical steps
-        x = self.blur(x, h)  # (B, 3, H, W)
-        x = self.down(x)  # (B, 3, H/s, W/s)
+        x = self.blur(x, h)  # blurred and area-downsampled: (B, 3, H/s, W/s)
         x = self.colour(x, h)
         x = self.noise(x, h, noise).clamp(0, 1)  # the sensor clips
         x = self.jpeg(x, h)

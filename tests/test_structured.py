@@ -80,6 +80,13 @@ def test_blur_uses_each_images_own_kernel():
             assert torch.allclose(out[i, c, 3:12, 3:12], k[i], atol=1e-6)
 
 
+def test_blur_with_scale_is_blur_then_area_downsampling():
+    x = torch.rand(3, 3, 24, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    k = gaussian_kernels(torch.tensor([[2.0, 0.7], [0.3, 1.1], [1.0, 1.0]]), torch.tensor([0.5, 1.0, 0.0]), 13)
+    for scale in (2, 4):
+        assert torch.allclose(blur(x, k, scale), F.avg_pool2d(blur(x, k), scale), atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ colour
 
 
