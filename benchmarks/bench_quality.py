@@ -91,6 +91,7 @@ VARIANTS: dict[str, dict] = {
     "tuned-b0.5": dict(generator="structured", loss={**TUNED, "beta": 0.5}),
     "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),
     "tuned-b0.5-colour": dict(generator="structured", loss={**TUNED, "beta": 0.5, "augment": "colour"}),
+    "tuned-b1-cutout": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "cutout,colour"}),
     "tuned-b1-colour": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}),
     "tuned-b0.2-colour": dict(generator="structured", loss={**TUNED, "beta": 0.2, "augment": "colour"}),
     "tuned-b1-q70": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(quality_init=70.0)),
