@@ -45,9 +45,6 @@ def degrade() -> None:
 )
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True, help="HR size / LR size.")
 @click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
-@click.option(
-    "--hr-jpeg", is_flag=True, help="Structured generator: also a JPEG before the blur (LR compressed, then resized)."
-)
 @click.option("--val-lr", type=DIR, default=None, help="Real LR images for validation [a --val-split share of --lr].")
 @click.option(
     "--val-split",

@@ -69,7 +69,6 @@ class FitConfig:
     scale: int = 4  # downscaling factor the degrader learns
     residual: bool | None = None  # paper generator: a residual over avg-pooled HR; None takes the preset's choice
     generator: str | None = None  # "paper" (the authors' network) or "structured"; None: the preset's
-    hr_jpeg: bool = False  # structured: also a JPEG before the blur, for LR made by compressing and then resizing
     steps: int = 2000  # generator updates
     batch_size: int = 16
     loss: LossConfig | None = None  # alpha, beta, Adam, D steps per G step, stabilisers; None: the preset's
@@ -102,9 +101,7 @@ class FitConfig:
     def model(self) -> HighToLowConfig | StructuredConfig:
         preset = dict(PRESETS[self.preset])
         if self.generator == "structured":
-            return StructuredConfig(
-                hr_size=self.hr_size, scale=self.scale, d_width=preset["d_width"], hr_jpeg=self.hr_jpeg
-            )
+            return StructuredConfig(hr_size=self.hr_size, scale=self.scale, d_width=preset["d_width"])
         if self.residual is not None:
             preset["residual"] = self.residual
         return HighToLowConfig(hr_size=self.hr_size, scale=self.scale, **preset)
@@ -147,8 +144,6 @@ def plan_fit(config: FitConfig) -> FitPlan:
         raise UserError(f"--preset {config.preset!r} is not one of {', '.join(PRESETS)}.")
     if config.generator not in GENERATORS:
         raise UserError(f"--generator {config.generator!r} is not one of {', '.join(GENERATORS)}.")
-    if config.hr_jpeg and config.generator != "structured":
-        raise UserError("--hr-jpeg is a step of the structured generator; add --generator structured or drop it.")
     try:
         model = config.model()
         net_g, net_d = build_generator(model), Discriminator(model.discriminator())

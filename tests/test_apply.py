@@ -87,13 +87,11 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
     common = ["--hr-size", "32", "--steps", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
     result = CliRunner().invoke(
         degrade,
-        ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *common, "--val-split", "0", "--beta", "0.1"]
-        + ["--hr-jpeg"],
+        ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *common, "--val-split", "0", "--beta", "0.1"],
     )
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["generator"] == "structured"  # the small preset's, with the option given and the rest its own
-    assert config["hr_jpeg"] and Degrader.load(run).config.hr_jpeg  # the JPEG before the blur is in the model
     assert (config["loss"]["beta"], config["loss"]["ema"], config["loss"]["d_steps"]) == (0.1, 0.99, 1)
     result = CliRunner().invoke(degrade, ["apply", "--degrader", str(run), str(hr), "--out", str(out), "--tile", "16"])
     assert result.exit_code == 0, result.output
@@ -104,6 +102,3 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
         degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / "x"), "--augment", "rotate"]
     )
     assert bad.exit_code != 0 and "augmentation" in bad.output and "Traceback" not in bad.output
-    args = ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / "y"), "--generator", "paper", "--hr-jpeg"]
-    bad = CliRunner().invoke(degrade, args)
-    assert bad.exit_code == 1 and "--hr-jpeg" in bad.output and "Traceback" not in bad.output
