@@ -79,7 +79,6 @@ VARIANTS: dict[str, dict] = {
     "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
     "tuned-b0.5": dict(generator="structured", loss={**TUNED, "beta": 0.5}),
     "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),  # `degrade fit --preset small`
-    "tuned-b1-hrjpeg": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(hr_jpeg=True)),
     "tuned-b0.5-colour": dict(generator="structured", loss={**TUNED, "beta": 0.5, "augment": "colour"}),
     "tuned-b1-cutout": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "cutout,colour"}),
     "tuned-b1-colour": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}),

@@ -44,8 +44,7 @@ def margin(config: StructuredConfig) -> int:
     chroma = 1  # bilinear upsampling of 4:2:0 chroma reads one neighbour
     residual = 3 if config.residual_width > 0 else 0  # three 3x3 convolutions
     coded = BLOCK * math.ceil((residual + chroma) / BLOCK)  # whole blocks around the kept region
-    hr_chroma = 1 if config.hr_jpeg else 0  # the HR JPEG's chroma upsampling reads one HR px beyond the blur
-    return BLOCK * math.ceil((coded + blur + hr_chroma) / BLOCK)
+    return BLOCK * math.ceil((coded + blur) / BLOCK)
 
 
 @torch.no_grad()

@@ -143,8 +143,6 @@ def fingerprint(net_g, n: int = FINGERPRINT_SEEDS) -> dict[str, torch.Tensor]:
     }
     if "subsampled" in p:
         values["4:2:0 chroma weight"] = p["subsampled"]
-    if "hr_quality" in p:
-        values["JPEG quality before the resize"] = p["hr_quality"]
     return {k: v.float().cpu() for k, v in values.items()} | {"kernel": p["kernel"].float().cpu()}
 
 

@@ -1,6 +1,6 @@
 """The structured High-to-Low generator: z drives a chain of physical, differentiable degradation steps.
 
-    HR -> [JPEG at HR] -> blur (per-image kernel) -> area downsampling -> colour (gains, black level, saturation)
+    HR -> blur (per-image kernel) -> area downsampling -> colour (gains, black level, saturation)
        -> sensor noise (Poisson-Gaussian) -> JPEG (per-image quality) -> free-form residual -> LR
 
 A small MLP embeds z; every step reads the parameters of its image from that embedding through its own head,
@@ -58,7 +58,6 @@ class StructuredConfig:
     quality_init: float = 95.0
     subsample: bool = True  # learn a per-image mix of 4:4:4 and 4:2:0 chroma (most encoders' default)
     subsample_init: float = 0.1  # initial weight of the 4:2:0 decode
-    hr_jpeg: bool = False  # a second JPEG, on the HR image before the blur: web images are compressed, then resized
     rounding: str = "ste"  # "ste" or "cubic" rounding of DCT coefficients
     # free-form residual on the LR output (the paper's network's role), zero-initialised
     residual_width: int = 32  # 0 turns it off
@@ -357,7 +356,6 @@ class StructuredGenerator(nn.Module):
         self.colour = Colour(cfg.hidden, cfg)
         self.noise = SensorNoise(cfg.hidden, cfg)
         self.jpeg = Jpeg(cfg.hidden, cfg)
-        self.hr_jpeg = Jpeg(cfg.hidden, cfg) if cfg.hr_jpeg else None
         self.residual = Residual(cfg.hidden, cfg) if cfg.residual_width > 0 else None
 
     def forward(self, hr: torch.Tensor, z: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -369,8 +367,6 @@ class StructuredGenerator(nn.Module):
             noise = noise_images(z, hr.shape[-2] // s, hr.shape[-1] // s)
         h = self.embed(z)  # (B, hidden)
         x = (hr + 1) / 2  # [0, 1]: light intensities for the physical steps
-        if self.hr_jpeg is not None:
-            x = self.hr_jpeg(x, h)  # (B, 3, H, W)
         x = self.blur(x, h)  # blurred and area-downsampled: (B, 3, H/s, W/s)
         x = self.colour(x, h)
         x = self.noise(x, h, noise).clamp(0, 1)  # the sensor clips
@@ -388,15 +384,12 @@ class StructuredGenerator(nn.Module):
 
         Keys: kernel (B, k, k), sigma (B, G, 2) in HR px, angle (B, G), mix (B, G), gains (B, 3),
         offset (B, 3), saturation (B,), shot and read (B,) (noise variance a * x + b on [0, 1]),
-        grey_noise (B,), quality (B,), subsampled (B,) (weight of 4:2:0 chroma; absent without `subsample`);
-        with `hr_jpeg`, hr_quality and hr_subsampled of the JPEG before the blur.
+        grey_noise (B,), quality (B,), subsampled (B,) (weight of 4:2:0 chroma; absent without `subsample`).
         """
         h = self.embed(z)
-        hr_jpeg = {f"hr_{k}": v for k, v in self.hr_jpeg.params(h).items()} if self.hr_jpeg is not None else {}
         return {
             **self.blur.params(h),
             **self.colour.params(h),
             **self.noise.params(h),
             **self.jpeg.params(h),
-            **hr_jpeg,
         }

@@ -92,12 +92,3 @@ def test_report_shows_what_a_structured_degrader_learned(run):
     assert kernel.shape[0] == 16 and torch.allclose(kernel.sum(dim=(1, 2)), torch.ones(16), atol=1e-5)
     assert all(v.shape == (16,) for v in values.values())
     assert 10 <= float(values["JPEG quality"].min()) <= float(values["JPEG quality"].max()) <= 100
-
-
-def test_fingerprint_shows_the_jpeg_before_the_resize_only_where_the_chain_has_it():
-    from degrader.run_report import fingerprint
-    from degrader.structured import StructuredConfig, StructuredGenerator
-
-    with_hr = fingerprint(StructuredGenerator(StructuredConfig(hr_jpeg=True)), n=4)
-    assert with_hr["JPEG quality before the resize"].shape == (4,)
-    assert "JPEG quality before the resize" not in fingerprint(StructuredGenerator(StructuredConfig()), n=4)
