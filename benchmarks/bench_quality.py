@@ -59,8 +59,8 @@ SPLITS = {"hr": 1000, "lr": 1000}  # the rest of faces-hr is the test split
 VAL = 300  # of the "lr" split, held out of training for checkpoint selection
 WEB_TEST = 1044  # of faces-lr-web, held out
 
-# Each variant: the generator ("paper": the small preset's residual network; "structured") and overrides of
-# LossConfig and StructuredConfig. "paper" is the paper's losses and optimiser on its network at `small` width.
+# Each variant: the generator ("paper": the paper's network at the small width; "structured") and overrides of
+# LossConfig and StructuredConfig. "paper" is the paper's losses and optimiser on that network.
 STABLE = dict(augment="translation,colour", r1=1.0, lr_d=4e-4, d_steps=1, ema=0.99)
 TUNED = {**STABLE, "pixel": "luma-lowpass"}
 VARIANTS: dict[str, dict] = {
@@ -299,9 +299,9 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             row["fingerprint"]["sigma"] = round(float(p["sigma"].amax(-1).mean()), 3)
         degrade = degrade_fn(net, device)
         row["psnr"] = train_sr(
-                lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
-                hr, s["test_hr"], s["test_lr"], args, seed,
-            )  # fmt: skip
+            lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
+            hr, s["test_hr"], s["test_lr"], args, seed,
+        )  # fmt: skip
         if seed == args.seed_list[0]:
             n = 8
             rows = [s["test_hr"][:n], _bicubic(s["test_hr"][:n])]

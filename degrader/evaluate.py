@@ -20,7 +20,7 @@ import torch
 from degrader.checkpoint import load_degrader
 from degrader.errors import UserError
 from degrader.features import FeatureExtractor, fid, kid
-from degrader.images import ImageFolder, _hash_int
+from degrader.images import ImageFolder, _hash_int, shuffled
 from degrader.realism import (
     STATISTICS,
     SWDReference,
@@ -153,8 +153,7 @@ def draw_images(
     The draw and the crops ("crop" prep) are fixed by (seed, tag); different tags draw independently. A file
     that fails to decode is replaced by the next one, as in `fit`. Also what a `RealismProbe` is built from.
     """
-    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(_hash_int(tag, seed) % 2**63))
-    folder = ImageFolder([paths[int(i)] for i in order[:count]], size, prep, "none")
+    folder = ImageFolder(shuffled(paths, seed, tag)[:count], size, prep, "none")
     images = []
     for i in range(count):
         images.append(folder[i, _hash_int(tag, seed, i)])

@@ -282,6 +282,12 @@ def _hash_int(*parts: object) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def shuffled(items: list, seed: int, tag: str) -> list:
+    """`items` in a random order fixed by (seed, tag): the same on every machine; other tags draw independently."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(_hash_int(tag, seed) % 2**63))
+    return [items[int(i)] for i in order]
+
+
 class InfiniteSampler(torch.utils.data.Sampler):
     """Yields `(index, sample_seed)` forever, reproducibly and resumably.
 

@@ -262,11 +262,12 @@ def write_samples(
     path.parent.mkdir(exist_ok=True)
     s, n = net_g.config.scale, hr.shape[0]
     bicubic = F.interpolate(hr, scale_factor=1 / s, mode="bicubic", antialias=True).clamp(0, 1)  # (n, 3, H/s, H/s)
+    training = net_g.training  # the EMA copy stays in eval mode, the trained network goes back to train mode
     net_g.eval()
     fakes = [
         (net_g(hr.to(device) * 2 - 1, noise_from_seeds([seed] * n, net_g.config.z_dim).to(device)).cpu() + 1) / 2
         for seed in SAMPLE_SEEDS
     ]
-    net_g.train()
+    net_g.train(training)
     labels = ["HR", f"bicubic /{s}", *[f"G(HR, z seed {seed})" for seed in SAMPLE_SEEDS], "real LR (unpaired)"]
     save_grid([hr, bicubic, *[f.clamp(0, 1) for f in fakes], real_lr], path, row_labels=labels, col_labels=numbered(n))

@@ -20,14 +20,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from degrader import dist
 from degrader.checkpoint import BEST_FILE, Degrader
 from degrader.errors import UserError
 from degrader.evaluate import draw_images
-from degrader.images import _hash_int
+from degrader.images import shuffled
 from degrader.model import HighToLowConfig
 from degrader.realism import RealismProbe, relative
 from degrader.run import LOG_FILE, Progress, append_log, due
@@ -50,11 +49,6 @@ class ValidationSet:
     def n(self) -> int:
         """Images per compared set."""
         return min(len(self.hr), len(self.lr) // 2)
-
-
-def _shuffled(paths: list[Path], seed: int, tag: str) -> list[Path]:
-    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(_hash_int(tag, seed) % 2**63))
-    return [paths[int(i)] for i in order]
 
 
 def _without(scan: Scan, removed: list[Path]) -> Scan:
@@ -84,7 +78,7 @@ def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Sca
             raise UserError(
                 f"--val-lr {config.val_lr}: {len(val.paths)} usable images; validation needs at least {MIN_LR}."
             )
-        held = _shuffled(val.paths, config.seed, "val-lr")[: 2 * config.val_n]
+        held = shuffled(val.paths, config.seed, "val-lr")[: 2 * config.val_n]
         source = f"--val-lr {config.val_lr}"
     elif config.val_split > 0:
         k = min(round(config.val_split * len(lr.paths)), 2 * config.val_n)
@@ -94,13 +88,13 @@ def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Sca
                 f"{MIN_LR}; give more LR images, a larger --val-split or --val-lr DIR"
             )
             return hr, lr, None, note
-        held = _shuffled(lr.paths, config.seed, "val-lr")[:k]
+        held = shuffled(lr.paths, config.seed, "val-lr")[:k]
         lr = _without(lr, held)
         source = f"{k} of --lr held out (--val-split {config.val_split})"
     else:
         return hr, lr, None, "validation off (--val-split 0)"
     m = min(config.val_n, len(held) // 2, len(hr.paths))
-    val_hr = _shuffled(hr.paths, config.seed, "val-hr")[:m]
+    val_hr = shuffled(hr.paths, config.seed, "val-hr")[:m]
     held_out = len(hr.paths) >= HR_SHARE * m
     if held_out:
         hr = _without(hr, val_hr)
