@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import inspect
 import os
 import threading
@@ -76,6 +77,9 @@ def _leave(wait: float = 30.0) -> None:
     met.start()
     met.join(wait)
     if not met.is_alive():
+        # DDP wrappers left in reference cycles keep the process group (and gloo's threads) alive past
+        # destroy_process_group, until the interpreter's teardown destroys them: collect them first.
+        gc.collect()
         dist.destroy_process_group()
 
 
