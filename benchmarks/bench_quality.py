@@ -8,9 +8,10 @@ JPEG; its parameters drawn per image), so the truth is known. The faces are spli
     test     993 other faces, camera-degraded: held-out real LR for realism, and the SR test pairs
 
 Each variant (generator + GAN stabilisers) is fitted for `--seconds` per fit, keeping its best checkpoint by
-validation SWD. Reported per variant and seed:
+validation realism (`RealismProbe`'s `val_rel`, as `degrade fit`). Reported per variant and seed:
 
     syn_rel   SWD relative to bicubic on the held-out camera-degraded faces (1 = bicubic, 0 = real as real)
+    syn_mix   the mean of that and the per-image statistics' relative figures (what validation ranks by)
     syn_c2st  accuracy of a small classifier telling its LR from real (0.5: indistinguishable)
     web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
     psnr      PSNR (Y, dB) on the test pairs of one small SR model trained `--sr-steps` pixel-only steps on
@@ -27,6 +28,7 @@ the image folders can run it). Writes results.json, results.md and one PNG grid 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -180,7 +182,7 @@ def degrade_fn(net_g: torch.nn.Module, device: torch.device):
 
 
 def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, args, seed: int) -> dict:
-    """Train one degrader for `args.seconds` (or `args.max_steps`); keep the best by validation SWD."""
+    """Train one degrader for `args.seconds` (or `args.max_steps`); keep the best by validation realism (`val_rel`)."""
     device = torch.device(args.device)
     net_g, net_d, loss = build(spec, seed)
     net_g, net_d = net_g.to(device), net_d.to(device)
@@ -197,7 +199,9 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     def noise() -> torch.Tensor:
         return torch.randn(b, net_g.config.z_dim, generator=gen).to(device)
 
-    best, best_state, history, step, t0 = math.inf, None, [], 0, time.perf_counter()
+    keys = ("val_rel", "val_swd_rel") if args.compare_selection else ("val_rel",)  # what ranks checkpoints
+    best = {k: (math.inf, 0, None) for k in keys}  # key -> (score, step, state)
+    history, step, t0 = [], 0, time.perf_counter()
     next_eval = args.eval_every
     while True:
         elapsed = time.perf_counter() - t0
@@ -221,23 +225,31 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
         step += 1
         if step % args.eval_every == 0 or step == next_eval:
             shown = ema.module if ema else net_g
-            score = val.score(degrade_fn(shown.eval(), device))["val_swd_rel"]
+            scores = val.score(degrade_fn(shown.eval(), device))
             shown.train() if not ema else None
-            history.append((step, round(time.perf_counter() - t0, 1), round(score, 4)))
-            if score < best:
-                best, best_state = score, {k: v.detach().clone() for k, v in shown.state_dict().items()}
-    final = ema.module if ema else net_g
-    if best_state is not None:
-        final.load_state_dict(best_state)
-    return {"net": final.eval(), "steps": step, "seconds": time.perf_counter() - t0, "val": history}
+            history.append((step, round(time.perf_counter() - t0, 1), round(scores["val_rel"], 4)))
+            for k in keys:
+                if scores[k] < best[k][0]:
+                    best[k] = (scores[k], step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
+    final = (ema.module if ema else net_g).eval()
+    nets = {}
+    for k, (_, at, state) in best.items():
+        net = final if k == "val_rel" else copy.deepcopy(final)
+        if state is not None:
+            net.load_state_dict(state)
+        nets[k] = (net, at)
+    out = {"net": nets["val_rel"][0], "best_step": nets["val_rel"][1], "val": history}
+    if "val_swd_rel" in nets:
+        out["net_swd"], out["best_step_swd"] = nets["val_swd_rel"]
+    return out | {"steps": step, "seconds": time.perf_counter() - t0}
 
 
 def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed: int) -> dict[str, float]:
     probe = RealismProbe(probe_hr, real_test, 4, seed=seed)
-    rel = probe.score(degrade_fn(net_g, device))["val_swd_rel"]
+    scores = probe.score(degrade_fn(net_g, device))
     fake = degrade_fn(net_g, device)(probe.hr, probe.seeds)
     c2st = classifier_two_sample_test(fake, real_test[: len(fake)], seed=seed)["c2st"]
-    return {"rel": rel, "c2st": c2st}
+    return {"rel": scores["val_swd_rel"], "mix": scores["val_rel"], "c2st": c2st}
 
 
 # ------------------------------------------------------------------------------------------------ SR
@@ -289,7 +301,12 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         val = RealismProbe(probe_hr[:VAL], s["lr_val"], 4, seed=seed)
         syn = fit(spec, hr, s["lr_train"], val, args, seed)
         net = syn["net"]
-        row |= {"steps": syn["steps"], "fit_s": round(syn["seconds"], 1), "val": syn["val"]}
+        row |= {
+            "steps": syn["steps"],
+            "best_step": syn["best_step"],
+            "fit_s": round(syn["seconds"], 1),
+            "val": syn["val"],
+        }
         row |= {f"syn_{k}": v for k, v in realism(net, probe_hr, s["test_lr"], device, seed).items()}
         if isinstance(net, StructuredGenerator):
             p = net.params(noise_from_seeds(range(256), net.config.z_dim).to(device))
@@ -302,6 +319,13 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
             hr, s["test_hr"], s["test_lr"], args, seed,
         )  # fmt: skip
+        if "net_swd" in syn:  # the checkpoint the SWD alone would have kept (the old validation), for comparison
+            row["best_step_swd"] = syn["best_step_swd"]
+            old = degrade_fn(syn["net_swd"], device)
+            row["psnr_swd"] = row["psnr"] if syn["best_step_swd"] == syn["best_step"] else train_sr(
+                lambda i, g: old(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
+                hr, s["test_hr"], s["test_lr"], args, seed,
+            )  # fmt: skip
         if seed == args.seed_list[0]:
             n = 8
             rows = [s["test_hr"][:n], _bicubic(s["test_hr"][:n])]
@@ -335,11 +359,15 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in REFERENCES}
     bic, ora = (statistics.mean(ref[r]) if ref[r] else math.nan for r in REFERENCES)
     table, names = [], list(dict.fromkeys(r["variant"] for r in rows))
-    cols = ("syn_rel", "syn_c2st", "web_rel", "web_c2st", "psnr", "closure", "steps", "fit_s")
+    cols = ("syn_rel", "syn_mix", "syn_c2st", "web_rel", "web_mix", "web_c2st", "psnr", "closure", "steps", "fit_s")
+    cols += ("psnr_swd", "closure_swd")  # --compare-selection
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
         for r in mine:
-            r["closure"] = (r["psnr"] - bic) / (ora - bic) if "psnr" in r and name not in REFERENCES else math.nan
+            for c in ("", "_swd"):
+                r["closure" + c] = (
+                    (r["psnr" + c] - bic) / (ora - bic) if "psnr" + c in r and name not in REFERENCES else math.nan
+                )
         entry = {"variant": name, "seeds": len(mine)}
         for c in cols:
             vals = [r[c] for r in mine if c in r and r[c] is not None and not math.isnan(r[c])]
@@ -347,12 +375,18 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
                 entry[c] = statistics.mean(vals)
                 entry[c + "_min"], entry[c + "_max"] = min(vals), max(vals)
         table.append(entry)
-    head = "| variant | seeds | syn rel SWD | syn C2ST | web rel SWD | web C2ST | SR PSNR (dB) | gap closed | steps |"
-    lines = [head + " fit s |", "|" + "---|" * 10]
+    head = "| variant | seeds | syn rel SWD | syn mix | syn C2ST | web rel SWD | web mix | web C2ST | SR PSNR (dB) |"
+    lines = [head + " gap closed | steps | fit s |", "|" + "---|" * 12]
     for e in table:
-        cells = [_cell(e, c) for c in cols[:4]] + [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
+        cells = [_cell(e, c) for c in cols[:6]] + [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
         cells += [_cell(e, "steps", "{:.0f}"), _cell(e, "fit_s", "{:.0f}")]
         lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
+    old = [e for e in table if "psnr_swd" in e]
+    if old:  # --compare-selection
+        lines += ["", "| variant | SR PSNR, SWD-selected checkpoint (dB) | gap closed |", "|---|---|---|"]
+        lines += [
+            f"| {e['variant']} | {_cell(e, 'psnr_swd', '{:.2f}')} | {_cell(e, 'closure_swd', '{:.2f}')} |" for e in old
+        ]
     return table, "\n".join(lines) + "\n"
 
 
@@ -385,6 +419,10 @@ def main() -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--sr-device", choices=("cpu", "cuda"), default=None, help="where SR trains (default: --device)")
     p.add_argument("--jobs", type=int, default=1, help="variants fitted in parallel processes")
+    p.add_argument(
+        "--compare-selection", action="store_true",
+        help="also train SR on the checkpoint the validation SWD alone would keep (psnr_swd, closure_swd)",
+    )  # fmt: skip
     args = p.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]

@@ -59,7 +59,7 @@ def degrade() -> None:
     type=click.IntRange(min=1),
     default=100,
     show_default=True,
-    help="Steps between validations (SWD relative to bicubic); the best weights are kept as best.safetensors.",
+    help="Steps between validations (realism relative to bicubic); the best weights are kept as best.safetensors.",
 )
 @gan_options
 @run_options
