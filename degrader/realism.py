@@ -318,7 +318,8 @@ class RealismProbe:
 
     The figure it selects checkpoints by, `val_rel`, is the mean of the SWD's relative figure and those of the
     per-image statistics (`image_statistics`, Wasserstein-1) on which bicubic is at least twice as far from A
-    as B is: the statistics that can tell bicubic from real at this m. The SWD alone cannot see JPEG strength
+    as B is: the statistics that can tell bicubic from real at this m (colourfulness, when the real set is grey,
+    has a floor of 0). The SWD alone cannot see JPEG strength
     or sensor noise once colour matches: a structured fit swinging between JPEG quality 12 and 97 scored
     within its noise of the floor throughout, and SR trained on its checkpoints gained 0.7 dB at one and
     nothing at another (README, "Results").
@@ -345,7 +346,9 @@ class RealismProbe:
         self.stats = image_statistics(real_lr[:m])
         floor = statistics_distances(image_statistics(real_lr[m : 2 * m]), self.stats)
         reference = statistics_distances(image_statistics(bicubic), self.stats)
-        self.stat_scales = {k: (floor[k], reference[k]) for k in STATISTICS if reference[k] >= 2 * floor[k] > 0}
+        self.stat_scales = {
+            k: (floor[k], reference[k]) for k in STATISTICS if reference[k] >= 2 * floor[k] and reference[k] > 0
+        }
 
     def _swd(self, x: torch.Tensor) -> float:
         per_level = self.reference.distance(x)

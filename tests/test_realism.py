@@ -180,6 +180,13 @@ def test_probe_the_real_process_beats_bicubic():
         lambda x, seeds: (camera(x, seed=seeds[0]) + 0.1 * torch.randn(x.shape[0], 3, 16, 16)).clamp(0, 1)
     )
     assert noisy["val_rel"] > as_real["val_rel"] + 0.3
+    # a grey real set: colourfulness has a floor of exactly 0 and is the plainest tell of bicubic's colour
+    grey = camera(scenes(256, 64, seed=4), seed=6).mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    probe = RealismProbe(hr, grey, scale=4, seed=0)
+    assert probe.stat_scales["colourfulness"][0] == 0 and probe.stat_scales["colourfulness"][1] > 0
+    assert probe.score(lambda x, seeds: Bicubic(4).degrade(x, seeds).mean(1, keepdim=True).expand(-1, 3, -1, -1))[
+        "val_colourfulness_rel"
+    ] == pytest.approx(0.0)
 
 
 # ---------------------------------------------------------------------------------------------- FID / KID
