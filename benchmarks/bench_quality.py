@@ -199,7 +199,7 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     def noise() -> torch.Tensor:
         return torch.randn(b, net_g.config.z_dim, generator=gen).to(device)
 
-    keys = ("val_rel", "val_swd_rel") if args.compare_selection else ("val_rel",)  # what ranks checkpoints
+    keys = list(dict.fromkeys([args.select, *(["val_swd_rel"] if args.compare_selection else [])]))
     best = {k: (math.inf, 0, None) for k in keys}  # key -> (score, step, state)
     history, step, t0 = [], 0, time.perf_counter()
     next_eval = args.eval_every
@@ -234,11 +234,11 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     final = (ema.module if ema else net_g).eval()
     nets = {}
     for k, (_, at, state) in best.items():
-        net = final if k == "val_rel" else copy.deepcopy(final)
+        net = final if k == keys[0] else copy.deepcopy(final)
         if state is not None:
             net.load_state_dict(state)
         nets[k] = (net, at)
-    out = {"net": nets["val_rel"][0], "best_step": nets["val_rel"][1], "val": history}
+    out = {"net": nets[keys[0]][0], "best_step": nets[keys[0]][1], "val": history}
     if "val_swd_rel" in nets:
         out["net_swd"], out["best_step_swd"] = nets["val_swd_rel"]
     return out | {"steps": step, "seconds": time.perf_counter() - t0}
@@ -419,6 +419,10 @@ def main() -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--sr-device", choices=("cpu", "cuda"), default=None, help="where SR trains (default: --device)")
     p.add_argument("--jobs", type=int, default=1, help="variants fitted in parallel processes")
+    p.add_argument(
+        "--select", choices=("val_rel", "val_swd_rel"), default="val_rel",
+        help="what ranks checkpoints: SWD and image statistics (as `degrade fit`), or the SWD alone",
+    )  # fmt: skip
     p.add_argument(
         "--compare-selection", action="store_true",
         help="also train SR on the checkpoint the validation SWD alone would keep (psnr_swd, closure_swd)",

@@ -219,6 +219,8 @@ def classifier_two_sample_test(
 # ---------------------------------------------------------------------------------------------- statistics
 
 STATISTICS = ("colourfulness", "sharpness", "noise", "blockiness", "brightness", "contrast")
+# what a degradation changes; brightness and contrast follow the images' content and framing as much
+DEGRADATION_STATISTICS = ("colourfulness", "sharpness", "noise", "blockiness")
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 _IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
@@ -317,9 +319,9 @@ class RealismProbe:
     there scored 0.43 at m = 128 and 0.51 at m = 256, on the same held-out set).
 
     The figure it selects checkpoints by, `val_rel`, is the mean of the SWD's relative figure and those of the
-    per-image statistics (`image_statistics`, Wasserstein-1) on which bicubic is at least twice as far from A
-    as B is: the statistics that can tell bicubic from real at this m (colourfulness, when the real set is grey,
-    has a floor of 0). The SWD alone cannot see JPEG strength
+    per-image statistics of the degradation (`DEGRADATION_STATISTICS`, Wasserstein-1) on which bicubic is at
+    least twice as far from A as B is: the statistics that can tell bicubic from real at this m (colourfulness,
+    when the real set is grey, has a floor of 0). The SWD alone cannot see JPEG strength
     or sensor noise once colour matches: a structured fit swinging between JPEG quality 12 and 97 scored
     within its noise of the floor throughout, and SR trained on its checkpoints gained 0.7 dB at one and
     nothing at another (README, "Results").
@@ -347,7 +349,9 @@ class RealismProbe:
         floor = statistics_distances(image_statistics(real_lr[m : 2 * m]), self.stats)
         reference = statistics_distances(image_statistics(bicubic), self.stats)
         self.stat_scales = {
-            k: (floor[k], reference[k]) for k in STATISTICS if reference[k] >= 2 * floor[k] and reference[k] > 0
+            k: (floor[k], reference[k])
+            for k in DEGRADATION_STATISTICS
+            if reference[k] >= 2 * floor[k] and reference[k] > 0
         }
 
     def _swd(self, x: torch.Tensor) -> float:
