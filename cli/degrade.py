@@ -59,7 +59,15 @@ def degrade() -> None:
     type=click.IntRange(min=1),
     default=100,
     show_default=True,
-    help="Steps between validations (realism relative to bicubic); the best weights are kept as best.safetensors.",
+    help="Steps between validations (SWD relative to bicubic); the best weights are kept as best.safetensors.",
+)
+@click.option(
+    "--select",
+    type=click.Choice(["swd", "mix"]),
+    default="swd",
+    show_default=True,
+    help="What ranks validation steps: the SWD, or the mean of it and image statistics (steadier SR on camera-like "
+    "LR, less real on web faces: README, Results).",
 )
 @gan_options
 @run_options

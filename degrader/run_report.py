@@ -22,7 +22,7 @@ from degrader.files import atomic_path
 from degrader.grids import save_grid
 from degrader.report import _STYLE, _html_table, _pyplot, _save, summary_columns, table
 from degrader.run import CONFIG_FILE, LOG_FILE
-from degrader.validation import figure, read_validation_log, summarize, verdict
+from degrader.validation import read_validation_log, summarize, verdict
 
 REPORT_FILE = "report.html"
 LOSS_PLOT = "report-losses.png"
@@ -73,18 +73,17 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> None:
-    """Validation realism (`validation.figure`) against the step, with bicubic (1) and real (0) marked."""
+    """Validation SWD relative to bicubic against the step, with bicubic (1) and real (0) marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
-    key = "val_rel" if all("val_rel" in r for r in records) else "val_swd_rel"  # logs of older versions
-    relative = all(not math.isnan(r[key]) for r in records)
-    key = key if relative else "val_swd"
+    relative = all(not math.isnan(r["val_swd_rel"]) for r in records)
+    key = "val_swd_rel" if relative else "val_swd"
     steps, values = [r["step"] for r in records], [r[key] for r in records]
     ax.plot(steps, values, marker="o", markersize=3, label="degrader (held-out)")
     if relative:
         ax.axhline(1.0, color="tab:red", linestyle="--", linewidth=1, label="bicubic (1)")
         ax.axhline(0.0, color="0.4", linestyle=":", linewidth=1, label="real vs real (0)")
-        ax.set_ylabel("realism relative to bicubic (lower is better)")
+        ax.set_ylabel("SWD relative to bicubic (lower is better)")
     else:  # bicubic at the floor: no relative figure, show raw SWD beside bicubic's
         ax.axhline(records[0]["val_bicubic"], color="tab:red", linestyle="--", linewidth=1, label="bicubic")
         ax.set_ylabel("SWD x1e3 (lower is better)")
@@ -202,17 +201,16 @@ def write_run_report(run: str | Path) -> Path:
     # --- validation: the verdict and the realism curve ---
     if vals:
         last = vals[-1]
-        best = min(vals, key=figure)
-        beat, line = verdict(summarize(best, int(last.get("val_n", 0))))
+        best = min(vals, key=lambda r: r["val_swd"])
+        n = int(last.get("val_n", 0))
+        beat, line = verdict(summarize(best["step"], best["val_swd"], last["val_floor"], last["val_bicubic"], n))
         colour = "#060" if beat else "#a00"
         plot_realism(vals, run / REALISM_PLOT, best["step"])
         parts.append(
             f'<h2>Validation realism</h2><p style="color:{colour};font-weight:bold">'
             f"The degrader {html.escape(line)}</p>"
-            f"<p>The mean of two kinds of distance to held-out real LR images, each relative to bicubic "
-            f"downscaling (1 = as good as bicubic, 0 = as real as two halves of the real set): the SWD over "
-            f"Laplacian-pyramid patches, and the Wasserstein distances of per-image statistics (sharpness, noise, "
-            f"colourfulness, ...) on which bicubic differs from real.</p>"
+            f"<p>SWD over Laplacian-pyramid patches against held-out real LR images, relative to bicubic "
+            f"downscaling: 1 = as good as bicubic, 0 = as real as two halves of the real set.</p>"
             f'<img src="{REALISM_PLOT}" alt="validation realism over the steps">'
         )
     else:

@@ -87,6 +87,7 @@ class FitConfig:
     val_split: float = 0.1  # share of `lr` held out for validation (at most 2 x val_n images); 0: no validation
     val_n: int = 128  # images per set in validation: HR degraded, and each half of the held-out real LR
     eval_every: int = 100  # steps between validations (and the last step); the best is kept as best.safetensors
+    select: str = "swd"  # what ranks validation steps: "swd", or "mix" (SWD and image statistics; README, Results)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
@@ -153,6 +154,8 @@ def plan_fit(config: FitConfig) -> FitPlan:
     lr = scan_images(config.lr, min_size=model.lr_size, option="--lr")
     if not 0 <= config.val_split < 1 or config.val_n < 8 or config.eval_every < 1:
         raise UserError("--val-split must lie in [0, 1), --val-n be at least 8 and --eval-every at least 1.")
+    if config.select not in ("swd", "mix"):
+        raise UserError(f"--select is {config.select!r}; use swd or mix.")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)

@@ -3,10 +3,9 @@
 A GAN's losses cannot say whether its LR images look real (a degrader can get *less* real with training while
 its discriminator wins), so `fit` measures it: before training, part of the real LR set is held out (or a
 separate `--val-lr` folder is used) with a fixed set of HR images, and every `eval_every` steps a
-`RealismProbe` scores the generator on them: the mean of the SWD over Laplacian-pyramid patches and of the
-distances of per-image statistics (sharpness, noise, ...), each relative to bicubic downscaling (1 = as good
-as bicubic, 0 = as real as the real set's own halves). The best-scoring weights are kept as
-`best.safetensors` beside the last ones; `Degrader.load(run)` prefers them.
+`RealismProbe` scores the generator on them: SWD over Laplacian-pyramid patches, relative to bicubic
+downscaling (1 = as good as bicubic, 0 = as real as the real set's own halves). The best-scoring weights are
+kept as `best.safetensors` beside the last ones; `Degrader.load(run)` prefers them.
 
 Exact resume: the best weights travel in the training state (as the module "best_g"), and the best score is
 read back from the log, whose lines after the saved step are dropped on resume, so a resumed run keeps the
@@ -118,7 +117,8 @@ class Validation:
     def __init__(self, out: Path, vset: ValidationSet, model: HighToLowConfig, config: Any, best_net: nn.Module):
         self.out, self.every, self.total = out, config.eval_every, config.steps
         self.best_net = best_net.eval().requires_grad_(False)  # a fresh generator like the trained one
-        self.best_step, self.best_figure, self.best_record = 0, math.inf, {}
+        self.best_step, self.best_swd, self.best_rank = 0, math.inf, math.inf
+        self.key = "val_mix" if config.select == "mix" else "val_swd"  # what ranks the steps
         self.latest: dict[str, float] = {}  # shown in the progress line
         self.probe = None
         if dist.is_main():
@@ -134,13 +134,18 @@ class Validation:
         training = net_g.training
         scores = self.probe.score(Degrader(net_g).degrade)  # Degrader puts net_g in eval mode
         net_g.train(training)
-        record = {"step": step, **scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
-        if figure(record) < self.best_figure:
-            self.best_figure, self.best_step, self.best_record = figure(record), step, record
+        if self._rank(scores) < self.best_rank:
+            self.best_swd, self.best_rank, self.best_step = scores["val_swd"], self._rank(scores), step
             self.best_net.load_state_dict(net_g.state_dict())
             self._save_best()
+        record = {"step": step, **scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
         append_log(self.out, {**record, "val_n": len(self.probe.hr), "val_best_step": self.best_step})
-        self.latest = {"val_rel": scores["val_rel"]}
+        self.latest = {"val_rel": scores["val_swd_rel"]}
+
+    def _rank(self, record: dict[str, Any]) -> float:
+        """The figure steps are ranked by; `val_mix` is nan without any relative figure (and absent from old logs)."""
+        value = record.get(self.key, math.nan)
+        return record["val_swd"] if math.isnan(value) else value
 
     def _save_best(self) -> None:
         Degrader(self.best_net, name=self.out.name, step=self.best_step).save(self.out / BEST_FILE)
@@ -152,9 +157,9 @@ class Validation:
         if self.probe is None:
             return
         for record in read_validation_log(self.out):
-            if figure(record) < self.best_figure:
-                self.best_figure, self.best_step, self.best_record = figure(record), record["step"], record
-            self.latest = {"val_rel": record.get("val_rel", record["val_swd_rel"])}
+            if self._rank(record) < self.best_rank:
+                self.best_swd, self.best_rank, self.best_step = record["val_swd"], self._rank(record), record["step"]
+            self.latest = {"val_rel": record["val_swd_rel"]}
         if self.best_step:
             self._save_best()
         else:
@@ -170,31 +175,20 @@ class Validation:
         """The best validation result, or None on other ranks and when no validation has run yet."""
         if self.probe is None or not self.best_step:
             return None
-        return summarize(self.best_record, self.probe.hr.shape[0])
+        return summarize(self.best_step, self.best_swd, self.probe.floor, self.probe.bicubic, self.probe.hr.shape[0])
 
 
-def figure(record: dict[str, Any]) -> float:
-    """What validation ranks steps by, lower is better: `val_rel` (logs of older versions: `val_swd_rel`), or the
-    raw `val_swd` when the probe has no relative figure (bicubic at the floor); which one is fixed for a run."""
-    rel = record.get("val_rel", record.get("val_swd_rel"))
-    return rel if rel is not None and not math.isnan(rel) else record["val_swd"]
-
-
-def summarize(record: dict[str, Any], n: int) -> dict[str, Any]:
-    """What `fit` returns about validation, from the best step's log record: the step, its realism figures
-    beside bicubic's and the floor, and whether it beat bicubic (`val_rel` < 1, or its SWD below bicubic's)."""
-    swd, floor, bicubic = record["val_swd"], record["val_floor"], record["val_bicubic"]
-    rel = record.get("val_rel", relative(swd, floor, bicubic))
-    rel = None if rel is None or math.isnan(rel) else rel
+def summarize(step: int, swd: float, floor: float, bicubic: float, n: int) -> dict[str, Any]:
+    """What `fit` returns about validation: the best step, its SWD beside bicubic's and the floor, the verdict."""
+    rel = relative(swd, floor, bicubic)
     return {
-        "best_step": record["step"],
-        "val_rel": rel,
+        "best_step": step,
         "val_swd": swd,
-        "val_swd_rel": relative(swd, floor, bicubic),
+        "val_swd_rel": rel,
         "bicubic_swd": bicubic,
         "floor_swd": floor,
         "n": n,
-        "beat_bicubic": rel < 1 if rel is not None else swd < bicubic,
+        "beat_bicubic": swd < bicubic,
     }
 
 
@@ -218,15 +212,13 @@ def verdict(summary: dict[str, Any] | None) -> tuple[bool | None, str]:
     """One line on whether the degrader beat bicubic on the held-out set (None: no validation ran)."""
     if summary is None:
         return None, "no validation ran (see --val-split / --val-lr / --eval-every)"
-    rel = summary["val_rel"]
-    if rel is not None:
-        shown = f"realism {rel:.2f} (SWD and image statistics relative to bicubic; 1 = bicubic, 0 = real)"
-    else:
-        shown = f"SWD {summary['val_swd']:.1f} vs bicubic {summary['bicubic_swd']:.1f}"
+    rel = summary["val_swd_rel"]
+    figure = f"realism {rel:.2f} (SWD relative to bicubic; 1 = bicubic, 0 = real)" if rel is not None else ""
+    figure = figure or f"SWD {summary['val_swd']:.1f} vs bicubic {summary['bicubic_swd']:.1f}"
     where = f"best at step {summary['best_step']}, {summary['n']} held-out images"
     if summary["beat_bicubic"]:
-        return True, f"beat bicubic on the held-out set: {shown}, {where} (kept as {BEST_FILE})"
+        return True, f"beat bicubic on the held-out set: {figure}, {where} (kept as {BEST_FILE})"
     return False, (
-        f"did NOT beat bicubic on the held-out set: {shown}, {where}; its LR images are less like the real ones "
+        f"did NOT beat bicubic on the held-out set: {figure}, {where}; its LR images are less like the real ones "
         "than plain bicubic downscaling: use bicubic, or train longer or differently"
     )

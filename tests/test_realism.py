@@ -170,16 +170,16 @@ def test_probe_the_real_process_beats_bicubic():
     assert bicubic["val_swd_rel"] == pytest.approx(1.0)
     assert as_real["val_swd_rel"] < 0.3
     assert probe.score(lambda x, seeds: blur(Bicubic(4).degrade(x, seeds)))["val_swd_rel"] > 0.3
-    # val_rel, which validation ranks by, adds the statistics on which bicubic is at least twice the floor
+    # val_mix adds the statistics on which bicubic is at least twice the floor
     assert probe.stat_scales and all(ref >= 2 * floor for floor, ref in probe.stat_scales.values())
-    assert {k for k in bicubic if k.endswith("_rel")} == {"val_swd_rel", "val_rel"} | {
+    assert {k for k in bicubic if k.endswith("_rel")} == {"val_swd_rel"} | {
         f"val_{name}_rel" for name in probe.stat_scales
     }
-    assert bicubic["val_rel"] == pytest.approx(1.0) and as_real["val_rel"] < 0.3
+    assert bicubic["val_mix"] == pytest.approx(1.0) and as_real["val_mix"] < 0.3
     noisy = probe.score(
         lambda x, seeds: (camera(x, seed=seeds[0]) + 0.1 * torch.randn(x.shape[0], 3, 16, 16)).clamp(0, 1)
     )
-    assert noisy["val_rel"] > as_real["val_rel"] + 0.3
+    assert noisy["val_mix"] > as_real["val_mix"] + 0.3
     # a grey real set: colourfulness has a floor of exactly 0 and is the plainest tell of bicubic's colour
     grey = camera(scenes(256, 64, seed=4), seed=6).mean(1, keepdim=True).expand(-1, 3, -1, -1)
     probe = RealismProbe(hr, grey, scale=4, seed=0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from degrader.errors import UserError
 from degrader.gan import LossConfig
 from degrader.run import STATE_FILE
 from degrader.train import FitConfig, fit, plan_fit
-from degrader.validation import figure, read_validation_log, summarize, verdict
+from degrader.validation import read_validation_log, summarize, verdict
 
 
 @pytest.fixture
@@ -82,15 +81,13 @@ def test_validation_logs_realism_and_keeps_the_best(folders, tmp_path):
     for r in records:
         assert r["val_swd"] > 0 and r["val_bicubic"] > 0 and r["val_floor"] > 0
         assert r["val_swd_rel"] == pytest.approx((r["val_swd"] - r["val_floor"]) / (r["val_bicubic"] - r["val_floor"]))
-        parts = [v for k, v in r.items() if k.startswith("val_") and k.endswith("_rel") and k != "val_rel"]
-        assert len(parts) >= 1 and r["val_rel"] == pytest.approx(sum(parts) / len(parts))  # what ranks steps
     # The progress line shows the latest figure first, from the first validation on.
     assert "val_rel" not in calls[0][2] and list(calls[1][2])[0] == "val_rel"
-    assert calls[-1][2]["val_rel"] == records[-1]["val_rel"]
+    assert calls[-1][2]["val_rel"] == records[-1]["val_swd_rel"]
     # best.safetensors holds the best-scoring step; Degrader.load prefers it over the last weights.
-    best = min(records, key=lambda r: r["val_rel"])
+    best = min(records, key=lambda r: r["val_swd"])
     assert result.validation["best_step"] == best["step"] == records[-1]["val_best_step"]
-    assert result.validation["beat_bicubic"] == (best["val_rel"] < 1)
+    assert result.validation["beat_bicubic"] == (best["val_swd"] < best["val_bicubic"])
     deg = Degrader.load(run)
     assert (deg.step, deg.file) == (best["step"], run / BEST_FILE)
     assert Degrader.load(run / DEGRADER_FILE).step == 5
@@ -144,33 +141,28 @@ def test_resume_from_before_any_validation_drops_a_later_best(folders, tmp_path)
     assert Degrader.load(run).file == run / DEGRADER_FILE
 
 
+def test_select_mix_ranks_steps_by_swd_and_statistics(folders, tmp_path):
+    hr, lr = folders
+    with pytest.raises(UserError, match="--select"):
+        plan_fit(tiny(hr, lr, tmp_path / "bad", select="psnr"))
+    result = fit(plan_fit(tiny(hr, lr, tmp_path / "run", steps=6, eval_every=1, select="mix")))
+    records = read_validation_log(result.out)
+    for r in records:  # the mean of the SWD's and each statistic's relative figure
+        parts = [v for k, v in r.items() if k.startswith("val_") and k.endswith("_rel") and k != "val_swd_rel"]
+        assert r["val_mix"] == pytest.approx((r["val_swd_rel"] + sum(parts)) / (1 + len(parts)))
+    best = min(records, key=lambda r: r["val_mix"])
+    assert result.validation["best_step"] == best["step"] == Degrader.load(result.out).step
+    assert result.validation["val_swd"] == best["val_swd"]  # the verdict stays the SWD's
+
+
 def test_verdict_lines():
-    scales = {"val_floor": 10.0, "val_bicubic": 30.0}
-    won = summarize({"step": 300, "val_swd": 20.0, "val_rel": 0.4, **scales}, n=128)
+    won = summarize(300, swd=20.0, floor=10.0, bicubic=30.0, n=128)
     assert won["val_swd_rel"] == pytest.approx(0.5) and won["beat_bicubic"]
     beat, line = verdict(won)
-    assert beat and "beat bicubic" in line and "0.40" in line and "step 300" in line
-    # the SWD alone beats bicubic, the statistics do not: the mean decides
-    lost = summarize({"step": 100, "val_swd": 20.0, "val_rel": 1.5, **scales}, n=128)
+    assert beat and "beat bicubic" in line and "0.50" in line and "step 300" in line
+    lost = summarize(100, swd=40.0, floor=10.0, bicubic=30.0, n=128)
     beat, line = verdict(lost)
     assert beat is False and "did NOT beat bicubic" in line and "1.50" in line
-    # a log of an older version has no val_rel: the SWD's relative figure
-    old = {"step": 100, "val_swd": 40.0, "val_swd_rel": 1.5, **scales}
-    assert figure(old) == 1.5 and summarize(old, n=128)["beat_bicubic"] is False
-    # bicubic at the floor: no relative figure, raw SWD ranks and decides
-    flat = {
-        "step": 5,
-        "val_swd": 8.0,
-        "val_swd_rel": math.nan,
-        "val_rel": math.nan,
-        "val_floor": 10.0,
-        "val_bicubic": 9.0,
-    }
-    assert (
-        figure(flat) == 8.0
-        and summarize(flat, n=8)["beat_bicubic"]
-        and "SWD 8.0 vs bicubic 9.0" in verdict(summarize(flat, n=8))[1]
-    )
     assert verdict(None)[0] is None
 
 
@@ -183,10 +175,10 @@ def test_fit_command_ends_with_the_verdict_and_a_report(folders, tmp_path):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # rich wraps long lines
     assert "validation every 2 steps: 10 HR images (also trained on) against 2 x 10 real LR images" in text
-    best = min(read_validation_log(out), key=figure)
-    shown = f"bicubic on the held-out set: realism {best['val_rel']:.2f}"
-    if best["val_rel"] < 1:
-        assert f"validation: the degrader beat {shown}" in text
+    best = min(read_validation_log(out), key=lambda r: r["val_swd"])
+    figure = f"bicubic on the held-out set: realism {best['val_swd_rel']:.2f}"
+    if best["val_swd"] < best["val_bicubic"]:
+        assert f"validation: the degrader beat {figure}" in text
     else:
-        assert f"warning: the degrader did NOT beat {shown}" in text
+        assert f"warning: the degrader did NOT beat {figure}" in text
     assert f"best at step {best['step']}" in text and (out / "report.html").is_file()
