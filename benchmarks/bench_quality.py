@@ -12,7 +12,7 @@ validation SWD (as `degrade fit`; `--select val_mix` ranks by SWD and image stat
 per variant and seed:
 
     syn_rel   SWD relative to bicubic on the held-out camera-degraded faces (1 = bicubic, 0 = real as real)
-    syn_mix   the mean of that and the per-image statistics' relative figures (what validation ranks by)
+    syn_mix   the mean of that and the per-image statistics' relative figures (`RealismProbe`'s val_mix)
     syn_c2st  accuracy of a small classifier telling its LR from real (0.5: indistinguishable)
     web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
     psnr      PSNR (Y, dB) on the test pairs of one small SR model trained `--sr-steps` pixel-only steps on
@@ -234,16 +234,13 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
                 if scores[k] < best[k][0]:
                     best[k] = (scores[k], step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
     final = (ema.module if ema else net_g).eval()
-    nets = {}
-    for k, (_, at, state) in best.items():
-        net = final if k == keys[0] else copy.deepcopy(final)
+    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history}
+    for k, suffix in zip(keys, ("", "_alt")[: len(keys)], strict=True):  # best weights (the last: none scored)
+        _, out["best_step" + suffix], state = best[k]
+        out["net" + suffix] = copy.deepcopy(final)
         if state is not None:
-            net.load_state_dict(state)
-        nets[k] = (net, at)
-    out = {"net": nets[keys[0]][0], "best_step": nets[keys[0]][1], "val": history}
-    if len(keys) > 1:
-        out["net_alt"], out["best_step_alt"] = nets[keys[1]]
-    return out | {"steps": step, "seconds": time.perf_counter() - t0}
+            out["net" + suffix].load_state_dict(state)
+    return out
 
 
 def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed: int) -> dict[str, float]:
@@ -316,20 +313,19 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
                 k: float(f"{float(p[k].float().mean()):.4g}") for k in ("saturation", "quality", "shot", "read")
             }
             row["fingerprint"]["sigma"] = round(float(p["sigma"].amax(-1).mean()), 3)
-        degrade = degrade_fn(net, device)
-        row["psnr"] = train_sr(
-            lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
-            hr, s["test_hr"], s["test_lr"], args, seed,
-        )  # fmt: skip
+
+        def sr_psnr(net_g: torch.nn.Module) -> float:  # SR on pairs `net_g` makes on the fly, fresh seeds
+            degrade = degrade_fn(net_g, device)
+            draw = lambda i, g: degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist())  # noqa: E731
+            return train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
+
+        row["psnr"] = sr_psnr(net)
         if "net_alt" in syn:  # --compare-selection: the checkpoint the other figure keeps
             row["best_step_alt"] = syn["best_step_alt"]
-            old = degrade_fn(syn["net_alt"], device)
-            row["psnr_alt"] = row["psnr"] if syn["best_step_alt"] == syn["best_step"] else train_sr(
-                lambda i, g: old(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist()),
-                hr, s["test_hr"], s["test_lr"], args, seed,
-            )  # fmt: skip
+            same = syn["best_step_alt"] == syn["best_step"]
+            row["psnr_alt"] = row["psnr"] if same else sr_psnr(syn["net_alt"])
         if seed == args.seed_list[0]:
-            n = 8
+            n, degrade = 8, degrade_fn(net, device)
             rows = [s["test_hr"][:n], _bicubic(s["test_hr"][:n])]
             rows += [degrade(s["test_hr"][:n], [k] * n) for k in range(3)] + [s["test_lr"][:n]]
             save_grid(rows, Path(args.out) / f"grid-{name}.png", scale_to=64)
@@ -383,11 +379,11 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
         cells = [_cell(e, c) for c in cols[:6]] + [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
         cells += [_cell(e, "steps", "{:.0f}"), _cell(e, "fit_s", "{:.0f}")]
         lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
-    old = [e for e in table if "psnr_alt" in e]
-    if old:  # --compare-selection
+    alt = [e for e in table if "psnr_alt" in e]
+    if alt:  # --compare-selection
         lines += ["", "| variant | SR PSNR, the other figure's checkpoint (dB) | gap closed |", "|---|---|---|"]
         lines += [
-            f"| {e['variant']} | {_cell(e, 'psnr_alt', '{:.2f}')} | {_cell(e, 'closure_alt', '{:.2f}')} |" for e in old
+            f"| {e['variant']} | {_cell(e, 'psnr_alt', '{:.2f}')} | {_cell(e, 'closure_alt', '{:.2f}')} |" for e in alt
         ]
     return table, "\n".join(lines) + "\n"
 

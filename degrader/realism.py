@@ -351,7 +351,7 @@ class RealismProbe:
         self.stat_scales = {
             k: (floor[k], reference[k])
             for k in DEGRADATION_STATISTICS
-            if reference[k] >= 2 * floor[k] and reference[k] > 0
+            if reference[k] >= 2 * floor[k] and reference[k] - floor[k] > 1e-12  # so `relative` has a scale
         }
 
     def _swd(self, x: torch.Tensor) -> float:
@@ -371,9 +371,10 @@ class RealismProbe:
         d = self._swd(fake)
         rel = relative(d, self.floor, self.bicubic)
         out = {"val_swd": d, "val_swd_rel": float("nan") if rel is None else rel}
+        figures = [] if rel is None else [rel]
         distances = statistics_distances(image_statistics(fake), self.stats)
         for name, (floor, reference) in self.stat_scales.items():
             out[f"val_{name}_rel"] = relative(distances[name], floor, reference)
-        figures = [v for k, v in out.items() if k.endswith("_rel") and not math.isnan(v)]
+            figures.append(out[f"val_{name}_rel"])
         out["val_mix"] = sum(figures) / len(figures) if figures else float("nan")
         return out
