@@ -15,6 +15,9 @@ per variant and seed:
     syn_mix   the mean of that and the per-image statistics' relative figures (`RealismProbe`'s val_mix)
     syn_c2st  accuracy of a small classifier telling its LR from real (0.5: indistinguishable)
     web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
+    *_fid     fidelity: PSNR-Y (dB) of the degrader's LR against bicubic LR of the same HR faces; whether the
+              faces survive (the true camera process scores 29.9 dB here; a realism figure alone can be met by
+              LR that has lost them)
     psnr      PSNR (Y, dB) on the test pairs of one small SR model trained `--sr-steps` pixel-only steps on
               pairs the degrader makes on the fly; the rows `bicubic` and `oracle` (true camera pairs) train the
               same model on bicubic and on the true process; closure = (psnr - bicubic) / (oracle - bicubic)
@@ -23,7 +26,9 @@ per variant and seed:
         --variants paper,structured,tuned-b1 --seeds 0,1,2
 
 Everything is loaded into memory tensors once (`--data FILE` caches them as safetensors, so a machine without
-the image folders can run it). Writes results.json, results.md and one PNG grid per variant to `--out`.
+the image folders can run it). Writes results.json, results.md and PNG grids to `--out`: grid-<variant>.png
+(camera faces) and grid-web-<variant>.png (web faces); rows HR, bicubic, three seeds, then real LR.
+`--compare-selection` also scores the checkpoint the other figure ranks best, from the same fits (`*_alt`).
 """
 
 from __future__ import annotations
@@ -248,7 +253,8 @@ def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed
     scores = probe.score(degrade_fn(net_g, device))
     fake = degrade_fn(net_g, device)(probe.hr, probe.seeds)
     c2st = classifier_two_sample_test(fake, real_test[: len(fake)], seed=seed)["c2st"]
-    return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st}
+    fid = float(psnr(fake, _bicubic(probe.hr), crop_border=0, y_channel=True).mean())  # does the face survive?
+    return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st, "fid": fid}
 
 
 # ------------------------------------------------------------------------------------------------ SR
@@ -324,17 +330,27 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             row["best_step_alt"] = syn["best_step_alt"]
             same = syn["best_step_alt"] == syn["best_step"]
             row["psnr_alt"] = row["psnr"] if same else sr_psnr(syn["net_alt"])
-        if seed == args.seed_list[0]:
-            n, degrade = 8, degrade_fn(net, device)
-            rows = [s["test_hr"][:n], _bicubic(s["test_hr"][:n])]
-            rows += [degrade(s["test_hr"][:n], [k] * n) for k in range(3)] + [s["test_lr"][:n]]
-            save_grid(rows, Path(args.out) / f"grid-{name}.png", scale_to=64)
+            row |= {f"syn_{k}_alt": v for k, v in realism(syn["net_alt"], probe_hr, s["test_lr"], device, seed).items()}
+        if seed == args.seed_list[0]:  # the last row: the same faces through the camera
+            sample_grid(net, s["test_hr"][:8], [s["test_lr"][:8]], Path(args.out) / f"grid-{name}.png", device)
     if name not in REFERENCES and "web" in args.targets:
         web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
         web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
-        row |= {f"web_{k}": v for k, v in realism(web["net"], probe_hr, s["web_test"], device, seed).items()}
+        if seed == args.seed_list[0]:  # the last rows: other faces, real web LR
+            real = [s["web_test"][:8], s["web_test"][8:16]]
+            sample_grid(web["net"], s["test_hr"][:8], real, Path(args.out) / f"grid-web-{name}.png", device)
+        for suffix in ("", "_alt") if "net_alt" in web else ("",):
+            scores = realism(web["net" + suffix], probe_hr, s["web_test"], device, seed)
+            row |= {f"web_{k}{suffix}": v for k, v in scores.items()}
     row["job_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def sample_grid(net_g, hr: torch.Tensor, real: list[torch.Tensor], path: Path, device) -> None:
+    """Rows: HR, bicubic, the degrader's LR for seeds 0-2, then the rows of `real` LR."""
+    degrade = degrade_fn(net_g, device)
+    rows = [hr, _bicubic(hr), *(degrade(hr, [k] * len(hr)) for k in range(3)), *real]
+    save_grid(rows, path, scale_to=64)
 
 
 def _bicubic(hr: torch.Tensor) -> torch.Tensor:
@@ -357,8 +373,11 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in REFERENCES}
     bic, ora = (statistics.mean(ref[r]) if ref[r] else math.nan for r in REFERENCES)
     table, names = [], list(dict.fromkeys(r["variant"] for r in rows))
-    cols = ("syn_rel", "syn_mix", "syn_c2st", "web_rel", "web_mix", "web_c2st", "psnr", "closure", "steps", "fit_s")
-    cols += ("psnr_alt", "closure_alt")  # --compare-selection
+    cols = ("syn_rel", "syn_mix", "syn_c2st", "syn_fid", "web_rel", "web_mix", "web_c2st", "web_fid", "psnr", "closure")
+    cols += ("steps", "fit_s")
+    alt_cols = ("syn_rel_alt", "syn_c2st_alt", "syn_fid_alt", "web_rel_alt", "web_mix_alt", "web_c2st_alt")
+    alt_cols += ("web_fid_alt", "psnr_alt", "closure_alt")
+    cols += alt_cols  # --compare-selection
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
         for r in mine:
@@ -373,18 +392,25 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
                 entry[c] = statistics.mean(vals)
                 entry[c + "_min"], entry[c + "_max"] = min(vals), max(vals)
         table.append(entry)
-    head = "| variant | seeds | syn rel SWD | syn mix | syn C2ST | web rel SWD | web mix | web C2ST | SR PSNR (dB) |"
-    lines = [head + " gap closed | steps | fit s |", "|" + "---|" * 12]
+    head = (
+        "| variant | seeds | syn rel SWD | syn mix | syn C2ST | syn fidelity (dB) | web rel SWD | web mix | web C2ST |"
+    )
+    lines = [head + " web fidelity (dB) | SR PSNR (dB) | gap closed | steps | fit s |", "|" + "---|" * 14]
     for e in table:
-        cells = [_cell(e, c) for c in cols[:6]] + [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
+        cells = [_cell(e, c, "{:.2f}" if c.endswith("fid") else "{:.3f}") for c in cols[:8]]
+        cells += [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
         cells += [_cell(e, "steps", "{:.0f}"), _cell(e, "fit_s", "{:.0f}")]
         lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
-    alt = [e for e in table if "psnr_alt" in e]
+    alt = [e for e in table if any(c in e for c in alt_cols)]
     if alt:  # --compare-selection
-        lines += ["", "| variant | SR PSNR, the other figure's checkpoint (dB) | gap closed |", "|---|---|---|"]
-        lines += [
-            f"| {e['variant']} | {_cell(e, 'psnr_alt', '{:.2f}')} | {_cell(e, 'closure_alt', '{:.2f}')} |" for e in alt
-        ]
+        lines += ["", "The checkpoints the other figure keeps, from the same fits:", ""]
+        head = "| variant | syn rel SWD | syn C2ST | syn fidelity (dB) | web rel SWD | web mix | web C2ST |"
+        lines += [head + " web fidelity (dB) | SR PSNR (dB) | gap closed |", "|" + "---|" * 10]
+        for e in alt:
+            cells = [
+                _cell(e, c, "{:.2f}" if "fid" in c or "psnr" in c or "closure" in c else "{:.3f}") for c in alt_cols
+            ]
+            lines.append(f"| {e['variant']} | " + " | ".join(cells) + " |")
     return table, "\n".join(lines) + "\n"
 
 
