@@ -250,8 +250,8 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
 
 def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed: int) -> dict[str, float]:
     probe = RealismProbe(probe_hr, real_test, 4, seed=seed)
-    scores = probe.score(degrade_fn(net_g, device))
     fake = degrade_fn(net_g, device)(probe.hr, probe.seeds)
+    scores = probe.score(lambda hr, seeds: fake)  # the probe degrades exactly these: one pass for every figure
     c2st = classifier_two_sample_test(fake, real_test[: len(fake)], seed=seed)["c2st"]
     fid = float(psnr(fake, _bicubic(probe.hr), crop_border=0, y_channel=True).mean())  # does the face survive?
     return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st, "fid": fid}
@@ -369,6 +369,14 @@ def _cell(e: dict, c: str, fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(e[c])} ({fmt.format(e[c + '_min'])}..{fmt.format(e[c + '_max'])})"
 
 
+def _fmt(column: str) -> str:
+    """Decibels and gap fractions to 0.01, counts and seconds whole, realism figures to 0.001."""
+    name = column.removesuffix("_alt")
+    if name.endswith(("fid", "psnr", "closure")):
+        return "{:.2f}"
+    return "{:.0f}" if name in ("steps", "fit_s") else "{:.3f}"
+
+
 def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in REFERENCES}
     bic, ora = (statistics.mean(ref[r]) if ref[r] else math.nan for r in REFERENCES)
@@ -397,9 +405,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     )
     lines = [head + " web fidelity (dB) | SR PSNR (dB) | gap closed | steps | fit s |", "|" + "---|" * 14]
     for e in table:
-        cells = [_cell(e, c, "{:.2f}" if c.endswith("fid") else "{:.3f}") for c in cols[:8]]
-        cells += [_cell(e, "psnr", "{:.2f}"), _cell(e, "closure", "{:.2f}")]
-        cells += [_cell(e, "steps", "{:.0f}"), _cell(e, "fit_s", "{:.0f}")]
+        cells = [_cell(e, c, _fmt(c)) for c in cols[:12]]
         lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
     alt = [e for e in table if any(c in e for c in alt_cols)]
     if alt:  # --compare-selection
@@ -407,10 +413,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
         head = "| variant | syn rel SWD | syn C2ST | syn fidelity (dB) | web rel SWD | web mix | web C2ST |"
         lines += [head + " web fidelity (dB) | SR PSNR (dB) | gap closed |", "|" + "---|" * 10]
         for e in alt:
-            cells = [
-                _cell(e, c, "{:.2f}" if "fid" in c or "psnr" in c or "closure" in c else "{:.3f}") for c in alt_cols
-            ]
-            lines.append(f"| {e['variant']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {e['variant']} | " + " | ".join(_cell(e, c, _fmt(c)) for c in alt_cols) + " |")
     return table, "\n".join(lines) + "\n"
 
 
@@ -449,7 +452,7 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument(
         "--compare-selection", action="store_true",
-        help="also train SR on the checkpoint the other --select figure keeps (psnr_alt, closure_alt)",
+        help="also score the checkpoint the other --select figure keeps: held-out realism and SR (*_alt)",
     )  # fmt: skip
     args = p.parse_args()
     names = args.variants.split(",")

@@ -134,8 +134,9 @@ class Validation:
         training = net_g.training
         scores = self.probe.score(Degrader(net_g).degrade)  # Degrader puts net_g in eval mode
         net_g.train(training)
-        if self._rank(scores) < self.best_rank:
-            self.best_swd, self.best_rank, self.best_step = scores["val_swd"], self._rank(scores), step
+        rank = self._rank(scores)
+        if rank < self.best_rank:
+            self.best_swd, self.best_rank, self.best_step = scores["val_swd"], rank, step
             self.best_net.load_state_dict(net_g.state_dict())
             self._save_best()
         record = {"step": step, **scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
@@ -157,8 +158,9 @@ class Validation:
         if self.probe is None:
             return
         for record in read_validation_log(self.out):
-            if self._rank(record) < self.best_rank:
-                self.best_swd, self.best_rank, self.best_step = record["val_swd"], self._rank(record), record["step"]
+            rank = self._rank(record)
+            if rank < self.best_rank:
+                self.best_swd, self.best_rank, self.best_step = record["val_swd"], rank, record["step"]
             self.latest = {"val_rel": record["val_swd_rel"]}
         if self.best_step:
             self._save_best()
