@@ -63,11 +63,19 @@ def degrade() -> None:
 )
 @click.option(
     "--select",
-    type=click.Choice(["swd", "mix"]),
-    default="swd",
+    type=click.Choice(["mix", "swd"]),
+    default="mix",
     show_default=True,
-    help="What ranks validation steps: the SWD, or the mean of it and image statistics (steadier SR on camera-like "
-    "LR, less real on web faces: README, Results).",
+    help="What ranks validation steps: the mean of the SWD and image statistics (steadier SR), or the SWD alone "
+    "(README, Results).",
+)
+@click.option(
+    "--min-fidelity",
+    type=click.FloatRange(min=0),
+    default=23.0,
+    show_default=True,
+    help="dB: a validation step whose LR keeps the content this well (PSNR-Y against bicubic LR of the same HR) "
+    "beats any that does not, so a fit cannot win on realism by destroying the images; 0: off.",
 )
 @gan_options
 @run_options

@@ -73,7 +73,8 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> None:
-    """Validation SWD relative to bicubic against the step, with bicubic (1) and real (0) marked."""
+    """Validation SWD relative to bicubic against the step, with bicubic (1) and real (0) marked, and the fidelity
+    (PSNR-Y against bicubic LR of the same HR) on a second axis when the log has it."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
     relative = all(not math.isnan(r["val_swd_rel"]) for r in records)
@@ -97,7 +98,13 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
         )  # fmt: skip
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    fidelity = [(r["step"], r["val_fidelity"]) for r in records if "val_fidelity" in r]
+    if fidelity:  # a realism figure that improves while this falls: the LR is losing the content
+        right = ax.twinx()
+        right.plot(*zip(*fidelity, strict=True), color="tab:purple", linewidth=1, alpha=0.7, label="fidelity (dB)")
+        right.set_ylabel("fidelity: PSNR-Y vs bicubic (dB)", color="tab:purple")
+        right.legend(fontsize=8, loc="upper right")
     _save(fig, path)
     plt.close(fig)
 
@@ -201,9 +208,11 @@ def write_run_report(run: str | Path) -> Path:
     # --- validation: the verdict and the realism curve ---
     if vals:
         last = vals[-1]
-        best = min(vals, key=lambda r: r["val_swd"])
-        n = int(last.get("val_n", 0))
-        beat, line = verdict(summarize(best["step"], best["val_swd"], last["val_floor"], last["val_bicubic"], n))
+        kept = [r for r in vals if r["step"] == last.get("val_best_step")]  # the step fit kept (by --select)
+        best = kept[0] if kept else min(vals, key=lambda r: r["val_swd"])
+        figures = best["val_swd"], last["val_floor"], last["val_bicubic"], int(last.get("val_n", 0))
+        fidelity = best.get("val_fidelity", math.nan), config.get("min_fidelity", 0.0)
+        beat, line = verdict(summarize(best["step"], *figures, *fidelity))
         colour = "#060" if beat else "#a00"
         plot_realism(vals, run / REALISM_PLOT, best["step"])
         parts.append(

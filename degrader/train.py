@@ -87,7 +87,9 @@ class FitConfig:
     val_split: float = 0.1  # share of `lr` held out for validation (at most 2 x val_n images); 0: no validation
     val_n: int = 128  # images per set in validation: HR degraded, and each half of the held-out real LR
     eval_every: int = 100  # steps between validations (and the last step); the best is kept as best.safetensors
-    select: str = "swd"  # what ranks validation steps: "swd", or "mix" (SWD and image statistics; README, Results)
+    select: str = "mix"  # what ranks validation steps: "mix" (SWD and image statistics) or "swd"; README, Results
+    min_fidelity: float = 23.0  # dB; a step whose LR keeps the content this well (PSNR-Y against bicubic of the
+    # same HR) beats any that does not, so that a fit cannot win on realism by destroying the faces; 0: off
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
@@ -156,6 +158,8 @@ def plan_fit(config: FitConfig) -> FitPlan:
         raise UserError("--val-split must lie in [0, 1), --val-n be at least 8 and --eval-every at least 1.")
     if config.select not in ("swd", "mix"):
         raise UserError(f"--select is {config.select!r}; use swd or mix.")
+    if config.min_fidelity < 0:
+        raise UserError(f"--min-fidelity is {config.min_fidelity}; give 0 (off) or a PSNR in dB, e.g. 23.")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)

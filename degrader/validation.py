@@ -117,8 +117,9 @@ class Validation:
     def __init__(self, out: Path, vset: ValidationSet, model: HighToLowConfig, config: Any, best_net: nn.Module):
         self.out, self.every, self.total = out, config.eval_every, config.steps
         self.best_net = best_net.eval().requires_grad_(False)  # a fresh generator like the trained one
-        self.best_step, self.best_swd, self.best_rank = 0, math.inf, math.inf
+        self.best_step, self.best_swd, self.best_rank, self.best_fidelity = 0, math.inf, (True, math.inf), math.nan
         self.key = "val_mix" if config.select == "mix" else "val_swd"  # what ranks the steps
+        self.min_fidelity = config.min_fidelity
         self.latest: dict[str, float] = {}  # shown in the progress line
         self.probe = None
         if dist.is_main():
@@ -137,16 +138,20 @@ class Validation:
         rank = self._rank(scores)
         if rank < self.best_rank:
             self.best_swd, self.best_rank, self.best_step = scores["val_swd"], rank, step
+            self.best_fidelity = scores["val_fidelity"]
             self.best_net.load_state_dict(net_g.state_dict())
             self._save_best()
         record = {"step": step, **scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
         append_log(self.out, {**record, "val_n": len(self.probe.hr), "val_best_step": self.best_step})
-        self.latest = {"val_rel": scores["val_swd_rel"]}
+        self.latest = {"val_rel": scores["val_swd_rel"], "val_fid": scores["val_fidelity"]}
 
-    def _rank(self, record: dict[str, Any]) -> float:
-        """The figure steps are ranked by; `val_mix` is nan without any relative figure (and absent from old logs)."""
+    def _rank(self, record: dict[str, Any]) -> tuple[bool, float]:
+        """What steps are ranked by: first whether the fidelity falls below the floor (a step that keeps the content
+        beats any that does not), then the figure; `val_mix` is nan without any relative figure (and absent from
+        old logs, as is `val_fidelity`)."""
         value = record.get(self.key, math.nan)
-        return record["val_swd"] if math.isnan(value) else value
+        below = record.get("val_fidelity", math.inf) < self.min_fidelity
+        return below, record["val_swd"] if math.isnan(value) else value
 
     def _save_best(self) -> None:
         Degrader(self.best_net, name=self.out.name, step=self.best_step).save(self.out / BEST_FILE)
@@ -161,7 +166,8 @@ class Validation:
             rank = self._rank(record)
             if rank < self.best_rank:
                 self.best_swd, self.best_rank, self.best_step = record["val_swd"], rank, record["step"]
-            self.latest = {"val_rel": record["val_swd_rel"]}
+                self.best_fidelity = record.get("val_fidelity", math.nan)  # absent from older logs
+            self.latest = {"val_rel": record["val_swd_rel"], "val_fid": record.get("val_fidelity", math.nan)}
         if self.best_step:
             self._save_best()
         else:
@@ -177,11 +183,22 @@ class Validation:
         """The best validation result, or None on other ranks and when no validation has run yet."""
         if self.probe is None or not self.best_step:
             return None
-        return summarize(self.best_step, self.best_swd, self.probe.floor, self.probe.bicubic, self.probe.hr.shape[0])
+        n, figures = self.probe.hr.shape[0], (self.best_fidelity, self.min_fidelity)
+        return summarize(self.best_step, self.best_swd, self.probe.floor, self.probe.bicubic, n, *figures)
 
 
-def summarize(step: int, swd: float, floor: float, bicubic: float, n: int) -> dict[str, Any]:
-    """What `fit` returns about validation: the best step, its SWD beside bicubic's and the floor, the verdict."""
+def summarize(
+    step: int,
+    swd: float,
+    floor: float,
+    bicubic: float,
+    n: int,
+    fidelity: float = math.nan,
+    min_fidelity: float = 0.0,
+) -> dict[str, Any]:
+    """What `fit` returns about validation: the best step, its SWD beside bicubic's and the floor, the verdict,
+    and its fidelity (PSNR-Y against bicubic LR of the same HR images, dB; nan when not logged) beside the
+    floor `min_fidelity` that validation ranked with."""
     rel = relative(swd, floor, bicubic)
     return {
         "best_step": step,
@@ -191,6 +208,8 @@ def summarize(step: int, swd: float, floor: float, bicubic: float, n: int) -> di
         "floor_swd": floor,
         "n": n,
         "beat_bicubic": swd < bicubic,
+        "val_fidelity": fidelity,
+        "min_fidelity": min_fidelity,
     }
 
 
@@ -218,6 +237,14 @@ def verdict(summary: dict[str, Any] | None) -> tuple[bool | None, str]:
     figure = f"realism {rel:.2f} (SWD relative to bicubic; 1 = bicubic, 0 = real)" if rel is not None else ""
     figure = figure or f"SWD {summary['val_swd']:.1f} vs bicubic {summary['bicubic_swd']:.1f}"
     where = f"best at step {summary['best_step']}, {summary['n']} held-out images"
+    if not math.isnan(summary.get("val_fidelity", math.nan)):
+        where += f", fidelity {summary['val_fidelity']:.1f} dB"
+    if summary.get("val_fidelity", math.inf) < summary.get("min_fidelity", 0.0):
+        return False, (
+            f"kept no step above --min-fidelity {summary['min_fidelity']:g} dB: {figure}, {where}; its LR images "
+            "may have lost the content of the HR images (look at the samples): train differently, or lower "
+            "--min-fidelity if the real LR images are that degraded"
+        )
     if summary["beat_bicubic"]:
         return True, f"beat bicubic on the held-out set: {figure}, {where} (kept as {BEST_FILE})"
     return False, (

@@ -16,6 +16,7 @@ from degrader.realism import (
     RealismProbe,
     SWDReference,
     classifier_two_sample_test,
+    fidelity,
     image_statistics,
     laplacian_pyramid,
     pyramid_levels,
@@ -155,6 +156,16 @@ def test_statistics_distances_rank_distortions_against_the_floor(real):
 # ---------------------------------------------------------------------------------------------- relative, probe
 
 
+def test_fidelity_is_psnr_y_of_the_luma():
+    a = scenes(8, 16, seed=1)
+    noise = 0.02 * torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    # grey noise of std 0.02 in every channel: a luma error of 0.02 * 219 / 255 (studio range)
+    assert fidelity(a + noise, a) == pytest.approx(-20 * math.log10(0.02 * 219 / 255), abs=0.3)
+    assert fidelity(a + noise.expand(-1, 3, -1, -1) * torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1), a) > fidelity(
+        a + noise, a
+    )  # opposite red and green errors partly cancel in the luma
+
+
 def test_relative_figure():
     assert relative(10.0, 2.0, 10.0) == 1 and relative(2.0, 2.0, 10.0) == 0 and relative(6.0, 2.0, 10.0) == 0.5
     assert relative(5.0, 2.0, 2.0) is None  # bicubic at the floor: no scale to measure against
@@ -169,6 +180,9 @@ def test_probe_the_real_process_beats_bicubic():
     bicubic = probe.score(Bicubic(4).degrade)
     assert bicubic["val_swd_rel"] == pytest.approx(1.0)
     assert as_real["val_swd_rel"] < 0.3
+    # per pyramid level, finest first: bicubic is 1 on each, the real process below it on each
+    assert bicubic["val_swd_rel_levels"] == pytest.approx([1.0] * probe.reference.levels)
+    assert all(r < 0.5 for r in as_real["val_swd_rel_levels"])
     assert probe.score(lambda x, seeds: blur(Bicubic(4).degrade(x, seeds)))["val_swd_rel"] > 0.3
     # val_mix adds the statistics on which bicubic is at least twice the floor
     assert probe.stat_scales and all(ref >= 2 * floor for floor, ref in probe.stat_scales.values())
@@ -180,6 +194,9 @@ def test_probe_the_real_process_beats_bicubic():
         lambda x, seeds: (camera(x, seed=seeds[0]) + 0.1 * torch.randn(x.shape[0], 3, 16, 16)).clamp(0, 1)
     )
     assert noisy["val_mix"] > as_real["val_mix"] + 0.3
+    # fidelity: bicubic against itself is exact; the camera keeps the content; heavy noise loses it
+    assert bicubic["val_fidelity"] > 90 and 20 < as_real["val_fidelity"] < 60
+    assert noisy["val_fidelity"] < as_real["val_fidelity"] - 3
     # a grey real set: colourfulness has a floor of exactly 0 and is the plainest tell of bicubic's colour
     grey = camera(scenes(256, 64, seed=4), seed=6).mean(1, keepdim=True).expand(-1, 3, -1, -1)
     probe = RealismProbe(hr, grey, scale=4, seed=0)

@@ -14,6 +14,7 @@ from degrader.checkpoint import BEST_FILE, DEGRADER_FILE, Degrader
 from degrader.errors import UserError
 from degrader.gan import LossConfig
 from degrader.run import STATE_FILE
+from degrader.run_report import write_run_report
 from degrader.train import FitConfig, fit, plan_fit
 from degrader.validation import read_validation_log, summarize, verdict
 
@@ -153,6 +154,32 @@ def test_select_mix_ranks_steps_by_swd_and_statistics(folders, tmp_path):
     best = min(records, key=lambda r: r["val_mix"])
     assert result.validation["best_step"] == best["step"] == Degrader.load(result.out).step
     assert result.validation["val_swd"] == best["val_swd"]  # the verdict stays the SWD's
+    assert result.validation["val_fidelity"] == best["val_fidelity"]
+    # the run report's verdict speaks of the step fit kept, not of the step with the lowest SWD
+    page = write_run_report(result.out).read_text()
+    assert f"best at step {best['step']}," in page and f"fidelity {best['val_fidelity']:.1f} dB" in page
+
+
+def test_min_fidelity_ranks_the_steps_that_keep_the_content_first(folders, tmp_path):
+    hr, lr = folders
+    with pytest.raises(UserError, match="--min-fidelity"):
+        plan_fit(tiny(hr, lr, tmp_path / "bad", min_fidelity=-1.0))
+    run = lambda name, floor: fit(  # noqa: E731  (the same seed: the same steps and figures every time)
+        plan_fit(tiny(hr, lr, tmp_path / name, steps=6, eval_every=1, select="swd", min_fidelity=floor))
+    )
+    records = read_validation_log(run("free", 0.0).out)
+    fidelities = sorted(r["val_fidelity"] for r in records)
+    floor = fidelities[-3]  # three steps reach it
+    result = run("floor", floor)
+    figures = lambda rs: [{k: v for k, v in r.items() if k != "val_best_step"} for r in rs]  # noqa: E731
+    assert figures(read_validation_log(result.out)) == figures(records)
+    kept = min((r for r in records if r["val_fidelity"] >= floor), key=lambda r: r["val_swd"])
+    assert result.validation["best_step"] == kept["step"] == Degrader.load(result.out).step
+    # no step reaches the floor: the best by SWD is kept, and the verdict says the content may be lost
+    result = run("none", fidelities[-1] + 1)
+    assert result.validation["best_step"] == min(records, key=lambda r: r["val_swd"])["step"]
+    beat, line = verdict(result.validation)
+    assert beat is False and f"kept no step above --min-fidelity {fidelities[-1] + 1:g} dB" in line
 
 
 def test_verdict_lines():
@@ -171,6 +198,7 @@ def test_fit_command_ends_with_the_verdict_and_a_report(folders, tmp_path):
     out = tmp_path / "run"
     args = ["fit", "--hr", hr, "--lr", lr, "--out", out, "--preset", "paper", "--hr-size", "32", "--steps", "4"]
     args += ["--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu", "--val-split", "0.5"]
+    args += ["--select", "swd", "--min-fidelity", "0"]  # the best by SWD alone, whatever the fidelity
     result = CliRunner().invoke(degrade, [str(a) for a in [*args, "--eval-every", "2"]])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # rich wraps long lines
