@@ -99,28 +99,30 @@ def train(scale: str | None, alpha: float, beta: float, d_steps: int, dry_run: b
 
 
 @sr.command()
-@click.option("--degrader", type=click.Path(exists=True, path_type=Path), required=True, help="`degrade fit` run.")
-@click.option("--sr", "sr_run", type=click.Path(exists=True, path_type=Path), required=True, help="`sr train` run.")
-@click.option("--hr", "hr", type=DIR, required=True, help="Folder of clean HR images.")
-@click.option("--lr", "lr", type=DIR, required=True, help="Folder of real low-quality images, unpaired with --hr.")
+@click.option("--degrader", type=click.Path(exists=True, path_type=Path), help="`degrade fit` run.")
+@click.option("--sr", "sr", type=click.Path(exists=True, path_type=Path), help="`sr train` run.")
+@click.option("--hr", "hr", type=DIR, help="Folder of clean HR images.")
+@click.option("--lr", "lr", type=DIR, help="Folder of real low-quality images, unpaired with --hr.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory for both new models.")
 @HR_PREP
 @LR_PREP
 @loss_options
 @run_options
-def finetune(sr_run: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
+@resumable("degrader", "sr", "hr", "lr")
+def finetune(sr: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options) -> None:
     """Fine-tune a degrader and an SR model together, end to end (HR -> degrader -> LR -> SR).
 
     
     Example:
       sr finetune --degrader runs/degrader --sr runs/sr --hr faces-hr --lr faces-lr --out runs/joint
+      sr finetune --out runs/joint --resume --steps 4000   # the other options from its config.json
     """
     from degrader.gan import LossConfig
     from sr.finetune import FinetuneConfig, plan_finetune
     from sr.finetune import finetune as run_finetune
 
     loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
-    config = FinetuneConfig(sr=str(sr_run), loss=loss, **as_str(options))
+    config = FinetuneConfig(sr=str(sr), loss=loss, **as_str(options))
     with user_errors():
         plan = plan_finetune(config)
         warn_skipped("--hr", plan.hr.skipped)

@@ -267,3 +267,21 @@ def test_cli_finetune_dry_run(tmp_path, folders, learned_degrader):
     res = CliRunner().invoke(sr, [*args, "--lr", str(folders / "lr"), "--out", str(tmp_path / "ft"), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "12 HR images, 8 real LR images" in res.output and not (tmp_path / "ft").exists()
+
+
+def test_cli_finetune_resume_takes_the_options_from_the_runs_config(tmp_path, folders, learned_degrader):
+    from cli.sr import sr
+
+    out = tmp_path / "ft"
+    args = ["finetune", "--degrader", learned_degrader, "--sr", sr_run_dir(tmp_path), "--hr", folders / "hr"]
+    args += ["--lr", folders / "lr", "--out", out, "--steps", "1", "--batch-size", "2", "--d-steps", "1"]
+    first = CliRunner().invoke(sr, [str(a) for a in [*args, "--workers", "0", "--device", "cpu"]])
+    assert first.exit_code == 0, first.output
+    # no --degrader, --sr, --hr, --lr or --d-steps: they come from config.json, and the run continues
+    resumed = CliRunner().invoke(sr, ["finetune", "--out", str(out), "--resume", "--steps", "2", "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["steps"], config["loss"]["d_steps"]) == (str(folders / "lr"), 2, 1)
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()][-1] == 2
+    missing = CliRunner().invoke(sr, ["finetune", "--out", str(tmp_path / "new")])
+    assert missing.exit_code == 2 and "missing option --degrader, --sr, --hr, --lr" in missing.output
