@@ -7,14 +7,20 @@ JPEG; its parameters drawn per image), so the truth is known. The faces are spli
     lr     1,000 other faces, camera-degraded: the unpaired "real" LR training set (300 of them for validation)
     test     993 other faces, camera-degraded: held-out real LR for realism, and the SR test pairs
 
-Each variant (generator + GAN stabilisers) is fitted for `--seconds` per fit, keeping its best checkpoint by
-validation SWD (as `degrade fit`; `--select val_mix` ranks by SWD and image statistics together). Reported
-per variant and seed:
+Each variant (generator + GAN stabilisers) is fitted for `--seconds` (or `--max-steps`) per fit, keeping its
+best checkpoint by validation as `degrade fit` does: by the SWD and image statistics together (`--select
+val_mix`; `val_swd_rel` for the SWD alone), a checkpoint at or above `--min-fidelity` dB beating any below it.
+Reported per variant and seed:
 
     syn_rel   SWD relative to bicubic on the held-out camera-degraded faces (1 = bicubic, 0 = real as real)
     syn_mix   the mean of that and the per-image statistics' relative figures (`RealismProbe`'s val_mix)
     syn_c2st  accuracy of a small classifier telling its LR from real (0.5: indistinguishable)
     web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
+    web_fine, web_coarse
+              the relative SWD of the finest and of the coarsest pyramid level alone: the finest sees blur, noise
+              and JPEG; the coarsest (8x8 at 16 px) the layout and tone of the faces, where the HR faces and the
+              web faces differ in content (pose, framing, light) that no degradation changes. The row `grey`
+              (bicubic, then grey) measures how far plain downscaling gets there
     *_fid     fidelity: PSNR-Y (dB) of the degrader's LR against bicubic LR of the same HR faces; whether the
               faces survive (the true camera process scores 29.9 dB here; a realism figure alone can be met by
               LR that has lost them)
@@ -51,7 +57,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from degrader.checkpoint import noise_from_seeds  # noqa: E402
-from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
+from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, update  # noqa: E402
 from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
@@ -89,6 +95,7 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),  # `degrade fit --preset small`
     "tuned-b0.5-colour": dict(generator="structured", loss={**TUNED, "beta": 0.5, "augment": "colour"}),
     "tuned-b1-cutout": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "cutout,colour"}),
+    "tuned-b1-translation": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "translation"}),
     "tuned-b1-colour": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}),
     "tuned-b0.2-colour": dict(generator="structured", loss={**TUNED, "beta": 0.2, "augment": "colour"}),
     "tuned-b1-q70": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(quality_init=70.0)),
@@ -98,7 +105,7 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1-noise": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(noise_init=0.5)),
     "tuned-b0.2-h30": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(head_lr_mult=30.0)),
 }
-REFERENCES = ("bicubic", "oracle")  # SR-only rows
+REFERENCES = ("bicubic", "oracle", "grey")  # rows without a fit: SR on bicubic and true pairs; grey bicubic (web)
 OTHER = {"val_swd_rel": "val_mix", "val_mix": "val_swd_rel"}  # --compare-selection
 
 
@@ -207,7 +214,7 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
         return torch.randn(b, net_g.config.z_dim, generator=gen).to(device)
 
     keys = [args.select, *([OTHER[args.select]] if args.compare_selection else [])]  # what ranks checkpoints
-    best = {k: (math.inf, 0, None) for k in keys}  # key -> (score, step, state)
+    best = {k: ((True, math.inf), 0, None) for k in keys}  # key -> ((below --min-fidelity, score), step, state)
     history, step, t0 = [], 0, time.perf_counter()
     next_eval = args.eval_every
     while True:
@@ -234,10 +241,12 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
             shown = ema.module if ema else net_g
             scores = val.score(degrade_fn(shown.eval(), device))
             shown.train() if not ema else None
-            history.append((step, round(time.perf_counter() - t0, 1), round(scores[args.select], 4)))
-            for k in keys:
-                if scores[k] < best[k][0]:
-                    best[k] = (scores[k], step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
+            logged = ("val_swd_rel", "val_mix", "val_fidelity")
+            history.append([step, round(time.perf_counter() - t0, 1), *(round(scores[k], 4) for k in logged)])
+            for k in keys:  # a checkpoint above the fidelity floor beats any below it (as `degrade fit`)
+                rank = (scores["val_fidelity"] < args.min_fidelity, scores[k])
+                if rank < best[k][0]:
+                    best[k] = (rank, step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
     final = (ema.module if ema else net_g).eval()
     out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history}
     for k, suffix in zip(keys, ("", "_alt")[: len(keys)], strict=True):  # best weights (the last: none scored)
@@ -248,13 +257,17 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     return out
 
 
-def realism(net_g, probe_hr: torch.Tensor, real_test: torch.Tensor, device, seed: int) -> dict[str, float]:
+def realism(degrade, probe_hr: torch.Tensor, real_test: torch.Tensor, seed: int) -> dict[str, float]:
+    """Held-out realism of `degrade(hr, seeds) -> lr` against `real_test`: the probe's figures, C2ST, fidelity."""
     probe = RealismProbe(probe_hr, real_test, 4, seed=seed)
-    fake = degrade_fn(net_g, device)(probe.hr, probe.seeds)
+    fake = degrade(probe.hr, probe.seeds)
     scores = probe.score(lambda hr, seeds: fake)  # the probe degrades exactly these: one pass for every figure
     c2st = classifier_two_sample_test(fake, real_test[: len(fake)], seed=seed)["c2st"]
-    fid = float(psnr(fake, _bicubic(probe.hr), crop_border=0, y_channel=True).mean())  # does the face survive?
-    return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st, "fid": fid}
+    fine, *_, coarse = scores["val_swd_rel_levels"]
+    return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st, "fid": scores["val_fidelity"]} | {
+        "fine": fine,  # the finest pyramid level's relative SWD: blur, noise, JPEG
+        "coarse": coarse,  # the coarsest: layout and tone, where the HR and real LR faces differ in content
+    }
 
 
 # ------------------------------------------------------------------------------------------------ SR
@@ -297,7 +310,11 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
     hr, probe_hr = s["hr"], s["hr"][:600]
     row: dict = {"variant": name, "seed": seed}
     t0 = time.perf_counter()
-    if name == "bicubic":
+    if name == "grey":  # bicubic, then luma in all three channels (the web faces are grey); no SR, no fit
+        if "web" in args.targets:
+            grey = realism(lambda x, _: _grey(_bicubic(x)), probe_hr, s["web_test"], seed)
+            row |= {f"web_{k}": v for k, v in grey.items()}
+    elif name == "bicubic":
         row["psnr"] = train_sr(lambda i, g: _bicubic(hr[i]), hr, s["test_hr"], s["test_lr"], args, seed)
     elif name == "oracle":
         draw = lambda i, g: s["oracle_lr"][i + len(hr) * torch.randint(2, (len(i),), generator=g)]  # noqa: E731
@@ -312,7 +329,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             "fit_s": round(syn["seconds"], 1),
             "val": syn["val"],
         }
-        row |= {f"syn_{k}": v for k, v in realism(net, probe_hr, s["test_lr"], device, seed).items()}
+        row |= {f"syn_{k}": v for k, v in realism(degrade_fn(net, device), probe_hr, s["test_lr"], seed).items()}
         if isinstance(net, StructuredGenerator):
             p = net.params(noise_from_seeds(range(256), net.config.z_dim).to(device))
             row["fingerprint"] = {
@@ -330,17 +347,20 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             row["best_step_alt"] = syn["best_step_alt"]
             same = syn["best_step_alt"] == syn["best_step"]
             row["psnr_alt"] = row["psnr"] if same else sr_psnr(syn["net_alt"])
-            row |= {f"syn_{k}_alt": v for k, v in realism(syn["net_alt"], probe_hr, s["test_lr"], device, seed).items()}
+            alt = realism(degrade_fn(syn["net_alt"], device), probe_hr, s["test_lr"], seed)
+            row |= {f"syn_{k}_alt": v for k, v in alt.items()}
         if seed == args.seed_list[0]:  # the last row: the same faces through the camera
             sample_grid(net, s["test_hr"][:8], [s["test_lr"][:8]], Path(args.out) / f"grid-{name}.png", device)
     if name not in REFERENCES and "web" in args.targets:
         web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
         web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
+        row |= {"web_steps": web["steps"], "web_best_step": web["best_step"], "web_val": web["val"]}
+        row |= {"web_best_step_alt": web["best_step_alt"]} if "net_alt" in web else {}
         if seed == args.seed_list[0]:  # the last rows: other faces, real web LR
             real = [s["web_test"][:8], s["web_test"][8:16]]
             sample_grid(web["net"], s["test_hr"][:8], real, Path(args.out) / f"grid-web-{name}.png", device)
         for suffix in ("", "_alt") if "net_alt" in web else ("",):
-            scores = realism(web["net" + suffix], probe_hr, s["web_test"], device, seed)
+            scores = realism(degrade_fn(web["net" + suffix], device), probe_hr, s["web_test"], seed)
             row |= {f"web_{k}{suffix}": v for k, v in scores.items()}
     row["job_s"] = round(time.perf_counter() - t0, 1)
     return row
@@ -351,6 +371,10 @@ def sample_grid(net_g, hr: torch.Tensor, real: list[torch.Tensor], path: Path, d
     degrade = degrade_fn(net_g, device)
     rows = [hr, _bicubic(hr), *(degrade(hr, [k] * len(hr)) for k in range(3)), *real]
     save_grid(rows, path, scale_to=64)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    return luma(x).expand(-1, 3, -1, -1)
 
 
 def _bicubic(hr: torch.Tensor) -> torch.Tensor:
@@ -378,13 +402,13 @@ def _fmt(column: str) -> str:
 
 
 def summarise(rows: list[dict]) -> tuple[list[dict], str]:
-    ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in REFERENCES}
-    bic, ora = (statistics.mean(ref[r]) if ref[r] else math.nan for r in REFERENCES)
+    ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in ("bicubic", "oracle")}
+    bic, ora = (statistics.mean(v) if v else math.nan for v in ref.values())
     table, names = [], list(dict.fromkeys(r["variant"] for r in rows))
-    cols = ("syn_rel", "syn_mix", "syn_c2st", "syn_fid", "web_rel", "web_mix", "web_c2st", "web_fid", "psnr", "closure")
-    cols += ("steps", "fit_s")
-    alt_cols = ("syn_rel_alt", "syn_c2st_alt", "syn_fid_alt", "web_rel_alt", "web_mix_alt", "web_c2st_alt")
-    alt_cols += ("web_fid_alt", "psnr_alt", "closure_alt")
+    cols = ("syn_rel", "syn_mix", "syn_c2st", "syn_fid", "web_rel", "web_fine", "web_coarse", "web_mix", "web_c2st")
+    cols += ("web_fid", "psnr", "closure", "steps", "fit_s")
+    alt_cols = ("syn_rel_alt", "syn_c2st_alt", "syn_fid_alt", "web_rel_alt", "web_fine_alt", "web_coarse_alt")
+    alt_cols += ("web_mix_alt", "web_c2st_alt", "web_fid_alt", "psnr_alt", "closure_alt")
     cols += alt_cols  # --compare-selection
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
@@ -400,18 +424,17 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
                 entry[c] = statistics.mean(vals)
                 entry[c + "_min"], entry[c + "_max"] = min(vals), max(vals)
         table.append(entry)
-    head = (
-        "| variant | seeds | syn rel SWD | syn mix | syn C2ST | syn fidelity (dB) | web rel SWD | web mix | web C2ST |"
-    )
-    lines = [head + " web fidelity (dB) | SR PSNR (dB) | gap closed | steps | fit s |", "|" + "---|" * 14]
+    head = "| variant | seeds | syn rel SWD | syn mix | syn C2ST | syn fidelity (dB) | web rel SWD | web fine |"
+    head += " web coarse | web mix | web C2ST | web fidelity (dB) | SR PSNR (dB) | gap closed | steps | fit s |"
+    lines = [head, "|" + "---|" * 16]
     for e in table:
-        cells = [_cell(e, c, _fmt(c)) for c in cols[:12]]
+        cells = [_cell(e, c, _fmt(c)) for c in cols[:14]]
         lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
     alt = [e for e in table if any(c in e for c in alt_cols)]
     if alt:  # --compare-selection
         lines += ["", "The checkpoints the other figure keeps, from the same fits:", ""]
-        head = "| variant | syn rel SWD | syn C2ST | syn fidelity (dB) | web rel SWD | web mix | web C2ST |"
-        lines += [head + " web fidelity (dB) | SR PSNR (dB) | gap closed |", "|" + "---|" * 10]
+        head = "| variant | syn rel SWD | syn C2ST | syn fidelity (dB) | web rel SWD | web fine | web coarse |"
+        lines += [head + " web mix | web C2ST | web fidelity (dB) | SR PSNR (dB) | gap closed |", "|" + "---|" * 12]
         for e in alt:
             lines.append(f"| {e['variant']} | " + " | ".join(_cell(e, c, _fmt(c)) for c in alt_cols) + " |")
     return table, "\n".join(lines) + "\n"
@@ -442,13 +465,20 @@ def main() -> None:
     p.add_argument("--sr-steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--targets", default="synthetic,web")
-    p.add_argument("--references", default="bicubic,oracle", help="SR reference rows to train ('' for none)")
+    p.add_argument(
+        "--references", default="bicubic,oracle,grey",
+        help="rows without a fit ('' for none): SR on bicubic and on true pairs; grey bicubic on the web faces",
+    )  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--sr-device", choices=("cpu", "cuda"), default=None, help="where SR trains (default: --device)")
     p.add_argument("--jobs", type=int, default=1, help="variants fitted in parallel processes")
     p.add_argument(
-        "--select", choices=("val_swd_rel", "val_mix"), default="val_swd_rel",
-        help="what ranks checkpoints: the SWD (as `degrade fit`), or the mean of it and the image statistics",
+        "--select", choices=("val_swd_rel", "val_mix"), default="val_mix",
+        help="what ranks checkpoints: the mean of the SWD and the image statistics (as `degrade fit`), or the SWD",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-fidelity", type=float, default=23.0,
+        help="dB; a checkpoint whose validation fidelity reaches it beats any that does not (as `degrade fit`; 0: off)",
     )  # fmt: skip
     p.add_argument(
         "--compare-selection", action="store_true",
@@ -477,12 +507,12 @@ def main() -> None:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             for row in pool.imap_unordered(run_job, jobs):
                 rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "val"}), flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k not in ("val", "web_val")}), flush=True)
                 write_results(rows, names, args)  # after every job: a sweep cut short keeps its rows
     else:
         for job in jobs:
             rows.append(run_job(job))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "val"}), flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("val", "web_val")}), flush=True)
             write_results(rows, names, args)
     print(write_results(rows, names, args))
     print(f"total {time.perf_counter() - t0:.0f}s")
