@@ -21,6 +21,8 @@ Reported per variant and seed:
               and JPEG; the coarsest (8x8 at 16 px) the layout and tone of the faces, where the HR faces and the
               web faces differ in content (pose, framing, light) that no degradation changes. The row `grey`
               (bicubic, then grey) measures how far plain downscaling gets there
+    *_noblur  with --ablate-blur: the same web figures with the learned blur replaced by a delta (is the
+              blur what the fit gets wrong?)
     *_fid     fidelity: PSNR-Y (dB) of the degrader's LR against bicubic LR of the same HR faces; whether the
               faces survive (the true camera process scores 29.9 dB here; a realism figure alone can be met by
               LR that has lost them)
@@ -362,8 +364,24 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         for suffix in ("", "_alt") if "net_alt" in web else ("",):
             scores = realism(degrade_fn(web["net" + suffix], device), probe_hr, s["web_test"], seed)
             row |= {f"web_{k}{suffix}": v for k, v in scores.items()}
+        if args.ablate_blur and isinstance(web["net"], StructuredGenerator):
+            sharp = copy.deepcopy(web["net"])
+            sharp.blur = AreaOnly(sharp.config.scale)
+            scores = realism(degrade_fn(sharp, device), probe_hr, s["web_test"], seed)
+            row |= {f"web_{k}_noblur": v for k, v in scores.items()}
     row["job_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+class AreaOnly(torch.nn.Module):
+    """The structured chain's blur step with a delta kernel: area downscaling only (`--ablate-blur`)."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.scale)
 
 
 def sample_grid(net_g, hr: torch.Tensor, real: list[torch.Tensor], path: Path, device) -> None:
@@ -395,7 +413,7 @@ def _cell(e: dict, c: str, fmt: str = "{:.3f}") -> str:
 
 def _fmt(column: str) -> str:
     """Decibels and gap fractions to 0.01, counts and seconds whole, realism figures to 0.001."""
-    name = column.removesuffix("_alt")
+    name = column.removesuffix("_alt").removesuffix("_noblur")
     if name.endswith(("fid", "psnr", "closure")):
         return "{:.2f}"
     return "{:.0f}" if name in ("steps", "fit_s") else "{:.3f}"
@@ -409,7 +427,8 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
     cols += ("web_fid", "psnr", "closure", "steps", "fit_s")
     alt_cols = ("syn_rel_alt", "syn_c2st_alt", "syn_fid_alt", "web_rel_alt", "web_fine_alt", "web_coarse_alt")
     alt_cols += ("web_mix_alt", "web_c2st_alt", "web_fid_alt", "psnr_alt", "closure_alt")
-    cols += alt_cols  # --compare-selection
+    noblur_cols = ("web_rel_noblur", "web_fine_noblur", "web_coarse_noblur", "web_c2st_noblur", "web_fid_noblur")
+    cols += alt_cols + noblur_cols  # --compare-selection, --ablate-blur
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
         for r in mine:
@@ -437,6 +456,12 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
         lines += [head + " web mix | web C2ST | web fidelity (dB) | SR PSNR (dB) | gap closed |", "|" + "---|" * 12]
         for e in alt:
             lines.append(f"| {e['variant']} | " + " | ".join(_cell(e, c, _fmt(c)) for c in alt_cols) + " |")
+    ablated = [e for e in table if any(c in e for c in noblur_cols)]
+    if ablated:  # --ablate-blur
+        lines += ["", "The web checkpoints with their learned blur replaced by a delta (area downscaling only):", ""]
+        lines += ["| variant | web rel SWD | web fine | web coarse | web C2ST | web fidelity (dB) |", "|" + "---|" * 6]
+        for e in ablated:
+            lines.append(f"| {e['variant']} | " + " | ".join(_cell(e, c, _fmt(c)) for c in noblur_cols) + " |")
     return table, "\n".join(lines) + "\n"
 
 
@@ -479,6 +504,10 @@ def main() -> None:
     p.add_argument(
         "--min-fidelity", type=float, default=23.0,
         help="dB; a checkpoint whose validation fidelity reaches it beats any that does not (as `degrade fit`; 0: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ablate-blur", action="store_true",
+        help="also score the web checkpoint with its learned blur replaced by a delta (web_*_noblur)",
     )  # fmt: skip
     p.add_argument(
         "--compare-selection", action="store_true",
