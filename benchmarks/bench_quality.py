@@ -18,9 +18,9 @@ Reported per variant and seed:
     web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
     web_fine, web_coarse
               the relative SWD of the finest and of the coarsest pyramid level alone: the finest sees blur, noise
-              and JPEG; the coarsest (8x8 at 16 px) the layout and tone of the faces, where the HR faces and the
-              web faces differ in content (pose, framing, light) that no degradation changes. The row `grey`
-              (bicubic, then grey) measures how far plain downscaling gets there
+              and JPEG; the coarsest (8x8 at 16 px) the tone and layout of the faces: a degradation can change the
+              tone, not the content where the HR faces and the web faces differ (people, pose, framing). The row
+              `grey` (bicubic, then grey) measures how far plain downscaling gets
     *_noblur  with --ablate-blur: the same web figures with the learned blur replaced by a delta (is the
               blur what the fit gets wrong?)
     *_fid     fidelity: PSNR-Y (dB) of the degrader's LR against bicubic LR of the same HR faces; whether the
@@ -268,7 +268,7 @@ def realism(degrade, probe_hr: torch.Tensor, real_test: torch.Tensor, seed: int)
     fine, *_, coarse = scores["val_swd_rel_levels"]
     return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st, "fid": scores["val_fidelity"]} | {
         "fine": fine,  # the finest pyramid level's relative SWD: blur, noise, JPEG
-        "coarse": coarse,  # the coarsest: layout and tone, where the HR and real LR faces differ in content
+        "coarse": coarse,  # the coarsest: tone and layout (the content, where the HR and web faces differ)
     }
 
 

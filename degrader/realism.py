@@ -393,8 +393,8 @@ class RealismProbe:
         d = _mean(levels)
         rel = relative(d, self.floor, self.bicubic)
         out = {"val_swd": d, "val_swd_rel": _nan_if_none(rel)}
-        # per pyramid level, finest first: the coarsest carries the layout and tone of the images (what they show),
-        # the finer ones the blur, noise and JPEG (how they were degraded)
+        # per pyramid level, finest first: the coarsest carries the tone and layout of the images (what they show),
+        # the finer ones mostly the blur, noise and JPEG (how they were degraded)
         per_level = zip(levels, self.floor_levels, self.bicubic_levels, strict=True)
         out["val_swd_rel_levels"] = [_nan_if_none(relative(*figures)) for figures in per_level]
         figures = [] if rel is None else [rel]
