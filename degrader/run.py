@@ -95,7 +95,8 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     """Prepare the run directory. Returns True when there is a saved state to resume from.
 
     On resume the saved config must match the new one, except fields in RESUMABLE; a different dataset,
-    model or loss would silently make a different run, so it is refused.
+    model or loss would silently make a different run, so it is refused. A field the saved config lacks (a
+    setting added to the code after the run was written) takes its value from the new config.
     """
     out = prepare_out_dir(out, resume=resume, overwrite=overwrite)
     saved = out / CONFIG_FILE
@@ -106,7 +107,8 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
         )
     if resume and (out / STATE_FILE).exists():
         old = read_json(saved, "run's config", "restore it, or start again with a new --out")
-        changed = sorted(k for k in config.keys() | old.keys() if k not in RESUMABLE and old.get(k) != config.get(k))
+        # a setting the run's config lacks was added to the code since: it takes its default from here on
+        changed = sorted(k for k in old if k not in RESUMABLE and old.get(k) != config.get(k))
         if changed:
             raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use a new --out.")
         write_json(saved, config)

@@ -108,6 +108,21 @@ def test_resume_takes_the_options_from_the_runs_config(tiny_folders, tmp_path):
     assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--lr", hr), "--resume", "lr")
 
 
+def test_resume_of_a_run_from_before_a_setting_was_added(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    first = invoke(degrade, "fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", "--preset", "paper", *TINY)
+    assert first.exit_code == 0, first.output
+    config = json.loads((out / "config.json").read_text())
+    del config["min_fidelity"]  # as an older version wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "config.json").read_text())["min_fidelity"] == 23.0
+    # a setting the run had and that differs is still refused
+    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--min-fidelity", "30"), "--resume", "fidelity")
+
+
 def test_fit_without_hr_and_without_resume(tiny_folders, tmp_path):
     hr, _ = tiny_folders
     assert_clean_error(invoke(degrade, "fit", "--hr", hr, "--out", tmp_path / "run"), "--lr", "--resume")
