@@ -104,6 +104,8 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1-colour-noise": dict(
         generator="structured", loss={**TUNED, "beta": 1.0, "augment": "colour"}, net=dict(noise_init=0.3)
     ),
+    "tuned-b1-s0.3": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(sigma_init=0.3)),
+    "tuned-b1-h20": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(head_lr_mult=20.0)),
     "tuned-b1-noise": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(noise_init=0.5)),
     "tuned-b0.2-h30": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(head_lr_mult=30.0)),
 }
