@@ -346,8 +346,9 @@ class RealismProbe:
     least twice as far from A as B is, the statistics that can tell bicubic from real at this m (colourfulness,
     when the real set is grey, has a floor of 0). The SWD alone cannot see JPEG strength once colour matches: a
     structured fit swinging between JPEG quality 12 and 97 stayed within its noise of the floor throughout.
-    Validation ranks by the SWD unless `fit` is told `select="mix"`: `val_mix` made SR on the camera benchmark
-    steadier but the web faces less real by SWD and C2ST (README, "Results").
+    `fit` ranks steps by `val_mix` (steadier SR on the camera benchmark than the SWD alone; `select="swd"` for
+    the SWD), after `val_fidelity`: a step below `min_fidelity` loses to any above it, since on real LR of other
+    content both figures reward LR that has lost its content (README, "Results").
 
     Args:
         hr: fixed HR images (N, 3, H, W) in [0, 1].

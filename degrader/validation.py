@@ -3,9 +3,11 @@
 A GAN's losses cannot say whether its LR images look real (a degrader can get *less* real with training while
 its discriminator wins), so `fit` measures it: before training, part of the real LR set is held out (or a
 separate `--val-lr` folder is used) with a fixed set of HR images, and every `eval_every` steps a
-`RealismProbe` scores the generator on them: SWD over Laplacian-pyramid patches, relative to bicubic
-downscaling (1 = as good as bicubic, 0 = as real as the real set's own halves). The best-scoring weights are
-kept as `best.safetensors` beside the last ones; `Degrader.load(run)` prefers them.
+`RealismProbe` scores the generator on them: SWD over Laplacian-pyramid patches and image statistics, each
+relative to bicubic downscaling (1 = as good as bicubic, 0 = as real as the real set's own halves), and the
+fidelity of the LR to the HR content. The best weights (by `select`, a step at or above `min_fidelity` first:
+realism can be won by destroying the images) are kept as `best.safetensors` beside the last ones;
+`Degrader.load(run)` prefers them.
 
 Exact resume: the best weights travel in the training state (as the module "best_g"), and the best score is
 read back from the log, whose lines after the saved step are dropped on resume, so a resumed run keeps the
@@ -117,7 +119,7 @@ class Validation:
     def __init__(self, out: Path, vset: ValidationSet, model: HighToLowConfig, config: Any, best_net: nn.Module):
         self.out, self.every, self.total = out, config.eval_every, config.steps
         self.best_net = best_net.eval().requires_grad_(False)  # a fresh generator like the trained one
-        self.best_step, self.best_swd, self.best_rank, self.best_fidelity = 0, math.inf, (True, math.inf), math.nan
+        self.best_step, self.best_rank, self.best_record = 0, (True, math.inf), {}  # the record of the best step
         self.key = "val_mix" if config.select == "mix" else "val_swd"  # what ranks the steps
         self.min_fidelity = config.min_fidelity
         self.latest: dict[str, float] = {}  # shown in the progress line
@@ -137,8 +139,7 @@ class Validation:
         net_g.train(training)
         rank = self._rank(scores)
         if rank < self.best_rank:
-            self.best_swd, self.best_rank, self.best_step = scores["val_swd"], rank, step
-            self.best_fidelity = scores["val_fidelity"]
+            self.best_step, self.best_rank, self.best_record = step, rank, scores
             self.best_net.load_state_dict(net_g.state_dict())
             self._save_best()
         record = {"step": step, **scores, "val_floor": self.probe.floor, "val_bicubic": self.probe.bicubic}
@@ -165,8 +166,7 @@ class Validation:
         for record in read_validation_log(self.out):
             rank = self._rank(record)
             if rank < self.best_rank:
-                self.best_swd, self.best_rank, self.best_step = record["val_swd"], rank, record["step"]
-                self.best_fidelity = record.get("val_fidelity", math.nan)  # absent from older logs
+                self.best_step, self.best_rank, self.best_record = record["step"], rank, record
             self.latest = {"val_rel": record["val_swd_rel"], "val_fid": record.get("val_fidelity", math.nan)}
         if self.best_step:
             self._save_best()
@@ -183,8 +183,9 @@ class Validation:
         """The best validation result, or None on other ranks and when no validation has run yet."""
         if self.probe is None or not self.best_step:
             return None
-        n, figures = self.probe.hr.shape[0], (self.best_fidelity, self.min_fidelity)
-        return summarize(self.best_step, self.best_swd, self.probe.floor, self.probe.bicubic, n, *figures)
+        best, n = self.best_record, self.probe.hr.shape[0]
+        fidelity = best.get("val_fidelity", math.nan), self.min_fidelity  # absent from older logs
+        return summarize(self.best_step, best["val_swd"], self.probe.floor, self.probe.bicubic, n, *fidelity)
 
 
 def summarize(
