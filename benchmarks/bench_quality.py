@@ -95,6 +95,9 @@ VARIANTS: dict[str, dict] = {
     "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
     "tuned-b0.5": dict(generator="structured", loss={**TUNED, "beta": 0.5}),
     "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),  # `degrade fit --preset small`
+    # a patch discriminator (`--d-patch 1`: D scores 7-px patches, not whole images; p2: 11-px patches)
+    "tuned-b1-p1": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(d_patch=1)),
+    "tuned-b1-p2": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(d_patch=2)),
     "tuned-b0.5-colour": dict(generator="structured", loss={**TUNED, "beta": 0.5, "augment": "colour"}),
     "tuned-b1-cutout": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "cutout,colour"}),
     "tuned-b1-translation": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "translation"}),

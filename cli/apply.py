@@ -36,6 +36,12 @@ def gan_options(f):
         click.option(
             "--ema", type=click.FloatRange(min=0, max=1, max_open=True), help="EMA decay of G; 0: off. [0.99 / 0]"
         ),
+        click.option(
+            "--d-patch",
+            type=click.IntRange(0, 8),
+            help="Discriminator: 0 is the paper's, one score per image; N a patch D of N blocks, one score per "
+            "(4N+3)-px patch of the LR. [0 / 0]",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

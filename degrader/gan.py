@@ -181,7 +181,8 @@ def discriminator_loss(
     total = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
     logs = {"d_loss": total.item(), "d_real": real_score.mean().item(), "d_fake": fake_score.mean().item()}
     if loss.r1 > 0:
-        (grad,) = torch.autograd.grad(real_score.sum(), real, create_graph=True)
+        per_image = real_score.sum() / real_score[0].numel()  # a patch D: the gradient of each image's mean score
+        (grad,) = torch.autograd.grad(per_image, real, create_graph=True)
         penalty = grad.float().pow(2).flatten(1).sum(1).mean()
         total = total + loss.r1 / 2 * penalty
         logs["d_r1"] = penalty.item()

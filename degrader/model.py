@@ -21,13 +21,14 @@ class HighToLowConfig:
     blocks_per_group: int = 2  # pre-activation blocks per resolution group
     residual: bool = False  # add the output to avg-pooled HR (last layer zero-initialised) instead of plain tanh
     d_width: int = 64  # discriminator width
+    d_patch: int = 0  # 0: the paper's ResNet discriminator; N > 0: a patch discriminator of N blocks
 
     @property
     def lr_size(self) -> int:
         return self.hr_size // self.scale
 
     def discriminator(self) -> DiscriminatorConfig:
-        return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width)
+        return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width, patch_blocks=self.d_patch)
 
     @classmethod
     def from_dict(cls, d: Any, source: str) -> HighToLowConfig:
@@ -40,7 +41,7 @@ class HighToLowConfig:
             UserError: a field of the wrong type, out of range or unknown; the message starts with `source`.
         """
         ranges = {"hr_size": (4, 512), "scale": (1, 64), "z_dim": (1, 512), "width": (1, 512)}
-        ranges |= {"blocks_per_group": (0, 16), "d_width": (1, 512)}
+        ranges |= {"blocks_per_group": (0, 16), "d_width": (1, 512), "d_patch": (0, 16)}
         return config_from_dict(cls, d, source, ranges)
 
 

@@ -155,11 +155,15 @@ class DiscriminatorConfig:
     in_size: int = 16  # input resolution; 16 for the degrader's LR output, 64 for SR output
     width: int = 64  # channels of every block
     blocks: int = 6  # pre-activation SN blocks; the last log2(in_size / 4) of them max-pool
+    # > 0: a patch discriminator instead, this many SN blocks at full resolution and one score per pixel,
+    # each seeing a (4 * patch_blocks + 3)-px patch (README, Results: it judges texture, not whose face it is)
+    patch_blocks: int = 0
 
     @classmethod
     def from_dict(cls, d: Any, source: str) -> DiscriminatorConfig:
         """The config from JSON data, type- and range-checked (see `config_from_dict`)."""
-        return config_from_dict(cls, d, source, {"in_size": (4, 1024), "width": (1, 512), "blocks": (1, 16)})
+        ranges = {"in_size": (4, 1024), "width": (1, 512), "blocks": (1, 16), "patch_blocks": (0, 16)}
+        return config_from_dict(cls, d, source, ranges)
 
 
 class Score(nn.Sequential):
@@ -173,17 +177,22 @@ class Discriminator(nn.Module):
     """Spectral-norm ResNet discriminator of the paper: 6 SN blocks, max-pooling only in the last blocks.
 
     At 16x16 input the last two blocks pool (16 -> 4); at 64x64 the last four do, which is the degrader's
-    discriminator with two extra max-pooling layers, as the Low-to-High GAN uses it.
+    discriminator with two extra max-pooling layers, as the Low-to-High GAN uses it. With `patch_blocks` it is
+    a patch discriminator instead: the same head and blocks without pooling, and a 1x1 conv scoring each pixel.
     """
 
     def __init__(self, config: DiscriminatorConfig):
         super().__init__()
         self.config = config
+        w = config.width
+        self.head = spectral_norm(nn.Conv2d(3, w, 3, padding=1))
+        if config.patch_blocks:
+            self.body = nn.Sequential(*[SNBlock(w, w) for _ in range(config.patch_blocks)])  # (B, w, H, W)
+            self.tail = nn.Sequential(nn.ReLU(), spectral_norm(nn.Conv2d(w, 1, 1)))
+            return
         n_pool = log2_exact(config.in_size, "discriminator input size") - 2
         if not 0 <= n_pool <= config.blocks:
             raise ValueError(f"discriminator input size {config.in_size} needs 4..{4 * 2**config.blocks} pixels")
-        w = config.width
-        self.head = spectral_norm(nn.Conv2d(3, w, 3, padding=1))
         body: list[nn.Module] = []
         for i in range(config.blocks):
             body.append(SNBlock(w, w))
@@ -193,7 +202,7 @@ class Discriminator(nn.Module):
         self.tail = Score(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images (B, 3, in_size, in_size) in [-1, 1] to one unbounded score each, (B,)."""
+        """Map images (B, 3, in_size, in_size) in [-1, 1] to unbounded scores: (B,), or (B, H, W) per patch."""
         return self.tail(self.body(self.head(x))).squeeze(1)
 
 

@@ -110,7 +110,11 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
         # a setting the run's config lacks was added to the code since: it takes its default from here on
         changed = sorted(k for k in old if k not in RESUMABLE and old.get(k) != config.get(k))
         if changed:
-            raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use a new --out.")
+            had = ", ".join(f"{k}={json.dumps(old[k])[:40]}" for k in changed)
+            raise UserError(
+                f"--resume: {out} was run with other settings ({', '.join(changed)}); it had {had}: give them "
+                "again as they were, or use a new --out."
+            )
         write_json(saved, config)
         return True
     (out / LOG_FILE).unlink(missing_ok=True)  # --resume of a run that never saved a state starts afresh

@@ -64,6 +64,7 @@ class StructuredConfig:
     residual_max: float = 0.1  # bound on its change per pixel ([0, 1] units), so it cannot replace the chain
     round_output: bool = True  # quantise to 8 bits (straight-through), as every real image is
     d_width: int = 32  # discriminator width
+    d_patch: int = 0  # 0: the paper's ResNet discriminator; N > 0: a patch discriminator of N blocks
 
     def __post_init__(self) -> None:
         self.shot_range, self.read_range = tuple(self.shot_range), tuple(self.read_range)  # lists from JSON
@@ -81,7 +82,7 @@ class StructuredConfig:
         return self.hr_size // self.scale
 
     def discriminator(self) -> DiscriminatorConfig:
-        return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width)
+        return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width, patch_blocks=self.d_patch)
 
     @classmethod
     def from_dict(cls, d: Any, source: str) -> StructuredConfig:
@@ -92,6 +93,7 @@ class StructuredConfig:
         """
         ranges = {"hr_size": (4, 4096), "scale": (1, 64), "z_dim": (1, 512), "hidden": (1, 1024)}
         ranges |= {"kernel_size": (1, 63), "gaussians": (1, 16), "residual_width": (0, 512), "d_width": (1, 512)}
+        ranges |= {"d_patch": (0, 16)}
         pairs = {}  # (low, high) float fields, which config_from_dict does not type-check
         for name in ("shot_range", "read_range"):
             value = d.get(name) if isinstance(d, dict) else None

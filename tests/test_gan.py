@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from degrader.gan import Ema, LossConfig, adam, diff_augment, discriminator_loss, generator_loss, pixel_loss
+from degrader.nets import Discriminator, DiscriminatorConfig
 
 
 def tiny_d() -> nn.Module:
@@ -69,6 +70,15 @@ def test_r1_penalises_the_gradient_on_real_images():
     assert with_r1.item() == pytest.approx(plain.item() + 5.0 * logs_r1["d_r1"], rel=1e-5)
     with_r1.backward()  # the penalty is differentiable with respect to D's weights
     assert all(p.grad is not None for p in net_d.parameters())
+
+
+def test_r1_of_a_patch_discriminator_penalises_each_image_mean_score():
+    net_d = Discriminator(DiscriminatorConfig(in_size=8, width=8, patch_blocks=1)).eval()  # fixed SN estimate
+    real, fake = images(4, 1), images(4, 2)
+    _, logs = discriminator_loss(net_d, real, fake, LossConfig(r1=1.0))
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(net_d(x).mean((1, 2)).sum(), x)
+    assert logs["d_r1"] == pytest.approx(grad.pow(2).flatten(1).sum(1).mean().item(), rel=1e-4)
 
 
 def test_augmented_losses_reach_the_generator_output():

@@ -69,6 +69,25 @@ def test_discriminator_gives_one_score_per_image(in_size):
     assert pools == {4: 0, 16: 2, 64: 4}[in_size]  # only the last blocks pool; 64 px adds two poolings
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_patch_discriminator_scores_each_pixel_from_its_patch_alone(blocks):
+    net_d = Discriminator(DiscriminatorConfig(in_size=16, width=8, patch_blocks=blocks)).eval()  # fixed SN estimate
+    x = hr_batch(2, 16)
+    score = net_d(x)
+    assert score.shape == (2, 16, 16) and torch.isfinite(score).all()
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net_d.modules())
+    y = x.clone()
+    y[0, :, 8, 8] += (
+        0.5  # one pixel of the first image: only the scores whose (4 * blocks + 3)-px patch holds it may change
+    )
+    changed = (net_d(y) - score).abs()[0] > 1e-7
+    radius = 2 * blocks + 1
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    assert changed[8, 8] and rows.min() >= 8 - radius and rows.max() <= 8 + radius
+    assert cols.min() >= 8 - radius and cols.max() <= 8 + radius
+    assert torch.allclose(net_d(y)[1], score[1], atol=1e-6)  # and only in its own image
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="power of two"):
         HighToLowGenerator(HighToLowConfig(hr_size=48, **TINY))

@@ -353,6 +353,8 @@ def test_presets_pick_their_generator_and_losses(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     small = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path))
     paper = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), preset="paper")
-    assert (small.generator, small.loss) == PRESET_TRAINING["small"]
+    assert (small.generator, small.loss, small.d_patch) == PRESET_TRAINING["small"]
+    patch = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), d_patch=1)
+    assert small.model().discriminator().patch_blocks == 0 and patch.model().discriminator().patch_blocks == 1
     assert isinstance(small.model(), StructuredConfig)
     assert (paper.generator, paper.loss.beta, paper.loss.d_steps, paper.loss.ema) == ("paper", 0.05, 5, 0.0)

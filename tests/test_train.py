@@ -187,7 +187,8 @@ def test_resume_with_other_settings_is_refused(tiny_folders, tmp_path, field, ma
     config = tiny(hr, lr, tmp_path / "run", resume=True)
     for key, value in change.items():
         setattr(config, key, value)
-    with pytest.raises(UserError, match=f"--resume: {tmp_path / 'run'} was run with other settings \\({field}\\)"):
+    match = f"--resume: {tmp_path / 'run'} was run with other settings \\({field}\\); it had {field}="
+    with pytest.raises(UserError, match=match):
         fit(plan_fit(config))
     assert snapshot(tmp_path / "run") == before
 
