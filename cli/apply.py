@@ -39,8 +39,10 @@ def gan_options(f):
         click.option(
             "--d-patch",
             type=click.IntRange(0, 8),
+            default=0,
+            show_default=True,
             help="Discriminator: 0 is the paper's, one score per image; N a patch D of N blocks, one score per "
-            "(4N+3)-px patch of the LR. [0 / 0]",
+            "(4N+3)-px patch of the LR.",
         ),
     ]
     for option in reversed(options):

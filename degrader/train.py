@@ -40,22 +40,21 @@ from degrader.validation import Validation, ValidationSet, split_validation
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
 GENERATORS = ("paper", "structured")
 
-# What each preset trains unless told otherwise: (generator, losses and stabilisers, discriminator patch
-# blocks). `paper` is the authors' network, discriminator, losses and optimiser. `small` is what won
+# What each preset trains unless told otherwise: (generator, losses and stabilisers). `paper` is the authors'
+# network, discriminator, losses and optimiser. `small` is what won
 # benchmarks/bench_quality.py (README, "Results"): the structured generator, DiffAugment, R1, D at 4x the lr and
 # one D step, an EMA of G, a GAN weight 20x the paper's, and a pixel loss on coarse luma only, so that it keeps
 # faces but does not pull colour back. The structure of the generator keeps the content, so the GAN can lead:
 # beta = 1 halved the distance to real web faces that beta = 0.2 left, at the same SR gain. A patch
-# discriminator (d_patch 1) came closer to the web faces but lost the SR gain (README, Results), so both keep
-# the paper's.
+# discriminator (FitConfig.d_patch) came closer to the web faces but lost the SR gain (README, Results), so
+# both presets keep the paper's.
 PRESET_TRAINING = {
-    "paper": ("paper", LossConfig(), 0),
+    "paper": ("paper", LossConfig()),
     "small": (
         "structured",
         LossConfig(
             beta=1.0, d_steps=1, lr_d=4e-4, pixel="luma-lowpass", augment="translation,colour", r1=1.0, ema=0.99
         ),
-        0,
     ),
 }
 
@@ -75,7 +74,7 @@ class FitConfig:
     steps: int = 2000  # generator updates
     batch_size: int = 16
     loss: LossConfig | None = None  # alpha, beta, Adam, D steps per G step, stabilisers; None: the preset's
-    d_patch: int | None = None  # 0: the paper's discriminator; N > 0: a patch D of N blocks; None: the preset's
+    d_patch: int = 0  # 0: the paper's discriminator; N > 0: a patch discriminator of N blocks
     seed: int = 0  # fixes initialisation, data order, augmentation and noise
     threads: int | None = None  # torch CPU threads; None keeps torch's count (recorded in config.json)
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -101,10 +100,9 @@ class FitConfig:
         if isinstance(self.loss, dict):  # from a config.json
             self.loss = LossConfig(**self.loss)
         if self.preset in PRESET_TRAINING:  # an unknown preset is plan_fit's to report
-            generator, loss, d_patch = PRESET_TRAINING[self.preset]
+            generator, loss = PRESET_TRAINING[self.preset]
             self.generator = self.generator or generator
             self.loss = self.loss or dataclasses.replace(loss)
-            self.d_patch = d_patch if self.d_patch is None else self.d_patch
 
     def model(self) -> HighToLowConfig | StructuredConfig:
         preset = dict(PRESETS[self.preset])

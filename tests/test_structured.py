@@ -353,7 +353,7 @@ def test_presets_pick_their_generator_and_losses(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     small = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path))
     paper = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), preset="paper")
-    assert (small.generator, small.loss, small.d_patch) == PRESET_TRAINING["small"]
+    assert (small.generator, small.loss) == PRESET_TRAINING["small"]
     patch = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), d_patch=1)
     assert small.model().discriminator().patch_blocks == 0 and patch.model().discriminator().patch_blocks == 1
     assert isinstance(small.model(), StructuredConfig)
