@@ -95,6 +95,8 @@ VARIANTS: dict[str, dict] = {
     "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
     "tuned-b0.5": dict(generator="structured", loss={**TUNED, "beta": 0.5}),
     "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),  # `degrade fit --preset small`
+    # small + `--augment translation,colour,dihedral`: D also sees the images flipped and turned
+    "tuned-b1-dih": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "translation,colour,dihedral"}),
     # a patch discriminator (`--d-patch 1`: D scores 7-px patches, not whole images; p2: 11-px patches)
     "tuned-b1-p1": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(d_patch=1)),
     "tuned-b1-p2": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(d_patch=2)),

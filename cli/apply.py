@@ -31,7 +31,10 @@ def gan_options(f):
             type=click.Choice(["rgb", "luma", "luma-lowpass"]),
             help="What the pixel loss compares with the average-pooled HR image. [luma-lowpass / rgb]",
         ),
-        click.option("--augment", help="DiffAugment: translation,cutout,colour or ''. [translation,colour / '']"),
+        click.option(
+            "--augment",
+            help="DiffAugment: any of translation,cutout,colour,dihedral or ''. [translation,colour / '']",
+        ),
         click.option("--r1", type=click.FloatRange(min=0), help="R1 penalty weight on real images. [1 / 0]"),
         click.option(
             "--ema", type=click.FloatRange(min=0, max=1, max_open=True), help="EMA decay of G; 0: off. [0.99 / 0]"

@@ -40,6 +40,26 @@ def test_translation_shifts_content_and_cutout_zeroes_a_quarter():
     assert torch.allclose(zero_fraction, torch.full((8,), 0.25))
 
 
+def test_dihedral_turns_or_flips_each_image_and_keeps_the_jpeg_grid():
+    x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    turned = diff_augment(x, ("dihedral",), torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(len(x)):
+        variants = [torch.rot90(x[i].flip(-1) if f else x[i], k, dims=(1, 2)) for f in (0, 1) for k in range(4)]
+        (match,) = [j for j, v in enumerate(variants) if torch.equal(v, turned[i])]
+        seen.add(match)
+    assert len(seen) > 4  # the 16 images drew most of the 8 transforms
+    # a pixel at the edge of an 8-px block stays at the edge of a block
+    edge = torch.zeros(1, 1, 16, 16)
+    edge[..., 7, 3] = 1
+    for seed in range(8):
+        moved = diff_augment(edge, ("dihedral",), torch.Generator().manual_seed(seed))
+        ((row, col),) = torch.nonzero(moved[0, 0]).tolist()
+        assert row % 8 in (0, 7) or col % 8 in (0, 7)
+    with pytest.raises(ValueError, match="square"):
+        diff_augment(torch.rand(1, 3, 8, 16), ("dihedral",), torch.Generator())
+
+
 def test_unknown_augmentation_and_pixel_loss_are_refused():
     with pytest.raises(ValueError, match="augmentation"):
         LossConfig(augment="translation,rotate")
