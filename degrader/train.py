@@ -41,13 +41,13 @@ SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
 GENERATORS = ("paper", "structured")
 
 # What each preset trains unless told otherwise: (generator, losses and stabilisers). `paper` is the authors'
-# network, discriminator, losses and optimiser. `small` is what won
-# benchmarks/bench_quality.py (README, "Results"): the structured generator, DiffAugment, R1, D at 4x the lr and
-# one D step, an EMA of G, a GAN weight 20x the paper's, and a pixel loss on coarse luma only, so that it keeps
-# faces but does not pull colour back. The structure of the generator keeps the content, so the GAN can lead:
-# beta = 1 halved the distance to real web faces that beta = 0.2 left, at the same SR gain. A patch
-# discriminator (FitConfig.d_patch) came closer to the web faces but lost the SR gain (README, Results), so
-# both presets keep the paper's.
+# network, discriminator, losses and optimiser. `small` is what won benchmarks/bench_quality.py (README,
+# "Results"): the structured generator, DiffAugment, R1, D at 4x the lr and one D step, an EMA of G, a GAN
+# weight 20x the paper's, and a pixel loss on coarse luma only, so that it keeps faces but does not pull colour
+# back. The structure of the generator keeps the content, so the GAN can lead: beta = 1 halved the distance
+# to real web faces that beta = 0.2 left, at the same SR gain. A patch discriminator (FitConfig.d_patch) and
+# the "dihedral" augmentation came closer to the web faces but lost the SR gain (README, Results), so `small`
+# keeps the paper's discriminator and translation, colour.
 PRESET_TRAINING = {
     "paper": ("paper", LossConfig()),
     "small": (
@@ -107,8 +107,9 @@ class FitConfig:
     def model(self) -> HighToLowConfig | StructuredConfig:
         preset = dict(PRESETS[self.preset])
         if self.generator == "structured":
-            d_width = preset["d_width"]
-            return StructuredConfig(hr_size=self.hr_size, scale=self.scale, d_width=d_width, d_patch=self.d_patch)
+            return StructuredConfig(
+                hr_size=self.hr_size, scale=self.scale, d_width=preset["d_width"], d_patch=self.d_patch
+            )
         if self.residual is not None:
             preset["residual"] = self.residual
         return HighToLowConfig(hr_size=self.hr_size, scale=self.scale, d_patch=self.d_patch, **preset)
