@@ -9,7 +9,7 @@ import click
 from cli.options import DEVICE_HELP, DEVICES
 from cli.progress import console, progress_bar, user_errors
 
-LOSS_FIELDS = ("alpha", "beta", "d_steps", "lr_d", "pixel", "augment", "r1", "ema")
+LOSS_FIELDS = ("alpha", "beta", "d_steps", "lr_d", "pixel", "augment", "d_highpass", "r1", "ema")
 
 
 def gan_options(f):
@@ -34,6 +34,12 @@ def gan_options(f):
         click.option(
             "--augment",
             help="DiffAugment: any of translation,cutout,colour,dihedral or ''. [translation,colour / '']",
+        ),
+        click.option(
+            "--d-highpass",
+            type=click.FloatRange(min=0),
+            help="D sees only detail finer than a Gaussian of this sigma (LR px), plus each image's mean colour; "
+            "0: the whole image. [0 / 0]",
         ),
         click.option("--r1", type=click.FloatRange(min=0), help="R1 penalty weight on real images. [1 / 0]"),
         click.option(

@@ -9,6 +9,9 @@ real images and on detached fakes. Each stabiliser is an option of `LossConfig`,
   change of real and fake images before D, in the D step and the G step alike, so D cannot memorise few images.
   "dihedral" (flips and quarter turns) shows D the faces in 8 orientations, so it judges whose face it is less:
   closer to real web faces, but less SR gain on JPEG-compressed LR (README, Results).
+- `d_highpass`: frequency separation (Fritsche et al. 2019): D sees only the detail finer than a Gaussian of
+  this sigma, plus each image's mean colour, so it judges how an image was degraded, not the layout of what it
+  shows (the HR and real LR sets show different people, framed differently).
 - `r1`: the R1 penalty (Mescheder et al. 2018), gamma / 2 * E ||grad_x D(x_real)||^2, on real images.
 - `lr_d`: a separate D learning rate (two time-scale update rule, Heusel et al. 2017).
 - `ema`: an exponential moving average of G's weights (`Ema`); export and evaluation use it.
@@ -19,6 +22,7 @@ real images and on detached fakes. Each stabiliser is an option of `LossConfig`,
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ class LossConfig:
     lr_d: float | None = None  # Adam learning rate of D; None: the same as lr (the paper)
     pixel: str = "rgb"  # "rgb" (the paper), "luma" or "luma-lowpass" (luma pooled 2x more); see PIXEL_LOSSES
     augment: str = ""  # DiffAugment policy, comma-separated AUGMENTATIONS, e.g. "translation,colour"; "" off
+    d_highpass: float = 0.0  # > 0: D sees x - Gaussian blur of x (sigma in px) + each image's mean colour; 0 off
     r1: float = 0.0  # R1 penalty weight gamma on real images; 0 off
     ema: float = 0.0  # decay of the EMA of G's weights, e.g. 0.99; 0 off (export the raw weights)
 
@@ -56,8 +61,8 @@ class LossConfig:
             raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
-        if self.d_steps < 1 or self.r1 < 0:
-            raise ValueError("d_steps must be >= 1 and r1 >= 0")
+        if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0:
+            raise ValueError("d_steps must be >= 1, and r1 and d_highpass >= 0")
 
     @property
     def policy(self) -> tuple[str, ...]:
@@ -123,6 +128,27 @@ def diff_augment(x: torch.Tensor, policy: tuple[str, ...], gen: torch.Generator)
     return x
 
 
+def high_pass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x minus its Gaussian blur (sigma in px, reflect-padded), plus each image's mean per channel: (B, C, H, W).
+
+    What is left is the fine detail (blur, noise, JPEG blocks, sharpness) and the overall colour and brightness,
+    but little of where things are in the image.
+    """
+    c, h, w = x.shape[-3:]
+    r = min(math.ceil(3 * sigma), h - 1, w - 1)
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).expand(c, 1, -1)  # (C, 1, 2r + 1): one separable kernel per channel
+    low = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.unsqueeze(2), groups=c)  # along rows
+    low = F.conv2d(F.pad(low, (0, 0, r, r), mode="reflect"), k.unsqueeze(3), groups=c)  # along columns
+    return x - low + x.mean((-2, -1), keepdim=True)
+
+
+def _scored(net_d: nn.Module, x: torch.Tensor, loss: LossConfig) -> torch.Tensor:
+    """D's scores of (augmented) images, through the high-pass filter when `loss.d_highpass` is set."""
+    return net_d(high_pass(x, loss.d_highpass) if loss.d_highpass > 0 else x).float()
+
+
 def _augmented(x: torch.Tensor, loss: LossConfig, gen: torch.Generator | None) -> torch.Tensor:
     if not loss.policy:
         return x
@@ -166,7 +192,7 @@ def generator_loss(
     pixel = pixel_loss(fake, target, loss.pixel)
     if loss.beta > 0:
         with frozen(net_d):
-            adversarial = -net_d(_augmented(fake, loss, aug_gen)).float().mean()
+            adversarial = -_scored(net_d, _augmented(fake, loss, aug_gen), loss).mean()
     else:
         adversarial = torch.zeros((), device=fake.device)
     total = loss.alpha * pixel + loss.beta * adversarial
@@ -185,8 +211,8 @@ def discriminator_loss(
     real = _augmented(real.detach(), loss, aug_gen)
     if loss.r1 > 0:
         real.requires_grad_(True)
-    real_score = net_d(real).float()
-    fake_score = net_d(_augmented(fake.detach(), loss, aug_gen)).float()
+    real_score = _scored(net_d, real, loss)
+    fake_score = _scored(net_d, _augmented(fake.detach(), loss, aug_gen), loss)
     total = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
     logs = {"d_loss": total.item(), "d_real": real_score.mean().item(), "d_fake": fake_score.mean().item()}
     if loss.r1 > 0:

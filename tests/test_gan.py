@@ -4,7 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from degrader.gan import Ema, LossConfig, adam, diff_augment, discriminator_loss, generator_loss, pixel_loss
+from degrader.gan import (
+    Ema,
+    LossConfig,
+    adam,
+    diff_augment,
+    discriminator_loss,
+    generator_loss,
+    high_pass,
+    pixel_loss,
+)
 from degrader.nets import Discriminator, DiscriminatorConfig
 
 
@@ -110,6 +119,39 @@ def test_augmented_losses_reach_the_generator_output():
     d_loss, _ = discriminator_loss(net_d, images(4, 5), fake, loss, torch.Generator().manual_seed(0))
     d_loss.backward()
     assert all(p.grad is not None for p in net_d.parameters())
+
+
+def test_high_pass_keeps_detail_and_mean_colour_but_not_layout():
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(high_pass(flat, 1.0), flat, atol=1e-6)  # a plain image is its own mean colour
+    x = torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1
+    assert torch.allclose(high_pass(x + 0.25, 1.0), high_pass(x, 1.0) + 0.25, atol=1e-5)
+    assert torch.allclose(high_pass(x, 1.0).mean((-2, -1)), x.mean((-2, -1)), atol=0.02)  # to the padding
+    rows, cols = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    checker = ((rows + cols) % 2 * 2 - 1).expand(1, 3, 16, 16)  # the finest detail there is
+    blob = torch.exp(-((rows - 5) ** 2 + (cols - 9) ** 2) / 50).expand(1, 3, 16, 16)  # layout: a face-sized blob
+    kept = lambda img: ((high_pass(img, 1.0) - img.mean()).std() / (img - img.mean()).std()).item()  # noqa: E731
+    assert kept(checker) > 0.9 and kept(blob) < 0.15
+    with pytest.raises(ValueError, match="d_highpass"):
+        LossConfig(d_highpass=-1.0)
+
+
+def test_high_pass_discriminator_is_blind_to_layout_and_trains_g():
+    net_d, loss = tiny_d(), LossConfig(d_highpass=1.0)
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    ramp = ((rows + cols) / 14 - 0.5).expand(4, 3, 8, 8)  # zero-mean, smooth: no detail, only layout
+    real, fake = images(4, 1), images(4, 2)
+    _, logs = discriminator_loss(net_d, real, fake, loss)
+    _, moved = discriminator_loss(net_d, real + 0.02 * ramp, fake + 0.02 * ramp, loss)
+    _, plain = discriminator_loss(net_d, real + 0.02 * ramp, fake + 0.02 * ramp, LossConfig())
+    _, before = discriminator_loss(net_d, real, fake, LossConfig())
+    shift = abs(moved["d_real"] - logs["d_real"])
+    assert shift < 0.5 * abs(plain["d_real"] - before["d_real"])  # the filter removes most of the ramp
+    fake = fake.requires_grad_(True)
+    g_loss, _ = generator_loss(fake, images(4, 3), net_d, LossConfig(d_highpass=1.0, alpha=0.0, beta=1.0))
+    g_loss.backward()
+    assert fake.grad.abs().sum() > 0
 
 
 def test_separate_learning_rate_for_d():
