@@ -31,7 +31,7 @@ Reported per variant and seed:
               same model on bicubic and on the true process; closure = (psnr - bicubic) / (oracle - bicubic)
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --out runs/bench-quality --seconds 60 --jobs 2 \
-        --variants paper,structured,tuned-b1 --seeds 0,1,2
+        --variants paper,structured,tuned-b1-hp1 --seeds 0,1,2
 
 Everything is loaded into memory tensors once (`--data FILE` caches them as safetensors, so a machine without
 the image folders can run it). Writes results.json, results.md and PNG grids to `--out`: grid-<variant>.png
@@ -94,10 +94,11 @@ VARIANTS: dict[str, dict] = {
     "tuned-b0.2": dict(generator="structured", loss={**TUNED, "beta": 0.2}),
     "tuned-nores": dict(generator="structured", loss=TUNED, net=dict(residual_width=0)),
     "tuned-b0.5": dict(generator="structured", loss={**TUNED, "beta": 0.5}),
-    "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),  # `degrade fit --preset small`
+    "tuned-b1": dict(generator="structured", loss={**TUNED, "beta": 1.0}),  # `small` before --d-highpass
     # small + `--augment translation,colour,dihedral`: D also sees the images flipped and turned
     "tuned-b1-dih": dict(generator="structured", loss={**TUNED, "beta": 1.0, "augment": "translation,colour,dihedral"}),
-    # `--d-highpass 1`: D sees only the detail finer than a Gaussian of sigma 1 LR px, plus each image's mean colour
+    # `degrade fit --preset small`: D sees only the detail finer than a Gaussian of sigma 1 LR px, plus each
+    # image's mean colour (`--d-highpass 1`)
     "tuned-b1-hp1": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 1.0}),
     "tuned-b1-hp2": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 2.0}),
     # a patch discriminator (`--d-patch 1`: D scores 7-px patches, not whole images; p2: 11-px patches)
@@ -492,7 +493,7 @@ def main() -> None:
     p.add_argument("--hr", default=str(DATA / "faces-hr"))
     p.add_argument("--lr", default=str(DATA / "faces-lr-web"))
     p.add_argument("--data", default=None, help="safetensors cache of the prepared images (read, or written)")
-    p.add_argument("--variants", default="paper,structured,tuned-b1", help=f"of: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="paper,structured,tuned-b1-hp1", help=f"of: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0")
     p.add_argument("--seconds", type=float, default=60.0, help="time budget of each fit (0: --max-steps only)")
     p.add_argument("--max-steps", type=int, default=0, help="step budget of each fit (0: --seconds only)")

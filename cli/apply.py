@@ -39,7 +39,7 @@ def gan_options(f):
             "--d-highpass",
             type=click.FloatRange(min=0),
             help="D sees only detail finer than a Gaussian of this sigma (LR px), plus each image's mean colour; "
-            "0: the whole image. [0 / 0]",
+            "0: the whole image. [1 / 0]",
         ),
         click.option("--r1", type=click.FloatRange(min=0), help="R1 penalty weight on real images. [1 / 0]"),
         click.option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -136,7 +137,12 @@ def _saved_options(ctx: click.Context, params: dict) -> dict:
         return {}  # no config to read from: the library says why --resume cannot continue
     if not isinstance(saved, dict):
         return {}
-    flat = {**(saved["loss"] if isinstance(saved.get("loss"), dict) else {}), **saved}  # loss.lr is not --lr
+    loss = saved.get("loss") if isinstance(saved.get("loss"), dict) else {}
+    if loss:  # a loss setting added to the code since the run was written: the run had its default, not a preset's
+        from degrader.gan import LossConfig
+
+        loss = {f.name: f.default for f in dataclasses.fields(LossConfig)} | loss
+    flat = {**loss, **saved}  # loss.lr is not --lr
     given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     options = {}
     for param in ctx.command.params:

@@ -107,8 +107,7 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
         )
     if resume and (out / STATE_FILE).exists():
         old = read_json(saved, "run's config", "restore it, or start again with a new --out")
-        # a setting the run's config lacks was added to the code since: it takes its default from here on
-        changed = sorted(k for k in old if k not in RESUMABLE and old.get(k) != config.get(k))
+        changed = sorted(k for k in old if k not in RESUMABLE and _differs(old[k], config.get(k)))
         if changed:
             had = ", ".join(f"{k}={json.dumps(old[k])[:40]}" for k in changed)
             raise UserError(
@@ -120,6 +119,14 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     (out / LOG_FILE).unlink(missing_ok=True)  # --resume of a run that never saved a state starts afresh
     write_json(saved, config)
     return False
+
+
+def _differs(old: Any, new: Any) -> bool:
+    """Whether a saved setting differs from the new one. A key the saved one lacks, at any depth (`loss` is a
+    dict), is a setting added to the code since the run was written: it takes its value from here on."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return any(k not in new or _differs(v, new[k]) for k, v in old.items())
+    return old != new
 
 
 def write_skipped(out: Path, skipped: dict[str, list[tuple[Path, str]]]) -> Path | None:

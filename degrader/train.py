@@ -45,15 +45,23 @@ GENERATORS = ("paper", "structured")
 # "Results"): the structured generator, DiffAugment, R1, D at 4x the lr and one D step, an EMA of G, a GAN
 # weight 20x the paper's, and a pixel loss on coarse luma only, so that it keeps faces but does not pull colour
 # back. The structure of the generator keeps the content, so the GAN can lead: beta = 1 halved the distance
-# to real web faces that beta = 0.2 left, at the same SR gain. A patch discriminator (FitConfig.d_patch) and
-# the "dihedral" augmentation came closer to the web faces but lost the SR gain (README, Results), so `small`
-# keeps the paper's discriminator and translation, colour.
+# to real web faces that beta = 0.2 left, at the same SR gain. D sees the images high-passed (d_highpass = 1):
+# the real LR set shows other people, framed otherwise, and a D that sees the layout pushes G to change it.
+# A patch discriminator (FitConfig.d_patch) and the "dihedral" augmentation hide the layout too, but lost the
+# SR gain on JPEG-compressed LR; the high-pass keeps it (README, Results).
 PRESET_TRAINING = {
     "paper": ("paper", LossConfig()),
     "small": (
         "structured",
         LossConfig(
-            beta=1.0, d_steps=1, lr_d=4e-4, pixel="luma-lowpass", augment="translation,colour", r1=1.0, ema=0.99
+            beta=1.0,
+            d_steps=1,
+            lr_d=4e-4,
+            pixel="luma-lowpass",
+            augment="translation,colour",
+            d_highpass=1.0,
+            r1=1.0,
+            ema=0.99,
         ),
     ),
 }

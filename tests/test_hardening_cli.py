@@ -123,6 +123,21 @@ def test_resume_of_a_run_from_before_a_setting_was_added(tiny_folders, tmp_path)
     assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--min-fidelity", "30"), "--resume", "fidelity")
 
 
+def test_resume_of_a_run_from_before_a_loss_setting_was_added(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    first = invoke(degrade, "fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", *TINY)
+    assert first.exit_code == 0, first.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["loss"]["d_highpass"] == 1.0  # the small preset's
+    del config["loss"]["d_highpass"]  # as a version before the option wrote it: the run trained without it
+    (out / "config.json").write_text(json.dumps(config))
+    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "config.json").read_text())["loss"]["d_highpass"] == 0.0  # not the preset's 1.0
+    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--d-highpass", "1"), "--resume", "loss")
+
+
 def test_fit_without_hr_and_without_resume(tiny_folders, tmp_path):
     hr, _ = tiny_folders
     assert_clean_error(invoke(degrade, "fit", "--hr", hr, "--out", tmp_path / "run"), "--lr", "--resume")
