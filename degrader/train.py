@@ -48,7 +48,7 @@ GENERATORS = ("paper", "structured")
 # to real web faces that beta = 0.2 left, at the same SR gain. D sees the images high-passed (d_highpass = 1):
 # the real LR set shows other people, framed otherwise, and a D that sees the layout pushes G to change it.
 # A patch discriminator (FitConfig.d_patch) and the "dihedral" augmentation hide the layout too, but lost the
-# SR gain on JPEG-compressed LR; the high-pass keeps it (README, Results).
+# SR gain on JPEG-compressed LR; the high-pass keeps most of it (README, Results).
 PRESET_TRAINING = {
     "paper": ("paper", LossConfig()),
     "small": (
