@@ -100,6 +100,7 @@ VARIANTS: dict[str, dict] = {
     # `degrade fit --preset small`: D sees only the detail finer than a Gaussian of sigma 1 LR px, plus each
     # image's mean colour (`--d-highpass 1`)
     "tuned-b1-hp1": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 1.0}),
+    "tuned-b0.5-hp1": dict(generator="structured", loss={**TUNED, "beta": 0.5, "d_highpass": 1.0}),
     "tuned-b1-hp0.7": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 0.7}),
     "tuned-b1-hp2": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 2.0}),
     # a patch discriminator (`--d-patch 1`: D scores 7-px patches, not whole images; p2: 11-px patches)
