@@ -58,8 +58,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from degrader.checkpoint import noise_from_seeds  # noqa: E402
-from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, update  # noqa: E402
+from degrader.checkpoint import Degrader, noise_from_seeds  # noqa: E402
+from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, set_lr, update  # noqa: E402
 from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
@@ -100,6 +100,8 @@ VARIANTS: dict[str, dict] = {
     # `degrade fit --preset small`: D sees only the detail finer than a Gaussian of sigma 1 LR px, plus each
     # image's mean colour (`--d-highpass 1`)
     "tuned-b1-hp1": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 1.0}),
+    # `small` + `--lr-decay 0.5`: both learning rates fall linearly to 0 over the second half (CycleGAN)
+    "tuned-b1-hp1-ld0.5": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 1.0, "lr_decay": 0.5}),
     "tuned-b0.5-hp1": dict(generator="structured", loss={**TUNED, "beta": 0.5, "d_highpass": 1.0}),
     "tuned-b1-hp0.7": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 0.7}),
     "tuned-b1-hp2": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 2.0}),
@@ -238,6 +240,8 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
             break
         if step >= spec.get("max_steps", math.inf):  # the "-init" variants: the generator as initialised
             break
+        if args.max_steps and not args.seconds:  # a schedule needs the number of steps
+            set_lr(opt_g, opt_d, loss, step, args.max_steps)
         # G step, D frozen
         hr_b = batch(hr)
         fake = net_g(hr_b, noise())
@@ -345,6 +349,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             "val": syn["val"],
         }
         row |= {f"syn_{k}": v for k, v in realism(degrade_fn(net, device), probe_hr, s["test_lr"], seed).items()}
+        keep(net, syn["best_step"], Path(args.out) / f"degrader-{name}-s{seed}.safetensors")
         if isinstance(net, StructuredGenerator):
             p = net.params(noise_from_seeds(range(256), net.config.z_dim).to(device))
             row["fingerprint"] = {
@@ -370,6 +375,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
         web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
         row |= {"web_steps": web["steps"], "web_best_step": web["best_step"], "web_val": web["val"]}
+        keep(web["net"], web["best_step"], Path(args.out) / f"degrader-web-{name}-s{seed}.safetensors")
         row |= {"web_best_step_alt": web["best_step_alt"]} if "net_alt" in web else {}
         if seed == args.seed_list[0]:  # the last rows: other faces, real web LR
             real = [s["web_test"][:8], s["web_test"][8:16]]
@@ -384,6 +390,11 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             row |= {f"web_{k}_noblur": v for k, v in scores.items()}
     row["job_s"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def keep(net_g: torch.nn.Module, step: int, path: Path) -> None:
+    """Save the kept checkpoint as a degrader file (`degrade eval --degrader`, `degrade apply`, fingerprints)."""
+    Degrader(copy.deepcopy(net_g).cpu(), name=path.stem, step=step).save(path)
 
 
 class AreaOnly(torch.nn.Module):

@@ -9,7 +9,7 @@ import click
 from cli.options import DEVICE_HELP, DEVICES
 from cli.progress import console, progress_bar, user_errors
 
-LOSS_FIELDS = ("alpha", "beta", "d_steps", "lr_d", "pixel", "augment", "d_highpass", "r1", "ema")
+LOSS_FIELDS = ("alpha", "beta", "d_steps", "lr_d", "pixel", "augment", "d_highpass", "r1", "ema", "lr_decay")
 
 
 def gan_options(f):
@@ -44,6 +44,12 @@ def gan_options(f):
         click.option("--r1", type=click.FloatRange(min=0), help="R1 penalty weight on real images. [1 / 0]"),
         click.option(
             "--ema", type=click.FloatRange(min=0, max=1, max_open=True), help="EMA decay of G; 0: off. [0.99 / 0]"
+        ),
+        click.option(
+            "--lr-decay",
+            type=click.FloatRange(0, 1),
+            help="Share of the steps, at the end, over which both learning rates fall linearly to 0; 0: constant. "
+            "[0 / 0]",
         ),
         click.option(
             "--d-patch",

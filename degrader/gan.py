@@ -51,6 +51,7 @@ class LossConfig:
     d_highpass: float = 0.0  # > 0: D sees x - Gaussian blur of x (sigma in px) + each image's mean colour; 0 off
     r1: float = 0.0  # R1 penalty weight gamma on real images; 0 off
     ema: float = 0.0  # decay of the EMA of G's weights, e.g. 0.99; 0 off (export the raw weights)
+    lr_decay: float = 0.0  # share of the steps, at the end, over which both lrs fall linearly to 0; 0: constant
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # a list after a JSON round trip
@@ -63,6 +64,8 @@ class LossConfig:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
         if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0:
             raise ValueError("d_steps must be >= 1, and r1 and d_highpass >= 0")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay {self.lr_decay} must lie in [0, 1]")
 
     @property
     def policy(self) -> tuple[str, ...]:
@@ -231,6 +234,16 @@ def adam(net: nn.Module, loss: LossConfig, *, discriminator: bool = False) -> to
     """The paper's optimizer: Adam with lr 1e-4 and betas (0.0, 0.9); D's lr is `loss.lr_d` when set."""
     lr = loss.lr_d if discriminator and loss.lr_d is not None else loss.lr
     return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(loss.betas[0]), float(loss.betas[1])))
+
+
+def set_lr(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, loss: LossConfig, step: int, steps: int) -> None:
+    """Both learning rates for update `step` (0-based) of `steps`: constant, then falling linearly towards 0 over
+    the last `loss.lr_decay` share of the steps (CycleGAN's schedule), so that the last steps settle."""
+    factor = min(1.0, (steps - step) / (loss.lr_decay * steps)) if loss.lr_decay > 0 else 1.0
+    lr_d = loss.lr_d if loss.lr_d is not None else loss.lr
+    for opt, lr in ((opt_g, loss.lr), (opt_d, lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

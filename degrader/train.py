@@ -13,7 +13,7 @@ from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import check_out_dir
-from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, update
+from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, save_grid, scan_images
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
@@ -249,6 +249,7 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     )
     with deferred_interrupt() as interrupted:
         while step < config.steps and not interrupted():
+            set_lr(opt_g, opt_d, loss, step, config.steps)
             # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss (on augmented fakes) ---
             hr = to_net(next(hr_batches))  # (B, 3, H, H)
             with autocast(device, config.bf16):
