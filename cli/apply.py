@@ -49,7 +49,7 @@ def gan_options(f):
             "--lr-decay",
             type=click.FloatRange(0, 1),
             help="Share of the steps, at the end, over which both learning rates fall linearly to 0; 0: constant. "
-            "[0 / 0]",
+            "--resume with other --steps follows the new count. [0.5 / 0]",
         ),
         click.option(
             "--d-patch",

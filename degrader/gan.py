@@ -236,10 +236,10 @@ def adam(net: nn.Module, loss: LossConfig, *, discriminator: bool = False) -> to
     return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(loss.betas[0]), float(loss.betas[1])))
 
 
-def set_lr(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, loss: LossConfig, step: int, steps: int) -> None:
-    """Both learning rates for update `step` (0-based) of `steps`: constant, then falling linearly towards 0 over
-    the last `loss.lr_decay` share of the steps (CycleGAN's schedule), so that the last steps settle."""
-    factor = min(1.0, (steps - step) / (loss.lr_decay * steps)) if loss.lr_decay > 0 else 1.0
+def set_lr(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, loss: LossConfig, done: float) -> None:
+    """Both learning rates for the next update, `done` (in [0, 1)) of the training behind: constant, then falling
+    linearly towards 0 over the last `loss.lr_decay` of it (CycleGAN's schedule), so that the last steps settle."""
+    factor = min(1.0, (1.0 - done) / loss.lr_decay) if loss.lr_decay > 0 else 1.0
     lr_d = loss.lr_d if loss.lr_d is not None else loss.lr
     for opt, lr in ((opt_g, loss.lr), (opt_d, lr_d)):
         for group in opt.param_groups:

@@ -169,13 +169,13 @@ def test_lr_decay_holds_then_falls_linearly_to_zero_for_both_nets():
     opt_g, opt_d = adam(net, loss), adam(net, loss, discriminator=True)
     lrs = []
     for step in (0, 49, 50, 75, 99):
-        set_lr(opt_g, opt_d, loss, step, 100)
+        set_lr(opt_g, opt_d, loss, step / 100)
         lrs.append((opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]))
     assert lrs[:3] == [(1e-4, 4e-4)] * 3  # constant through the first half
     assert lrs[3] == pytest.approx((5e-5, 2e-4))  # half-way down at three quarters
     assert 0 < lrs[4][0] < 3e-6 and lrs[4][1] == pytest.approx(4 * lrs[4][0])  # the last update still moves
     constant = LossConfig(lr=1e-4)
-    set_lr(opt_g, opt_d, constant, 99, 100)
+    set_lr(opt_g, opt_d, constant, 0.99)
     assert opt_g.param_groups[0]["lr"] == opt_d.param_groups[0]["lr"] == 1e-4  # lr_decay 0: the paper's constant lr
     with pytest.raises(ValueError, match="lr_decay"):
         LossConfig(lr_decay=1.5)

@@ -104,13 +104,18 @@ def test_run_directory_contents(tiny_folders, tmp_path):
     assert deg.degrade(torch.rand(2, 3, 32, 32), seeds=[0, 1]).shape == (2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("residual", [True, False])
-def test_resume_equals_an_uninterrupted_run(tiny_folders, tmp_path, residual):
+@pytest.mark.parametrize("residual, lr_decay", [(True, 0.0), (False, 0.0), (True, 0.5)])
+def test_resume_equals_an_uninterrupted_run(tiny_folders, tmp_path, residual, lr_decay):
     hr, lr = tiny_folders
-    straight = fit(plan_fit(tiny(hr, lr, tmp_path / "straight", residual=residual))).out
-    first = fit(plan_fit(tiny(hr, lr, tmp_path / "split", residual=residual, steps=2)))
+    loss = LossConfig(d_steps=2, lr_decay=lr_decay)
+    straight = fit(plan_fit(tiny(hr, lr, tmp_path / "straight", residual=residual, loss=loss))).out
+    if lr_decay:  # the schedule reaches the training loop: the last steps move less than at a constant lr
+        constant = fit(plan_fit(tiny(hr, lr, tmp_path / "constant", residual=residual))).out
+        decayed, plain = tensors(straight / DEGRADER_FILE), tensors(constant / DEGRADER_FILE)
+        assert any(not torch.equal(decayed[k], plain[k]) for k in decayed)
+    first = fit(plan_fit(tiny(hr, lr, tmp_path / "split", residual=residual, steps=2, loss=loss)))
     assert first.step == 2
-    second = fit(plan_fit(tiny(hr, lr, tmp_path / "split", residual=residual, resume=True)))
+    second = fit(plan_fit(tiny(hr, lr, tmp_path / "split", residual=residual, resume=True, loss=loss)))
     assert second.step == 6 and not second.interrupted
     assert_same_tensors(straight / DEGRADER_FILE, second.out / DEGRADER_FILE)
     assert_same_tensors(straight / STATE_FILE, second.out / STATE_FILE)
