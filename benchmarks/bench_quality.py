@@ -528,7 +528,7 @@ def main() -> None:
         help="what ranks checkpoints: the mean of the SWD and the image statistics (as `degrade fit`), or the SWD",
     )  # fmt: skip
     p.add_argument(
-        "--min-fidelity", type=float, default=23.0,
+        "--min-fidelity", type=float, default=24.0,
         help="dB; a checkpoint whose validation fidelity reaches it beats any that does not (as `degrade fit`; 0: off)",
     )  # fmt: skip
     p.add_argument(

@@ -72,7 +72,7 @@ def degrade() -> None:
 @click.option(
     "--min-fidelity",
     type=click.FloatRange(min=0),
-    default=23.0,
+    default=24.0,
     show_default=True,
     help="dB: a validation step whose LR keeps the content this well (PSNR-Y against bicubic LR of the same HR) "
     "beats any that does not, so a fit cannot win on realism by destroying the images; 0: off.",

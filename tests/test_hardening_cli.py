@@ -18,6 +18,7 @@ from PIL import Image
 import cli.degrade
 from cli.degrade import degrade
 from cli.sr import sr
+from degrader.train import FitConfig
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
 from tests.test_hardening import assert_clean_error
 
@@ -118,7 +119,7 @@ def test_resume_of_a_run_from_before_a_setting_was_added(tiny_folders, tmp_path)
     (out / "config.json").write_text(json.dumps(config))
     resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads((out / "config.json").read_text())["min_fidelity"] == 23.0
+    assert json.loads((out / "config.json").read_text())["min_fidelity"] == FitConfig.min_fidelity  # the default
     # a setting the run had and that differs is still refused
     assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--min-fidelity", "30"), "--resume", "fidelity")
 
