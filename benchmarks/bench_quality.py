@@ -104,6 +104,8 @@ VARIANTS: dict[str, dict] = {
     # second half (CycleGAN's schedule); ld0.75: over the last three quarters
     "tuned-b1-hp1-ld0.5": dict(generator="structured", loss={**HP1, "lr_decay": 0.5}),
     "tuned-b1-hp1-ld0.75": dict(generator="structured", loss={**HP1, "lr_decay": 0.75}),
+    # `small` with the free-form residual allowed twice the change per pixel (0.2 of the range, not 0.1)
+    "tuned-b1-hp1-ld0.5-r0.2": dict(generator="structured", loss={**HP1, "lr_decay": 0.5}, net=dict(residual_max=0.2)),
     "tuned-b0.5-hp1": dict(generator="structured", loss={**TUNED, "beta": 0.5, "d_highpass": 1.0}),
     "tuned-b1-hp0.7": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 0.7}),
     "tuned-b1-hp2": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 2.0}),

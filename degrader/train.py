@@ -106,7 +106,6 @@ class FitConfig:
     # same HR) beats any that does not, so that a fit cannot win on realism by destroying the faces; 0: off. It
     # lies between the steps that kept the faces (24.6 dB and up) and those that lost them (19.5-21 dB) or drifted
     # to blocky noise (21-23.2 dB, the web faces under `small`); the camera process itself scores 29.9 dB
-
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
