@@ -106,9 +106,9 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1-hp1-ld0.75": dict(generator="structured", loss={**HP1, "lr_decay": 0.75}),
     # `small` with the free-form residual allowed twice the change per pixel (0.2 of the range, not 0.1)
     "tuned-b1-hp1-ld0.5-r0.2": dict(generator="structured", loss={**HP1, "lr_decay": 0.5}, net=dict(residual_max=0.2)),
-    "tuned-b0.5-hp1": dict(generator="structured", loss={**TUNED, "beta": 0.5, "d_highpass": 1.0}),
-    "tuned-b1-hp0.7": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 0.7}),
-    "tuned-b1-hp2": dict(generator="structured", loss={**TUNED, "beta": 1.0, "d_highpass": 2.0}),
+    "tuned-b0.5-hp1": dict(generator="structured", loss={**HP1, "beta": 0.5}),
+    "tuned-b1-hp0.7": dict(generator="structured", loss={**HP1, "d_highpass": 0.7}),
+    "tuned-b1-hp2": dict(generator="structured", loss={**HP1, "d_highpass": 2.0}),
     # a patch discriminator (`--d-patch 1`: D scores 7-px patches, not whole images; p2: 11-px patches)
     "tuned-b1-p1": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(d_patch=1)),
     "tuned-b1-p2": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(d_patch=2)),
@@ -398,7 +398,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
 
 def keep(net_g: torch.nn.Module, step: int, path: Path) -> None:
     """Save the kept checkpoint as a degrader file (`degrade eval --degrader`, `degrade apply`, fingerprints)."""
-    Degrader(copy.deepcopy(net_g).cpu(), name=path.stem, step=step).save(path)
+    Degrader(net_g, name=path.stem, step=step).save(path)  # fit's nets are in eval mode; save copies to the CPU
 
 
 class AreaOnly(torch.nn.Module):

@@ -230,20 +230,24 @@ def discriminator_loss(
 # ------------------------------------------------------------------------------------------- optimisers, EMA
 
 
+def _base_lr(loss: LossConfig, discriminator: bool) -> float:
+    return loss.lr_d if discriminator and loss.lr_d is not None else loss.lr
+
+
 def adam(net: nn.Module, loss: LossConfig, *, discriminator: bool = False) -> torch.optim.Adam:
     """The paper's optimizer: Adam with lr 1e-4 and betas (0.0, 0.9); D's lr is `loss.lr_d` when set."""
-    lr = loss.lr_d if discriminator and loss.lr_d is not None else loss.lr
-    return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(loss.betas[0]), float(loss.betas[1])))
+    return torch.optim.Adam(
+        net.parameters(), lr=_base_lr(loss, discriminator), betas=(float(loss.betas[0]), float(loss.betas[1]))
+    )
 
 
 def set_lr(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, loss: LossConfig, done: float) -> None:
     """Both learning rates for the next update, `done` (in [0, 1)) of the training behind: constant, then falling
     linearly towards 0 over the last `loss.lr_decay` of it (CycleGAN's schedule), so that the last steps settle."""
     factor = min(1.0, (1.0 - done) / loss.lr_decay) if loss.lr_decay > 0 else 1.0
-    lr_d = loss.lr_d if loss.lr_d is not None else loss.lr
-    for opt, lr in ((opt_g, loss.lr), (opt_d, lr_d)):
+    for opt, discriminator in ((opt_g, False), (opt_d, True)):
         for group in opt.param_groups:
-            group["lr"] = lr * factor
+            group["lr"] = _base_lr(loss, discriminator) * factor
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
