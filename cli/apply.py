@@ -9,7 +9,19 @@ import click
 from cli.options import DEVICE_HELP, DEVICES
 from cli.progress import console, progress_bar, user_errors
 
-LOSS_FIELDS = ("alpha", "beta", "d_steps", "lr_d", "pixel", "augment", "d_highpass", "r1", "ema", "lr_decay")
+LOSS_FIELDS = (
+    "alpha",
+    "beta",
+    "d_steps",
+    "lr_d",
+    "pixel",
+    "augment",
+    "d_highpass",
+    "r1",
+    "ema",
+    "lr_decay",
+    "exposure",
+)
 
 
 def gan_options(f):
@@ -50,6 +62,12 @@ def gan_options(f):
             type=click.FloatRange(0, 1),
             help="Share of the steps, at the end, over which both learning rates fall linearly to 0; 0: constant. "
             "--resume with other --steps follows the new count. [0.5 / 0]",
+        ),
+        click.option(
+            "--exposure",
+            type=click.FloatRange(min=0),
+            help="Weight of a loss that holds each image's mean luma to the HR's, so that the degradation does "
+            "not learn the two sets' different lighting; 0: off. [100 / 0]",
         ),
         click.option(
             "--d-patch",

@@ -17,6 +17,9 @@ real images and on detached fakes. Each stabiliser is an option of `LossConfig`,
 - `ema`: an exponential moving average of G's weights (`Ema`); export and evaluation use it.
 - `pixel`: "luma" or "luma-lowpass" constrain only brightness (or its coarse layout), so the pixel loss keeps
   the content without pulling colour (or blur and noise) back towards the clean HR image.
+- `exposure`: a weight on the squared difference of each image's mean luma, output against target, so the GAN
+  cannot make the degradation brighten or darken the image. Unpaired sets differ in lighting, which is content;
+  an SR model trained on LR with a brightness bias learns to undo a bias the real LR does not have.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class LossConfig:
     r1: float = 0.0  # R1 penalty weight gamma on real images; 0 off
     ema: float = 0.0  # decay of the EMA of G's weights, e.g. 0.99; 0 off (export the raw weights)
     lr_decay: float = 0.0  # share of the steps, at the end, over which both lrs fall linearly to 0; 0: constant
+    exposure: float = 0.0  # weight of the squared difference of each image's mean luma (output vs target); 0 off
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # a list after a JSON round trip
@@ -62,8 +66,8 @@ class LossConfig:
             raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
-        if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0:
-            raise ValueError("d_steps must be >= 1, and r1 and d_highpass >= 0")
+        if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0 or self.exposure < 0:
+            raise ValueError("d_steps must be >= 1, and r1, d_highpass and exposure >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay {self.lr_decay} must lie in [0, 1]")
 
@@ -180,6 +184,11 @@ def pixel_loss(fake: torch.Tensor, target: torch.Tensor, kind: str = "rgb") -> t
     return F.mse_loss(fake, target)
 
 
+def exposure_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the squared difference of their mean luma: (B, 3, h, w) each, any sizes."""
+    return (luma(fake.float()).mean(dim=(1, 2, 3)) - luma(target.float()).mean(dim=(1, 2, 3))).pow(2).mean()
+
+
 def generator_loss(
     fake: torch.Tensor,
     target: torch.Tensor,
@@ -187,7 +196,7 @@ def generator_loss(
     loss: LossConfig,
     aug_gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * pixel loss(fake, target) + beta * hinge generator loss, with `net_d` frozen.
+    """alpha * pixel loss(fake, target) + beta * hinge generator loss (+ exposure * exposure loss), `net_d` frozen.
 
     `aug_gen` draws the augmentation when `loss.augment` is set. Returns the loss to back-propagate and its
     parts as floats for the log.
@@ -199,7 +208,12 @@ def generator_loss(
     else:
         adversarial = torch.zeros((), device=fake.device)
     total = loss.alpha * pixel + loss.beta * adversarial
-    return total, {"g_pixel": pixel.item(), "g_adv": adversarial.item()}
+    logs = {"g_pixel": pixel.item(), "g_adv": adversarial.item()}
+    if loss.exposure > 0:
+        exposure = exposure_loss(fake, target)
+        total = total + loss.exposure * exposure
+        logs["g_exposure"] = exposure.item()
+    return total, logs
 
 
 def discriminator_loss(

@@ -84,7 +84,7 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     run, out = tmp_path / "run", tmp_path / "lr-out"
     common = ["--hr-size", "32", "--steps", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    given = ["--beta", "0.1", "--d-highpass", "0.5", "--lr-decay", "0.25"]
+    given = ["--beta", "0.1", "--d-highpass", "0.5", "--lr-decay", "0.25", "--exposure", "5"]
     result = CliRunner().invoke(
         degrade,
         ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *common, "--val-split", "0", *given],
@@ -93,7 +93,8 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["generator"] == "structured"  # the small preset's, with the option given and the rest its own
     assert (config["loss"]["beta"], config["loss"]["ema"], config["loss"]["d_steps"]) == (0.1, 0.99, 1)
-    assert (config["loss"]["d_highpass"], config["loss"]["lr_decay"]) == (0.5, 0.25)  # not the preset's 1 and 0.5
+    loss = config["loss"]
+    assert (loss["d_highpass"], loss["lr_decay"], loss["exposure"]) == (0.5, 0.25, 5.0)  # not the preset's
     result = CliRunner().invoke(degrade, ["apply", "--degrader", str(run), str(hr), "--out", str(out), "--tile", "16"])
     assert result.exit_code == 0, result.output
     seeds = json.loads((out / "seeds.json").read_text())

@@ -10,6 +10,7 @@ from degrader.gan import (
     adam,
     diff_augment,
     discriminator_loss,
+    exposure_loss,
     generator_loss,
     high_pass,
     pixel_loss,
@@ -90,6 +91,24 @@ def test_luma_pixel_losses_ignore_colour_and_detail():
     checker = (torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2 * 0.2 - 0.1
     assert pixel_loss(target + checker, target, "luma") > 1e-3
     assert pixel_loss(target + checker, target, "luma-lowpass") < 1e-10
+
+
+def test_exposure_loss_sees_each_image_brightness_not_its_detail_or_colour():
+    target = images(2)
+    checker = (torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2 * 0.4 - 0.2  # zero mean
+    luma_free = torch.tensor([0.587, -0.299, 0.0]).view(1, 3, 1, 1) * 0.3  # a colour cast of zero luma
+    assert exposure_loss(target + checker + luma_free, target) < 1e-10
+    brighter = target.clone()
+    brighter[1] += 0.1  # one image of two brighter by 0.1: (0.1^2 + 0) / 2
+    assert exposure_loss(brighter, target) == pytest.approx(0.005, rel=1e-4)
+    # the weight reaches the generator's loss, and only when set
+    net_d = tiny_d()
+    off, logs_off = generator_loss(brighter, target, net_d, LossConfig())
+    on, logs_on = generator_loss(brighter, target, net_d, LossConfig(exposure=10.0))
+    assert "g_exposure" not in logs_off and logs_on["g_exposure"] == pytest.approx(0.005, rel=1e-4)
+    assert (on - off).item() == pytest.approx(0.05, rel=1e-3)
+    with pytest.raises(ValueError, match="exposure"):
+        LossConfig(exposure=-1.0)
 
 
 def test_r1_penalises_the_gradient_on_real_images():

@@ -130,14 +130,15 @@ def test_resume_of_a_run_from_before_a_loss_setting_was_added(tiny_folders, tmp_
     first = invoke(degrade, "fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", *TINY)
     assert first.exit_code == 0, first.output
     config = json.loads((out / "config.json").read_text())
-    assert (config["loss"]["d_highpass"], config["loss"]["lr_decay"]) == (1.0, 0.5)  # the small preset's
-    for name in ("d_highpass", "lr_decay"):
+    loss = config["loss"]
+    assert (loss["d_highpass"], loss["lr_decay"], loss["exposure"]) == (1.0, 0.5, 100.0)  # the small preset's
+    for name in ("d_highpass", "lr_decay", "exposure"):
         del config["loss"][name]  # as a version before the option wrote it: the run trained without it
     (out / "config.json").write_text(json.dumps(config))
     resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
     assert resumed.exit_code == 0, resumed.output
     loss = json.loads((out / "config.json").read_text())["loss"]
-    assert (loss["d_highpass"], loss["lr_decay"]) == (0.0, 0.0)  # not the preset's 1.0 and 0.5
+    assert (loss["d_highpass"], loss["lr_decay"], loss["exposure"]) == (0.0, 0.0, 0.0)  # not the preset's
     assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--d-highpass", "1"), "--resume", "loss")
 
 
