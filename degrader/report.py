@@ -94,8 +94,10 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
+    """Write `fig` as a PNG and close it: pyplot keeps every open figure alive."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
 
 
 def plot_histograms(stats: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
@@ -116,7 +118,6 @@ def plot_histograms(stats: dict[str, dict[str, torch.Tensor]], path: Path) -> No
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Per-image statistics: real LR (gray) against each degrader")
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_samples(rows: list[tuple[str, torch.Tensor]], path: Path, n: int = GRID_IMAGES) -> None:

@@ -69,7 +69,6 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> None:
@@ -106,7 +105,6 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
         right.set_ylabel("fidelity: PSNR-Y vs bicubic (dB)", color="tab:purple")
         right.legend(fontsize=8, loc="upper right")
     _save(fig, path)
-    plt.close(fig)
 
 
 def _evenly(items: list[Path], n: int) -> list[Path]:
