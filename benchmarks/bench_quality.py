@@ -20,7 +20,8 @@ Reported per variant and seed:
               the relative SWD of the finest and of the coarsest pyramid level alone: the finest sees blur, noise
               and JPEG; the coarsest (8x8 at 16 px) the tone and layout of the faces: a degradation can change the
               tone, not the content where the HR faces and the web faces differ (people, pose, framing). The row
-              `grey` (bicubic, then grey) measures how far plain downscaling gets
+              `grey` (bicubic, then grey) measures how far plain downscaling gets, `grey-tone` how far it gets
+              in the tone `--tone auto` measures on the web faces
     *_noblur  with --ablate-blur: the same web figures with the learned blur replaced by a delta (is the
               blur what the fit gets wrong?)
     *_fid     fidelity: PSNR-Y (dB) of the degrader's LR against bicubic LR of the same HR faces; whether the
@@ -31,7 +32,7 @@ Reported per variant and seed:
               same model on bicubic and on the true process; closure = (psnr - bicubic) / (oracle - bicubic)
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --out runs/bench-quality --seconds 60 --jobs 2 \
-        --variants paper,structured,tuned-b1-hp1-ld0.5-ex100 --seeds 0,1,2
+        --variants paper,structured,tuned-b1-hp1-ld0.5-ex100-tone --seeds 0,1,2
 
 Everything is loaded into memory tensors once (`--data FILE` caches them as safetensors, so a machine without
 the image folders can run it). Writes results.json, results.md and PNG grids to `--out`: grid-<variant>.png
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -66,6 +68,7 @@ from degrader.nets import Discriminator  # noqa: E402
 from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E402
 from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
 from degrader.synthetic import camera_degrade  # noqa: E402
+from degrader.tone import ToneMap, measure_tone  # noqa: E402
 from sr.metrics import psnr  # noqa: E402
 from sr.model import PRESETS as SR_PRESETS  # noqa: E402
 from sr.model import LowToHighConfig, LowToHighGenerator  # noqa: E402
@@ -109,6 +112,10 @@ VARIANTS: dict[str, dict] = {
     # with `--exposure W`: each image's mean luma held to the HR's with weight W (100: `degrade fit --preset small`)
     "tuned-b1-hp1-ld0.5-ex10": dict(generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 10.0}),
     "tuned-b1-hp1-ld0.5-ex100": dict(generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0}),
+    # with `--tone auto`: those targets carried through the LR set's tone map, measured from the training sets
+    "tuned-b1-hp1-ld0.5-ex100-tone": dict(
+        generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto"}
+    ),
     "tuned-b0.5-hp1": dict(generator="structured", loss={**HP1, "beta": 0.5}),
     "tuned-b1-hp0.7": dict(generator="structured", loss={**HP1, "d_highpass": 0.7}),
     "tuned-b1-hp2": dict(generator="structured", loss={**HP1, "d_highpass": 2.0}),
@@ -129,7 +136,8 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1-noise": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(noise_init=0.5)),
     "tuned-b0.2-h30": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(head_lr_mult=30.0)),
 }
-REFERENCES = ("bicubic", "oracle", "grey")  # rows without a fit: SR on bicubic and true pairs; grey bicubic (web)
+REFERENCES = ("bicubic", "oracle", "grey", "grey-tone")  # rows without a fit: SR on bicubic and true pairs; web:
+# grey bicubic, and grey bicubic in the web faces' measured tone
 OTHER = {"val_swd_rel": "val_mix", "val_mix": "val_swd_rel"}  # --compare-selection
 
 
@@ -219,11 +227,20 @@ def degrade_fn(net_g: torch.nn.Module, device: torch.device):
     return degrade
 
 
-def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, args, seed: int) -> dict:
-    """Train one degrader for `args.seconds` (or `args.max_steps`); keep the best by validation (`args.select`)."""
+def training_tone(spec: dict, hr: torch.Tensor, real: torch.Tensor) -> ToneMap:
+    """The tone map `degrade fit` measures for the variant (`--tone auto`) from its training sets, or the identity."""
+    return measure_tone(hr, real, 4) if spec["loss"].get("tone") == "auto" else ToneMap()
+
+
+def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, args, seed: int, tone: ToneMap) -> dict:
+    """Train one degrader for `args.seconds` (or `args.max_steps`); keep the best by validation (`args.select`).
+
+    `tone` is `training_tone(spec, hr, real)`, which `val` should have been made with as well.
+    """
     device = torch.device(args.device)
     net_g, net_d, loss = build(spec, seed)
     net_g, net_d = net_g.to(device), net_d.to(device)
+    loss = dataclasses.replace(loss, tone_map=(tone.gain, tone.offset))
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
     ema = Ema(net_g, loss.ema) if loss.ema > 0 else None
     gen = torch.Generator().manual_seed(seed)
@@ -274,7 +291,7 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
                 if rank < best[k][0]:
                     best[k] = (rank, step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
     final = (ema.module if ema else net_g).eval()
-    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history}
+    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history, "tone": dataclasses.asdict(tone)}
     for k, suffix in zip(keys, ("", "_alt")[: len(keys)], strict=True):  # best weights (the last: none scored)
         _, out["best_step" + suffix], state = best[k]
         out["net" + suffix] = copy.deepcopy(final)
@@ -340,20 +357,27 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         if "web" in args.targets:
             grey = realism(lambda x, _: _grey(_bicubic(x)), probe_hr, s["web_test"], seed)
             row |= {f"web_{k}": v for k, v in grey.items()}
+    elif name == "grey-tone":  # the same, then the tone map `--tone auto` measures on the web faces; no learning
+        if "web" in args.targets:
+            tone = measure_tone(hr, s["web_train"][VAL:], 4)
+            toned = lambda x, _: (tone.gain * _grey(_bicubic(x)) + tone.offset).clamp(0, 1)  # noqa: E731
+            row |= {f"web_{k}": v for k, v in realism(toned, probe_hr, s["web_test"], seed).items()}
     elif name == "bicubic":
         row["psnr"] = train_sr(lambda i, g: _bicubic(hr[i]), hr, s["test_hr"], s["test_lr"], args, seed)
     elif name == "oracle":
         draw = lambda i, g: s["oracle_lr"][i + len(hr) * torch.randint(2, (len(i),), generator=g)]  # noqa: E731
         row["psnr"] = train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
     elif "synthetic" in args.targets:
-        val = RealismProbe(probe_hr[:VAL], s["lr_val"], 4, seed=seed)
-        syn = fit(spec, hr, s["lr_train"], val, args, seed)
+        tone = training_tone(spec, hr, s["lr_train"])
+        val = RealismProbe(probe_hr[:VAL], s["lr_val"], 4, seed=seed, tone=(tone.gain, tone.offset))
+        syn = fit(spec, hr, s["lr_train"], val, args, seed, tone)
         net = syn["net"]
         row |= {
             "steps": syn["steps"],
             "best_step": syn["best_step"],
             "fit_s": round(syn["seconds"], 1),
             "val": syn["val"],
+            "tone": syn["tone"],
         }
         row |= {f"syn_{k}": v for k, v in realism(degrade_fn(net, device), probe_hr, s["test_lr"], seed).items()}
         keep(net, syn["best_step"], Path(args.out) / f"degrader-{name}-s{seed}.safetensors")
@@ -379,9 +403,11 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         if seed == args.seed_list[0]:  # the last row: the same faces through the camera
             sample_grid(net, s["test_hr"][:8], [s["test_lr"][:8]], Path(args.out) / f"grid-{name}.png", device)
     if name not in REFERENCES and "web" in args.targets:
-        web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed)
-        web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed)
+        tone = training_tone(spec, hr, s["web_train"][VAL:])
+        web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed, tone=(tone.gain, tone.offset))
+        web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed, tone)
         row |= {"web_steps": web["steps"], "web_best_step": web["best_step"], "web_val": web["val"]}
+        row |= {"web_tone": web["tone"]}
         keep(web["net"], web["best_step"], Path(args.out) / f"degrader-web-{name}-s{seed}.safetensors")
         row |= {"web_best_step_alt": web["best_step_alt"]} if "net_alt" in web else {}
         if seed == args.seed_list[0]:  # the last rows: other faces, real web LR
@@ -513,7 +539,8 @@ def main() -> None:
     p.add_argument("--hr", default=str(DATA / "faces-hr"))
     p.add_argument("--lr", default=str(DATA / "faces-lr-web"))
     p.add_argument("--data", default=None, help="safetensors cache of the prepared images (read, or written)")
-    p.add_argument("--variants", default="paper,structured,tuned-b1-hp1-ld0.5-ex100", help=f"of: {', '.join(VARIANTS)}")
+    small = "tuned-b1-hp1-ld0.5-ex100-tone"  # `degrade fit --preset small`
+    p.add_argument("--variants", default=f"paper,structured,{small}", help=f"of: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0")
     p.add_argument("--seconds", type=float, default=60.0, help="time budget of each fit (0: --max-steps only)")
     p.add_argument("--max-steps", type=int, default=0, help="step budget of each fit (0: --seconds only)")
@@ -522,8 +549,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--targets", default="synthetic,web")
     p.add_argument(
-        "--references", default="bicubic,oracle,grey",
-        help="rows without a fit ('' for none): SR on bicubic and on true pairs; grey bicubic on the web faces",
+        "--references", default="bicubic,oracle,grey,grey-tone",
+        help="rows without a fit ('' for none): SR on bicubic and on true pairs; grey bicubic on the web faces, "
+        "and in their measured tone (grey-tone)",
     )  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--sr-device", choices=("cpu", "cuda"), default=None, help="where SR trains (default: --device)")

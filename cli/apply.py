@@ -21,6 +21,7 @@ LOSS_FIELDS = (
     "ema",
     "lr_decay",
     "exposure",
+    "tone",
 )
 
 
@@ -68,6 +69,13 @@ def gan_options(f):
             type=click.FloatRange(min=0),
             help="Weight of a loss that holds each image's mean luma to the HR's, so that the degradation does "
             "not learn the two sets' different lighting; 0: off. [100 / 0]",
+        ),
+        click.option(
+            "--tone",
+            type=click.Choice(["auto", "off"]),
+            help="auto: measure how much brighter and more contrasted the LR set is than the HR set, where the "
+            "data shows it beyond sampling noise, and hold the pixel and exposure losses to that; off: to the HR's "
+            "own tone. [auto / off]",
         ),
         click.option(
             "--d-patch",

@@ -106,6 +106,8 @@ def fit(scale: str, dry_run: bool, **options) -> None:
             f"D {plan.params_d / 1e6:.2f}M parameters, {config.steps} steps on {plan.device}"
         )
         console.print(("" if plan.validation else "[yellow]note:[/] ") + plan.validation_note)
+        if plan.tone:
+            console.print(f"tone the losses hold each LR image to: {plan.tone.describe()}")
         if dry_run:
             console.print("dry run: nothing trained or written.")
             return

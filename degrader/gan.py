@@ -20,6 +20,9 @@ real images and on detached fakes. Each stabiliser is an option of `LossConfig`,
 - `exposure`: a weight on the squared difference of each image's mean luma, output against target, so the GAN
   cannot make the degradation brighten or darken the image. Unpaired sets differ in lighting, which is content;
   an SR model trained on LR with a brightness bias learns to undo a bias the real LR does not have.
+- `tone`: "auto" carries the pixel and exposure targets through an affine luma map measured from the two sets
+  before training (`degrader.tone`), so the degrader takes on the real LR set's brightness and contrast where the
+  data shows a difference, the same for every image, and holds each image to the HR's tone where it shows none.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from degrader import dist
 
 PIXEL_LOSSES = ("rgb", "luma", "luma-lowpass")
 AUGMENTATIONS = ("translation", "cutout", "colour", "dihedral")
+TONES = ("off", "auto")
 _LUMA = (0.299, 0.587, 0.114)  # Rec. 601
 
 
@@ -56,9 +60,13 @@ class LossConfig:
     ema: float = 0.0  # decay of the EMA of G's weights, e.g. 0.99; 0 off (export the raw weights)
     lr_decay: float = 0.0  # share of the steps, at the end, over which both lrs fall linearly to 0; 0: constant
     exposure: float = 0.0  # weight of the squared difference of each image's mean luma (output vs target); 0 off
+    tone: str = "off"  # "auto": the losses' target takes the real LR set's tone (degrader.tone); "off": the HR's
+    tone_map: tuple[float, float] = (1.0, 0.0)  # (gain, offset) on [0, 1] luma, measured before training for "auto"
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # a list after a JSON round trip
+        self.betas, self.tone_map = tuple(self.betas), tuple(self.tone_map)  # lists after a JSON round trip
+        if self.tone not in TONES:
+            raise ValueError(f"tone {self.tone!r} is not one of {', '.join(TONES)}")
         if self.pixel not in PIXEL_LOSSES:
             raise ValueError(f"pixel loss {self.pixel!r} is not one of {', '.join(PIXEL_LOSSES)}")
         unknown = set(self.policy) - set(AUGMENTATIONS)
@@ -201,6 +209,9 @@ def generator_loss(
     `aug_gen` draws the augmentation when `loss.augment` is set. Returns the loss to back-propagate and its
     parts as floats for the log.
     """
+    if loss.tone_map != (1.0, 0.0):
+        gain, offset = loss.tone_map
+        target = gain * target + (gain + 2 * offset - 1)  # the map on [0, 1], in the networks' [-1, 1]
     pixel = pixel_loss(fake, target, loss.pixel)
     if loss.beta > 0:
         with frozen(net_d):

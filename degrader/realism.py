@@ -355,9 +355,13 @@ class RealismProbe:
         real_lr: held-out real LR images (M, 3, H/scale, W/scale) in [0, 1]; the order should be random.
         scale: the degrader's downscaling factor (for the bicubic baseline).
         seed: fixes the split-independent SWD settings and the noise seeds handed to the degrader.
+        tone: (gain, offset) of the luma map the degrader was trained to apply (`degrader.tone`); the fidelity
+            reference is bicubic LR carried through it, so the map itself costs no fidelity.
     """
 
-    def __init__(self, hr: torch.Tensor, real_lr: torch.Tensor, scale: int, seed: int = 0):
+    def __init__(
+        self, hr: torch.Tensor, real_lr: torch.Tensor, scale: int, seed: int = 0, tone: tuple[float, float] = (1.0, 0.0)
+    ):
         m = min(len(hr), len(real_lr) // 2)
         if m < 2:
             raise ValueError(
@@ -368,7 +372,9 @@ class RealismProbe:
         self.floor_levels = self.reference.distance(real_lr[m : 2 * m])
         size = (hr.shape[-2] // scale, hr.shape[-1] // scale)
         bicubic = F.interpolate(self.hr, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        self.bicubic_levels, self.bicubic_lr = self.reference.distance(bicubic), bicubic
+        self.bicubic_levels = self.reference.distance(bicubic)
+        gain, offset = tone  # fidelity is to the content: against bicubic in the tone the fit was told to take
+        self.fidelity_reference = bicubic if tone == (1.0, 0.0) else (gain * bicubic + offset).clamp(0, 1)
         self.floor, self.bicubic = _mean(self.floor_levels), _mean(self.bicubic_levels)
         self.stats = image_statistics(real_lr[:m])
         floor = statistics_distances(image_statistics(real_lr[m : 2 * m]), self.stats)
@@ -387,7 +393,8 @@ class RealismProbe:
             {"val_swd": SWD x 1e3, "val_swd_rel": relative to bicubic (nan when bicubic is at the floor),
             "val_swd_rel_levels": the relative figure of each pyramid level, finest first,
             "val_<statistic>_rel" for each statistic used, "val_mix": the mean of those relative figures (nan
-            when there are none), "val_fidelity": PSNR of the luma against bicubic LR of the same HR images, dB}.
+            when there are none), "val_fidelity": PSNR of the luma against bicubic LR of the same HR images
+            (in `tone`), dB}.
         """
         fake = degrade(self.hr, self.seeds).float().cpu()
         levels = self.reference.distance(fake)
@@ -404,5 +411,5 @@ class RealismProbe:
             out[f"val_{name}_rel"] = relative(distances[name], floor, reference)
             figures.append(out[f"val_{name}_rel"])
         out["val_mix"] = sum(figures) / len(figures) if figures else float("nan")
-        out["val_fidelity"] = fidelity(fake, self.bicubic_lr)
+        out["val_fidelity"] = fidelity(fake, self.fidelity_reference)
         return out

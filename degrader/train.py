@@ -15,7 +15,7 @@ from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
-from degrader.images import CACHE_MB, Scan, save_grid, scan_images
+from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
 from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
 from degrader.run import (
@@ -35,6 +35,7 @@ from degrader.run import (
     write_skipped,
 )
 from degrader.structured import StructuredConfig, StructuredGenerator
+from degrader.tone import IMAGES, ToneMap, measure_tone
 from degrader.validation import Validation, ValidationSet, split_validation
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
@@ -52,7 +53,9 @@ GENERATORS = ("paper", "structured")
 # 0 over the second half (lr_decay = 0.5, CycleGAN's schedule): the fit cycles through JPEG strengths, and the
 # decay lets it settle, which raised the SR gain on two seeds of three and changed no web figure for the worse.
 # A loss holds each image's mean luma to the HR's (exposure = 100): without it every fit lifted the shadows by
-# 2-6/255, a bias that the SR model then learns to undo on real LR that lacks it (README, Results).
+# 2-6/255, a bias that the SR model then learns to undo on real LR that lacks it (README, Results). That
+# target takes the LR set's tone where the two sets differ in it beyond sampling noise (tone = "auto"): the
+# web faces are brighter and more contrasted than the HR faces, the camera benchmark's LR are not.
 PRESET_TRAINING = {
     "paper": ("paper", LossConfig()),
     "small": (
@@ -68,6 +71,7 @@ PRESET_TRAINING = {
             ema=0.99,
             lr_decay=0.5,
             exposure=100.0,
+            tone="auto",
         ),
     ),
 }
@@ -151,6 +155,7 @@ class FitPlan:
     params_d: int
     validation: ValidationSet | None = None  # the held-out images validation scores on; None: no validation
     validation_note: str = ""  # one line on the validation set, or why there is none
+    tone: ToneMap | None = None  # the LR set's tone map for `loss.tone = "auto"` (also in config.loss.tone_map)
 
 
 @dataclass
@@ -182,12 +187,27 @@ def plan_fit(config: FitConfig) -> FitPlan:
     if config.min_fidelity < 0:
         raise UserError(f"--min-fidelity is {config.min_fidelity}; give 0 (off) or a PSNR in dB, e.g. 24.")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
+    tone = None
+    if config.loss.tone == "auto":  # measured again on --resume, to the same map: the same images and draws
+        tone = measure_training_tone(config, model, hr, lr)
+        config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, tone_map=(tone.gain, tone.offset)))
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
     dist.check_batch(config.batch_size)
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note)
+    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note, tone)
+
+
+def measure_training_tone(config: FitConfig, model, hr: Scan, lr: Scan) -> ToneMap:
+    """`degrader.tone.measure_tone` on up to `tone.IMAGES` images of each training set, drawn independently of
+    the seed: the map describes the data, not the run."""
+    rng = torch.Generator().manual_seed(0)  # random crops, for prep "crop"
+    sets = []
+    for scan, size, prep in ((hr, model.hr_size, config.hr_prep), (lr, model.lr_size, config.lr_prep)):
+        subset = dataclasses.replace(scan, paths=shuffled(scan.paths, 0, "tone"))
+        sets.append(torch.stack(first_readable(subset, IMAGES, size, prep, rng)))
+    return measure_tone(*sets, model.scale)
 
 
 def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:

@@ -128,7 +128,7 @@ class Validation:
             m = vset.n
             hr = draw_images(vset.hr, m, model.hr_size, config.hr_prep, config.seed, "val-hr")  # (m, 3, H, H)
             lr = draw_images(vset.lr, 2 * m, model.lr_size, config.lr_prep, config.seed, "val-lr")  # (2m, 3, h, h)
-            self.probe = RealismProbe(hr, lr, model.scale, seed=config.seed)
+            self.probe = RealismProbe(hr, lr, model.scale, seed=config.seed, tone=config.loss.tone_map)
 
     def __call__(self, step: int, net_g: nn.Module) -> None:
         """Validate after step `step` when it is due: log the figure, and save the weights when they are the best."""
