@@ -211,7 +211,8 @@ def generator_loss(
     """
     if loss.tone_map != (1.0, 0.0):
         gain, offset = loss.tone_map
-        target = gain * target + (gain + 2 * offset - 1)  # the map on [0, 1], in the networks' [-1, 1]
+        # the map on [0, 1], in the networks' [-1, 1]; clipped as the real LR's pixels are
+        target = (gain * target + (gain + 2 * offset - 1)).clamp(-1, 1)
     pixel = pixel_loss(fake, target, loss.pixel)
     if loss.beta > 0:
         with frozen(net_d):

@@ -60,6 +60,10 @@ def test_the_losses_hold_each_image_to_the_mapped_target():
     plain, _ = generator_loss(mapped, target, net_d, LossConfig(exposure=10.0))
     same, _ = generator_loss(mapped, target, net_d, LossConfig(exposure=10.0, tone="auto", tone_map=(1.0, 0.0)))
     assert torch.equal(plain, same)
+    # a target the map takes past white is white: no output can be brighter
+    white = torch.ones_like(target)
+    _, clipped = generator_loss(white, 0.9 * white, net_d, LossConfig(pixel="rgb", tone="auto", tone_map=(1.2, 0.0)))
+    assert clipped["g_pixel"] == 0
     with pytest.raises(ValueError, match="tone"):
         LossConfig(tone="on")
 
