@@ -74,8 +74,8 @@ def degrade() -> None:
     type=click.FloatRange(min=0),
     default=24.0,
     show_default=True,
-    help="dB: a validation step whose LR keeps the content this well (PSNR-Y against bicubic LR of the same HR) "
-    "beats any that does not, so a fit cannot win on realism by destroying the images; 0: off.",
+    help="dB: a validation step whose LR keeps the content this well (PSNR-Y against bicubic LR of the same HR, "
+    "in the --tone map) beats any that does not, so a fit cannot win on realism by destroying the images; 0: off.",
 )
 @gan_options
 @run_options

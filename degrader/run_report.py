@@ -102,7 +102,7 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
     if fidelity:  # a realism figure that improves while this falls: the LR is losing the content
         right = ax.twinx()
         right.plot(*zip(*fidelity, strict=True), color="tab:purple", linewidth=1, alpha=0.7, label="fidelity (dB)")
-        right.set_ylabel("fidelity: PSNR-Y vs bicubic (dB)", color="tab:purple")
+        right.set_ylabel("fidelity: PSNR-Y vs bicubic, in the run's tone (dB)", color="tab:purple")
         right.legend(fontsize=8, loc="upper right")
     _save(fig, path)
 

@@ -78,7 +78,4 @@ def measure_tone(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) 
     gain_z = float(log_gain / torch.log(boot_sd_b / boot_sd_a).std().clamp_min(1e-12))
     gain = float(sd_b / sd_a) if abs(gain_z) > Z else 1.0
     target_mean = float(mean_b) if abs(shift_z) > Z else float(mean_a)
-    offset = target_mean - gain * float(mean_a)
-    if gain == 1.0 and abs(shift_z) <= Z:
-        offset = 0.0  # exactly the identity, not a rounding error away from it
-    return ToneMap(gain, offset, shift_z, gain_z)
+    return ToneMap(gain, target_mean - gain * float(mean_a), shift_z, gain_z)  # neither part: exactly (1.0, 0.0)
