@@ -116,6 +116,12 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1-hp1-ld0.5-ex100-tone": dict(
         generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto"}
     ),
+    # the same with the sensor noise starting higher in its range (noise_init 0.3, not 0.05: a ~ 2e-5, b ~ 3e-6)
+    "tuned-b1-hp1-ld0.5-ex100-tone-n0.3": dict(
+        generator="structured",
+        loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto"},
+        net=dict(noise_init=0.3),
+    ),
     "tuned-b0.5-hp1": dict(generator="structured", loss={**HP1, "beta": 0.5}),
     "tuned-b1-hp0.7": dict(generator="structured", loss={**HP1, "d_highpass": 0.7}),
     "tuned-b1-hp2": dict(generator="structured", loss={**HP1, "d_highpass": 2.0}),

@@ -184,6 +184,22 @@ def _fingerprint_section(run: Path) -> str:
     )
 
 
+def _tone_line(config: dict[str, Any]) -> str:
+    """The tone map a `--tone auto` fit measured and held its LR to (from config.json), or nothing."""
+    loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
+    tone = loss.get("tone_map")
+    if loss.get("tone") != "auto" or not (isinstance(tone, list) and len(tone) == 2):
+        return ""
+    if not all(isinstance(v, (int, float)) for v in tone):
+        return ""
+    gain, offset = tone
+    found = "the sets differ in tone beyond sampling noise" if tone != [1.0, 0.0] else "the identity: no difference"
+    return (
+        f"<p>Tone, measured from the two training sets before training (--tone auto): LR luma = {gain:.3f} x HR "
+        f"luma {offset * 255:+.1f}/255 ({found}). The losses held each LR image to its HR's tone through it.</p>"
+    )
+
+
 def write_run_report(run: str | Path) -> Path:
     """Write `report.html` (and `report-losses.png`, `report-realism.png`) into the run directory `run`.
 
@@ -239,7 +255,7 @@ def write_run_report(run: str | Path) -> Path:
 
     # --- what a structured degrader learned ---
     if (run / "degrader.safetensors").exists() or (run / "best.safetensors").exists():
-        parts.append(f"<h2>What the degrader learned</h2>{_fingerprint_section(run)}")
+        parts.append(f"<h2>What the degrader learned</h2>{_tone_line(config)}{_fingerprint_section(run)}")
 
     # --- the eval table, then the config ---
     parts.append(f"<h2>Evaluation</h2>{_eval_section(run)}")

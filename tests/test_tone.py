@@ -91,6 +91,7 @@ def test_fit_measures_the_tone_records_it_and_resumes_with_it(tmp_path):
     assert result.exit_code == 0, result.output
     loss = json.loads((run / "config.json").read_text())["loss"]
     assert loss["tone"] == "auto" and loss["tone_map"][0] == pytest.approx(0.5, abs=0.05)
+    assert f"LR luma = {loss['tone_map'][0]:.3f} x HR luma" in (run / "report.html").read_text()
     resumed = CliRunner().invoke(degrade, ["fit", "--out", str(run), "--resume", "--steps", "2", "--workers", "0"])
     assert resumed.exit_code == 0, resumed.output  # measured again, to the same map
     assert json.loads((run / "config.json").read_text())["loss"]["tone_map"] == loss["tone_map"]
