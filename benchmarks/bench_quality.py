@@ -297,7 +297,7 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
                 if rank < best[k][0]:
                     best[k] = (rank, step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
     final = (ema.module if ema else net_g).eval()
-    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history, "tone": dataclasses.asdict(tone)}
+    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history}
     for k, suffix in zip(keys, ("", "_alt")[: len(keys)], strict=True):  # best weights (the last: none scored)
         _, out["best_step" + suffix], state = best[k]
         out["net" + suffix] = copy.deepcopy(final)
@@ -383,7 +383,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             "best_step": syn["best_step"],
             "fit_s": round(syn["seconds"], 1),
             "val": syn["val"],
-            "tone": syn["tone"],
+            "tone": dataclasses.asdict(tone),
         }
         row |= {f"syn_{k}": v for k, v in realism(degrade_fn(net, device), probe_hr, s["test_lr"], seed).items()}
         keep(net, syn["best_step"], Path(args.out) / f"degrader-{name}-s{seed}.safetensors")
@@ -413,7 +413,7 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         web_val = RealismProbe(probe_hr[:VAL], s["web_train"][:VAL], 4, seed=seed, tone=(tone.gain, tone.offset))
         web = fit(spec, hr, s["web_train"][VAL:], web_val, args, seed, tone)
         row |= {"web_steps": web["steps"], "web_best_step": web["best_step"], "web_val": web["val"]}
-        row |= {"web_tone": web["tone"]}
+        row |= {"web_tone": dataclasses.asdict(tone)}
         keep(web["net"], web["best_step"], Path(args.out) / f"degrader-web-{name}-s{seed}.safetensors")
         row |= {"web_best_step_alt": web["best_step_alt"]} if "net_alt" in web else {}
         if seed == args.seed_list[0]:  # the last rows: other faces, real web LR

@@ -199,7 +199,7 @@ def plan_fit(config: FitConfig) -> FitPlan:
     return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note, tone)
 
 
-def measure_training_tone(config: FitConfig, model, hr: Scan, lr: Scan) -> ToneMap:
+def measure_training_tone(config: FitConfig, model: HighToLowConfig | StructuredConfig, hr: Scan, lr: Scan) -> ToneMap:
     """`degrader.tone.measure_tone` on up to `tone.IMAGES` images of each training set, drawn independently of
     the seed: the map describes the data, not the run."""
     rng = torch.Generator().manual_seed(0)  # random crops, for prep "crop"
