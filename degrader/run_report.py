@@ -188,9 +188,8 @@ def _tone_line(config: dict[str, Any]) -> str:
     """The tone map a `--tone auto` fit measured and held its LR to (from config.json), or nothing."""
     loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
     tone = loss.get("tone_map")
-    if loss.get("tone") != "auto" or not (isinstance(tone, list) and len(tone) == 2):
-        return ""
-    if not all(isinstance(v, (int, float)) for v in tone):
+    numbers = isinstance(tone, list) and len(tone) == 2 and all(isinstance(v, (int, float)) for v in tone)
+    if loss.get("tone") != "auto" or not numbers:
         return ""
     gain, offset = tone
     found = "the sets differ in tone beyond sampling noise" if tone != [1.0, 0.0] else "the identity: no difference"
