@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from degrader import structured  # noqa: E402
 from degrader.gan import Ema, adam, discriminator_loss, generator_loss, update  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
-from degrader.train import PRESET_TRAINING  # noqa: E402
+from degrader.presets import PRESETS  # noqa: E402
 
 
 def timed(fn, iters: int) -> float:
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"  {name:16s} {out[name + ' s'] * 1e3:8.2f} ms   x{base / out[name + ' s']:.2f}")
 
     # whole training steps of the small preset, fused against the old form patched in
-    loss = PRESET_TRAINING["small"][1]
+    loss = PRESETS["small"].loss
     net_g, net_d = structured.StructuredGenerator(cfg), Discriminator(cfg.discriminator())
     opt_g, opt_d, ema = adam(net_g, loss), adam(net_d, loss, discriminator=True), Ema(net_g, loss.ema)
     gen = torch.Generator().manual_seed(0)

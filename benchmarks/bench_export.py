@@ -45,11 +45,12 @@ def make_degrader(kind: str, root: Path, hr_size: int) -> str:
     if kind not in ("small", "paper"):
         return kind
     from degrader.checkpoint import Degrader
-    from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
+    from degrader.model import HighToLowConfig, HighToLowGenerator
+    from degrader.presets import PRESETS
 
     torch.manual_seed(0)
     path = root / "untrained.safetensors"
-    Degrader(HighToLowGenerator(HighToLowConfig(hr_size=hr_size, scale=4, **PRESETS[kind]))).save(path)
+    Degrader(HighToLowGenerator(HighToLowConfig(hr_size=hr_size, scale=4, **PRESETS[kind].network()))).save(path)
     return str(path)
 
 

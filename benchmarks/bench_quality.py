@@ -63,8 +63,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from degrader.checkpoint import Degrader, noise_from_seeds  # noqa: E402
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, set_lr, update  # noqa: E402
 from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
-from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator  # noqa: E402
+from degrader.model import HighToLowConfig, HighToLowGenerator  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
+from degrader.presets import PRESETS  # noqa: E402
 from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E402
 from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
 from degrader.synthetic import camera_degrade  # noqa: E402
@@ -212,7 +213,7 @@ def build(spec: dict, seed: int) -> tuple[torch.nn.Module, torch.nn.Module, Loss
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec["generator"] == "paper":
-            cfg = HighToLowConfig(**PRESETS["small"])
+            cfg = HighToLowConfig(**PRESETS["small"].network())
             net_g = HighToLowGenerator(cfg)
         else:
             cfg = StructuredConfig(**spec.get("net", {}))

@@ -95,13 +95,13 @@ def loss_from_options(preset: str, options: dict):
     """The preset's LossConfig with the options given replaced (and removed from `options`)."""
     import dataclasses
 
-    from degrader.train import PRESET_TRAINING
+    from degrader.presets import PRESETS
 
     given = {name: options.pop(name) for name in LOSS_FIELDS}
-    if preset not in PRESET_TRAINING:
+    if preset not in PRESETS:
         return None  # plan_fit names the bad preset
     try:
-        return dataclasses.replace(PRESET_TRAINING[preset][1], **{k: v for k, v in given.items() if v is not None})
+        return dataclasses.replace(PRESETS[preset].loss, **{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--augment") from None
 

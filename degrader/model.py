@@ -45,14 +45,6 @@ class HighToLowConfig:
         return config_from_dict(cls, d, source, ranges)
 
 
-# `paper` follows the authors' network and plain tanh output; `small` trains on 2 CPU cores in minutes and
-# predicts a residual over average pooling, which learns faces-preserving degradations in hundreds of steps.
-PRESETS = {
-    "paper": dict(width=64, blocks_per_group=2, residual=False, d_width=64),
-    "small": dict(width=32, blocks_per_group=1, residual=True, d_width=32),
-}
-
-
 class NoiseChannel(nn.Module):
     """Project z (B, z_dim) to one (B, 1, H, W) channel with a fully connected layer."""
 

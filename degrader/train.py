@@ -16,8 +16,9 @@ from degrader.files import check_out_dir
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
-from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
+from degrader.model import HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
+from degrader.presets import PRESETS
 from degrader.run import (
     Bookkeeping,
     Progress,
@@ -41,41 +42,6 @@ from degrader.validation import Validation, ValidationSet, split_validation
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
 GENERATORS = ("paper", "structured")
 
-# What each preset trains unless told otherwise: (generator, losses and stabilisers). `paper` is the authors'
-# network, discriminator, losses and optimiser. `small` is what won benchmarks/bench_quality.py (README,
-# "Results"): the structured generator, DiffAugment, R1, D at 4x the lr and one D step, an EMA of G, a GAN
-# weight 20x the paper's, and a pixel loss on coarse luma only, so that it keeps faces but does not pull colour
-# back. The structure of the generator keeps the content, so the GAN can lead: beta = 1 halved the distance
-# to real web faces that beta = 0.2 left, at the same SR gain. D sees the images high-passed (d_highpass = 1):
-# the real LR set shows other people, framed otherwise, and a D that sees the layout pushes G to change it.
-# A patch discriminator (FitConfig.d_patch) and the "dihedral" augmentation hide the layout too, but lost the
-# SR gain on JPEG-compressed LR; the high-pass keeps most of it (README, Results). Both learning rates fall to
-# 0 over the second half (lr_decay = 0.5, CycleGAN's schedule): the fit cycles through JPEG strengths, and the
-# decay lets it settle, which raised the SR gain on two seeds of three and changed no web figure for the worse.
-# A loss holds each image's mean luma to the HR's (exposure = 100): without it every fit lifted the shadows by
-# 2-6/255, a bias that the SR model then learns to undo on real LR that lacks it (README, Results). That
-# target takes the LR set's tone where the two sets differ in it beyond sampling noise (tone = "auto"): the
-# web faces are brighter and more contrasted than the HR faces, the camera benchmark's LR are not.
-PRESET_TRAINING = {
-    "paper": ("paper", LossConfig()),
-    "small": (
-        "structured",
-        LossConfig(
-            beta=1.0,
-            d_steps=1,
-            lr_d=4e-4,
-            pixel="luma-lowpass",
-            augment="translation,colour",
-            d_highpass=1.0,
-            r1=1.0,
-            ema=0.99,
-            lr_decay=0.5,
-            exposure=100.0,
-            tone="auto",
-        ),
-    ),
-}
-
 
 @dataclass
 class FitConfig:
@@ -84,7 +50,7 @@ class FitConfig:
     out: str  # run directory: config, checkpoints, log, sample grids
     hr_prep: str = "resize"  # "resize": shorter side to hr_size + centre crop (face crops); "crop": random crops
     lr_prep: str = "resize"  # same for the LR folder; "crop" keeps the real noise of large LR photos intact
-    preset: str = "small"  # "small" (2 CPU cores) or "paper" (the authors' width); see degrader.model.PRESETS
+    preset: str = "small"  # "small" (2 CPU cores) or "paper" (the authors'); see degrader.presets.PRESETS
     hr_size: int = 64  # HR crop size; LR size is hr_size // scale
     scale: int = 4  # downscaling factor the degrader learns
     residual: bool | None = None  # paper generator: a residual over avg-pooled HR; None takes the preset's choice
@@ -109,23 +75,20 @@ class FitConfig:
     val_n: int = 128  # images per set in validation: HR degraded, and each half of the held-out real LR
     eval_every: int = 100  # steps between validations (and the last step); the best is kept as best.safetensors
     select: str = "mix"  # what ranks validation steps: "mix" (SWD and image statistics) or "swd"; README, Results
-    min_fidelity: float = 24.0  # dB; a step whose LR keeps the content this well (PSNR-Y against bicubic of the
-    # same HR) beats any that does not, so that a fit cannot win on realism by destroying the faces; 0: off. It
-    # lies between the steps that kept the faces (24.6 dB and up) and those that lost them (19.5-21 dB) or drifted
-    # to blocky noise (21-23.2 dB, the web faces under `small`); the camera process itself scores 29.9 dB
+    min_fidelity: float = 24.0  # dB PSNR-Y against bicubic LR: a step above it beats any below; 0 off (docs/results.md)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):  # from a config.json
             self.loss = LossConfig(**self.loss)
-        if self.preset in PRESET_TRAINING:  # an unknown preset is plan_fit's to report
-            generator, loss = PRESET_TRAINING[self.preset]
-            self.generator = self.generator or generator
-            self.loss = self.loss or dataclasses.replace(loss)
+        if self.preset in PRESETS:  # an unknown preset is plan_fit's to report
+            preset = PRESETS[self.preset]
+            self.generator = self.generator or preset.generator
+            self.loss = self.loss or dataclasses.replace(preset.loss)
 
     def model(self) -> HighToLowConfig | StructuredConfig:
-        preset = dict(PRESETS[self.preset])
+        preset = PRESETS[self.preset].network()
         if self.generator == "structured":
             return StructuredConfig(
                 hr_size=self.hr_size, scale=self.scale, d_width=preset["d_width"], d_patch=self.d_patch

@@ -139,10 +139,11 @@ def test_crash_then_resume_redoes_a_damaged_shard(hr, reference, tmp_path):
 def test_lr_regenerates_from_seed_with_a_learned_degrader(hr, tmp_path):
     from degrader.checkpoint import Degrader
     from degrader.files import sha256_file
-    from degrader.model import PRESETS, HighToLowConfig, HighToLowGenerator
+    from degrader.model import HighToLowConfig, HighToLowGenerator
+    from degrader.presets import PRESETS
 
     checkpoint = tmp_path / "tiny.safetensors"
-    Degrader(HighToLowGenerator(HighToLowConfig(hr_size=32, scale=4, **PRESETS["small"]))).save(checkpoint)
+    Degrader(HighToLowGenerator(HighToLowConfig(hr_size=32, scale=4, **PRESETS["small"].network()))).save(checkpoint)
     manifest = export_shards(
         plan_export(ExportConfig(degrader=str(checkpoint), hr=str(hr), out=str(tmp_path / "out"), workers=0))
     )

@@ -348,12 +348,13 @@ def test_fit_exports_the_ema_generator_and_seeds_reproduce_through_load(tiny_fol
 
 
 def test_presets_pick_their_generator_and_losses(tiny_folders, tmp_path):
-    from degrader.train import PRESET_TRAINING, FitConfig
+    from degrader.presets import PRESETS
+    from degrader.train import FitConfig
 
     hr, lr = tiny_folders
     small = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path))
     paper = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), preset="paper")
-    assert (small.generator, small.loss) == PRESET_TRAINING["small"]
+    assert (small.generator, small.loss) == (PRESETS["small"].generator, PRESETS["small"].loss)
     patch = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path), d_patch=1)
     assert small.model().discriminator().patch_blocks == 0 and patch.model().discriminator().patch_blocks == 1
     assert isinstance(small.model(), StructuredConfig)
