@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from degrader.device import accelerate, autocast  # noqa: E402
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
-from degrader.run import accelerate, autocast  # noqa: E402
 from degrader.train import FitConfig, build_generator  # noqa: E402
 
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_fit import Variant  # noqa: E402  (the same variants as the fit benchmark)
 
+from degrader.device import accelerate, autocast, resolve_device  # noqa: E402
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
-from degrader.run import accelerate, autocast, resolve_device  # noqa: E402
 from sr.model import PRESETS, LowToHighConfig, LowToHighGenerator  # noqa: E402
 
 

@@ -137,7 +137,7 @@ def apply_cmd(
     """
     from degrader.apply import degrade_files
     from degrader.checkpoint import Degrader
-    from degrader.run import resolve_device
+    from degrader.device import resolve_device
 
     with user_errors():
         degrader = Degrader.load(run, device=resolve_device(device))

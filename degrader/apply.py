@@ -26,7 +26,7 @@ from degrader.checkpoint import Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import atomic_path, write_json
 from degrader.images import load_rgb, to_tensor
-from degrader.run import Progress
+from degrader.progress import Progress
 from degrader.scan import output_jobs
 from degrader.shards.format import sample_seed
 from degrader.structured import StructuredConfig, StructuredGenerator, noise_images

@@ -18,6 +18,7 @@ from torch import nn
 
 from degrader import __version__
 from degrader.classical import CLASSICAL, make_classical
+from degrader.device import resolve_device
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.model import HighToLowConfig, HighToLowGenerator
@@ -290,8 +291,6 @@ def load_degrader(spec: str, scale: int | None, device: str = "auto") -> Degrade
         raise UserError(
             f"--degrader {spec}: no such run directory or checkpoint, and not one of {', '.join(CLASSICAL)}."
         )
-    from degrader.run import resolve_device  # run.py imports this module
-
     degrader = Degrader.load(spec, device=resolve_device(device))
     if scale is not None and scale != degrader.scale:
         raise UserError(f"--scale {scale} differs from the degrader's scale {degrader.scale}; leave --scale out.")

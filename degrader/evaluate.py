@@ -10,7 +10,6 @@ relative to bicubic: (d - floor) / (d_bicubic - floor), 1 = as good as bicubic, 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import torch
 from degrader.checkpoint import load_degrader
 from degrader.errors import UserError
 from degrader.features import FeatureExtractor, fid, kid
-from degrader.images import ImageFolder, _hash_int, shuffled
+from degrader.images import draw_images, hash_int
+from degrader.progress import Progress
 from degrader.realism import (
     STATISTICS,
     SWDReference,
@@ -29,7 +29,6 @@ from degrader.realism import (
     relative,
     statistics_distances,
 )
-from degrader.run import Progress
 from degrader.scan import Scan, scan_images
 
 REFERENCE = "bicubic"  # always evaluated: the headline figures are relative to it
@@ -145,23 +144,6 @@ def _classical(spec: str) -> bool:
     return spec in CLASSICAL
 
 
-def draw_images(
-    paths: list, count: int, size: int, prep: str, seed: int, tag: str = "eval", tick: Callable | None = None
-) -> torch.Tensor:
-    """`count` images drawn at random and prepared as `fit` prepares them, without augmentation. (count, 3, s, s).
-
-    The draw and the crops ("crop" prep) are fixed by (seed, tag); different tags draw independently. A file
-    that fails to decode is replaced by the next one, as in `fit`. Also what a `RealismProbe` is built from.
-    """
-    folder = ImageFolder(shuffled(paths, seed, tag)[:count], size, prep, "none")
-    images = []
-    for i in range(count):
-        images.append(folder[i, _hash_int(tag, seed, i)])
-        if tick:
-            tick(1)
-    return torch.stack(images)
-
-
 def compare(
     fake: torch.Tensor,
     real: torch.Tensor,
@@ -220,7 +202,7 @@ def evaluate_degraders(plan: EvalPlan, on_progress: Progress | None = None) -> E
     tick(n)
 
     # --- each degrader: the same HR images and noise seeds ---
-    seeds = [_hash_int("eval-noise", cfg.seed, i) % 2**62 for i in range(n)]
+    seeds = [hash_int("eval-noise", cfg.seed, i) % 2**62 for i in range(n)]
     rows, fakes, stats = [], {}, {"real": real_stats}
     for spec, degrader in zip(plan.specs, plan.degraders, strict=True):
         fake = torch.cat([

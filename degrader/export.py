@@ -30,7 +30,7 @@ from degrader.crops import HRCrops, crop_id, grid_boxes
 from degrader.errors import UserError
 from degrader.files import check_out_dir, prepare_out_dir, read_json, sha256_file, write_json
 from degrader.images import Scan, scan_images
-from degrader.run import Progress
+from degrader.progress import Progress
 from degrader.shards import (
     FORMAT,
     FORMAT_VERSION,

@@ -276,7 +276,7 @@ def first_readable(scan: Scan, n: int, size: int, prep: str, rng: torch.Generato
 # ---------------------------------------------------------------------------------------------- sampling
 
 
-def _hash_int(*parts: object) -> int:
+def hash_int(*parts: object) -> int:
     """A stable 63-bit integer from the given parts (same on every machine and Python version)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
@@ -284,8 +284,25 @@ def _hash_int(*parts: object) -> int:
 
 def shuffled(items: list, seed: int, tag: str) -> list:
     """`items` in a random order fixed by (seed, tag): the same on every machine; other tags draw independently."""
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(_hash_int(tag, seed) % 2**63))
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(hash_int(tag, seed) % 2**63))
     return [items[int(i)] for i in order]
+
+
+def draw_images(
+    paths: list, count: int, size: int, prep: str, seed: int, tag: str = "eval", tick: Callable | None = None
+) -> torch.Tensor:
+    """`count` images drawn at random and prepared as `fit` prepares them, without augmentation. (count, 3, s, s).
+
+    The draw and the crops ("crop" prep) are fixed by (seed, tag); different tags draw independently. A file
+    that fails to decode is replaced by the next one, as in `fit`. Also what a `RealismProbe` is built from.
+    """
+    folder = ImageFolder(shuffled(paths, seed, tag)[:count], size, prep, "none")
+    images = []
+    for i in range(count):
+        images.append(folder[i, hash_int(tag, seed, i)])
+        if tick:
+            tick(1)
+    return torch.stack(images)
 
 
 class InfiniteSampler(torch.utils.data.Sampler):
@@ -303,7 +320,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
     def _perm(self, epoch: int) -> list[int]:
         order = list(range(self.n))
-        random.Random(_hash_int("perm", self.seed, epoch)).shuffle(order)  # stable across Python versions
+        random.Random(hash_int("perm", self.seed, epoch)).shuffle(order)  # stable across Python versions
         return order
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -312,7 +329,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
             epoch, offset = divmod(p, self.n)
             order = self._perm(epoch)
             for i in range(offset, self.n):
-                yield order[i], _hash_int("sample", self.seed, p)
+                yield order[i], hash_int("sample", self.seed, p)
                 p += 1
 
 

@@ -1,4 +1,4 @@
-"""What every training run shares: device choice, the run directory, exact resume, data, the log and Ctrl-C.
+"""What every training run shares: the run directory, exact resume, data, the log and Ctrl-C.
 
 The trainers (`degrader.train.fit`, `sr.train.train`, `sr.finetune.finetune`) keep their loop in one plain
 function and call these helpers for the bookkeeping around it, so a run directory looks the same whichever
@@ -30,6 +30,7 @@ from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, un
 from degrader.errors import UserError
 from degrader.files import atomic_path, prepare_out_dir, read_json, write_error, write_json
 from degrader.images import Scan, first_readable, make_loader
+from degrader.progress import Progress
 from degrader.threads import threads_in_use
 
 CONFIG_FILE = "config.json"
@@ -45,37 +46,7 @@ RESUMABLE = {
     *("cache_mb", "channels_last", "compile", "threads", "verify"),  # how the run executes, not what it computes
 }
 
-Progress = Callable[[int, int, dict[str, float]], None]  # on_progress(step, total, logs)
 GRID_SAMPLES = 8  # images in each sample grid
-
-
-def resolve_device(choice: str) -> torch.device:
-    """`auto` picks CUDA when available; asking for CUDA without it is a user error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto.")
-    return torch.device(choice)
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked for; a no-op otherwise (CPU runs stay float32 and reproducible)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def accelerate(net: torch.nn.Module, config: Any) -> torch.nn.Module:
-    """`config.channels_last` and `config.compile` applied to `net` in place; returns `net`.
-
-    `nn.Module.compile` compiles the forward in place, so the state dict keeps the plain module's keys (no
-    `_orig_mod.` prefix) and checkpoints load without compiling.
-    """
-    if config.channels_last:
-        net.to(memory_format=torch.channels_last)
-    if config.compile:
-        net.compile()
-    return net
 
 
 def config_dict(config: Any) -> dict[str, Any]:

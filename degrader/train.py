@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
+from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
 from degrader.files import check_out_dir
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
@@ -19,18 +20,15 @@ from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_imag
 from degrader.model import HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
 from degrader.presets import PRESETS
+from degrader.progress import Progress
 from degrader.run import (
     Bookkeeping,
-    Progress,
     RunResult,
-    accelerate,
-    autocast,
     config_dict,
     deferred_interrupt,
     grid_images,
     load_state,
     open_run,
-    resolve_device,
     save_state,
     unpaired_batches,
     write_skipped,

@@ -27,11 +27,11 @@ from torch import nn
 from degrader import dist
 from degrader.checkpoint import BEST_FILE, Degrader
 from degrader.errors import UserError
-from degrader.evaluate import draw_images
-from degrader.images import shuffled
+from degrader.images import draw_images, shuffled
 from degrader.model import HighToLowConfig
+from degrader.progress import Progress
 from degrader.realism import RealismProbe, relative
-from degrader.run import LOG_FILE, Progress, append_log, due
+from degrader.run import LOG_FILE, append_log, due
 from degrader.scan import Scan, scan_images
 
 MIN_LR = 16  # held-out real LR images below which validation is off: two halves of 8 images

@@ -31,16 +31,17 @@ from PIL import Image
 from degrader.checkpoint import load_degrader
 from degrader.classical import CLASSICAL
 from degrader.errors import UserError
-from degrader.evaluate import LOWER_IS_BETTER, draw_images
+from degrader.evaluate import LOWER_IS_BETTER
 from degrader.evaluate import compare as realism_metrics
 from degrader.export import ExportConfig, ExportPlan, export_shards, plan_export
 from degrader.features import FeatureExtractor
 from degrader.files import read_json, sha256_file, write_json
 from degrader.gan import LossConfig
 from degrader.grids import save_grid
-from degrader.images import load_rgb, to_tensor
+from degrader.images import draw_images, load_rgb, to_tensor
+from degrader.progress import Progress
 from degrader.realism import SWDReference, image_statistics, relative
-from degrader.run import STATE_FILE, Progress, config_dict
+from degrader.run import STATE_FILE, config_dict
 from degrader.scan import Scan, scan_images
 from sr.compare_report import write_html
 from sr.evaluate import bicubic_upscale, evaluate_pairs, find_pairs

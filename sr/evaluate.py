@@ -22,7 +22,7 @@ from PIL import Image
 from degrader.errors import UserError
 from degrader.files import write_json
 from degrader.images import load_rgb, scan_images, to_tensor
-from degrader.run import Progress
+from degrader.progress import Progress
 from degrader.shards import ShardDataset
 from sr.metrics import psnr, ssim
 from sr.upscale import SuperResolver

@@ -17,25 +17,23 @@ from torch import nn
 
 from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, load_checkpoint, load_module, noise_from_seeds
+from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, PREP_MODES, Scan, save_grid, scan_images
 from degrader.nets import Discriminator
+from degrader.progress import Progress
 from degrader.run import (
     STATE_FILE,
     STATE_KIND,
     Bookkeeping,
-    Progress,
     RunResult,
-    accelerate,
-    autocast,
     config_dict,
     deferred_interrupt,
     grid_images,
     load_state,
     open_run,
-    resolve_device,
     save_state,
     unpaired_batches,
 )

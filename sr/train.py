@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from degrader import dist
 from degrader.checkpoint import DegraderLike, load_degrader
+from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
 from degrader.gan import LossConfig, adam, discriminator_loss, generator_loss, update
 from degrader.grids import numbered
@@ -35,19 +36,16 @@ from degrader.images import (
     scan_images,
 )
 from degrader.nets import Discriminator
+from degrader.progress import Progress
 from degrader.run import (
     GRID_SAMPLES,
     SKIPPED_FILE,
     Bookkeeping,
-    Progress,
     RunResult,
-    accelerate,
-    autocast,
     config_dict,
     deferred_interrupt,
     load_state,
     open_run,
-    resolve_device,
     save_state,
     write_skipped,
 )

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 
 from degrader.checkpoint import resolve_checkpoint
+from degrader.device import resolve_device
 from degrader.errors import UserError
 from degrader.files import atomic_path, sha256_file
 from degrader.images import load_rgb, to_tensor
-from degrader.run import Progress, resolve_device
+from degrader.progress import Progress
 from degrader.scan import output_jobs
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, load_sr_generator
 

@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from degrader.checkpoint import DEGRADER_FILE, Degrader
+from degrader.device import accelerate
 from degrader.gan import LossConfig
 from degrader.model import HighToLowConfig, HighToLowGenerator
 from degrader.nets import Discriminator
-from degrader.run import STATE_FILE, accelerate
+from degrader.run import STATE_FILE
 from degrader.train import FitConfig, fit, plan_fit
 from sr.model import PRESETS, SR_FILE, load_sr_generator
 from sr.train import SRTrainConfig, plan_train, train
