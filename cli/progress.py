@@ -86,7 +86,7 @@ def _one_line(message: str) -> str:
     """A UserError raised in a DataLoader worker comes back wrapped in the worker's traceback; keep its message."""
     if "Original Traceback" not in message:
         return message
-    last = message.rstrip().splitlines()[-1]  # "degrader.shards.tar.ShardError: <the message>"
+    last = message.rstrip().splitlines()[-1]  # "degrader.errors.ShardError: <the message>"
     return last.split(": ", 1)[1] if ": " in last else last
 
 

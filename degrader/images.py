@@ -20,20 +20,16 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from degrader.dist import BatchPart
-from degrader.errors import UserError
+from degrader.errors import BadImageError, NotRegularFileError, UserError
 from degrader.grids import save_grid as save_grid  # re-exported: grids with captions live in grids.py
 from degrader.scan import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported: callers find the scan here too
-from degrader.scan import NotRegularFileError, Scan, open_regular
+from degrader.scan import Scan, open_regular
 from degrader.scan import scan_images as scan_images
 
 PREP_MODES = ("resize", "crop")
 AUGMENTS = ("none", "flip", "paper")
 LATE = "(failed to decode during training; the next image took its place)"  # marks these lines in a run's list
 CACHE_MB = 256  # default decoded-image cache per DataLoader worker (and per folder: `fit` loads two)
-
-
-class BadImageError(UserError):
-    """A file that cannot be decoded into an RGB image."""
 
 
 # ---------------------------------------------------------------------------------------------- decoding

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from degrader.checkpoint import load_degrader
 from degrader.classical import CLASSICAL
-from degrader.errors import UserError
+from degrader.errors import BadImageError, UserError
 from degrader.grids import save_grid
-from degrader.images import BadImageError, load_rgb, prepare, scan_images, to_tensor
+from degrader.images import load_rgb, prepare, scan_images, to_tensor
 
 
 @dataclass

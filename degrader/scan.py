@@ -15,13 +15,9 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from degrader.errors import UserError
+from degrader.errors import NotRegularFileError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-
-
-class NotRegularFileError(OSError):
-    """A named pipe, socket or device where an image file was expected: reading it could block forever."""
 
 
 @dataclass

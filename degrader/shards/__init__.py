@@ -1,11 +1,12 @@
 """Paired WebDataset shards: the format, the writer, an iterable and a map-style reader, and checks.
 
 One module per concept, all names importable from here (as webdataset's own `__init__` does):
-`format` (names, keys, seeds, manifest, PNG codec), `tar` (strict parsing, index, `ShardError`), `sample`
-(decoding, aligned augmentation), `writer`, `iterable` (`ShardDataset` as chained steps), `mapped`
-(`ShardMapDataset`) and `verify`.
+`format` (names, keys, seeds, manifest, PNG codec), `tar` (strict parsing, index), `sample` (decoding,
+aligned augmentation), `writer`, `iterable` (`ShardDataset` as chained steps), `mapped` (`ShardMapDataset`)
+and `verify`; `ShardError` comes from `degrader.errors`.
 """
 
+from degrader.errors import ShardError
 from degrader.shards.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -44,7 +45,7 @@ from degrader.shards.iterable import (
 )
 from degrader.shards.mapped import ShardMapDataset
 from degrader.shards.sample import decode_sample, paired_augment, parse_meta, parse_seed
-from degrader.shards.tar import ShardError, index_shard, iter_tar, member_fault, open_url, split_name
+from degrader.shards.tar import index_shard, iter_tar, member_fault, open_url, split_name
 from degrader.shards.verify import check_sample, summarize_shards, verify_shards
 from degrader.shards.writer import ShardWriter
 

@@ -28,8 +28,7 @@ from PIL import Image
 from webdataset.shardlists import expand_urls
 from webdataset.utils import glob_with_braces
 
-from degrader.errors import UserError
-from degrader.shards.tar import ShardError
+from degrader.errors import ShardError, UserError
 
 MEMBERS = ("hr.png", "lr.png", "seed.txt", "json")  # in the order they are written, per sample
 MANIFEST = "manifest.json"

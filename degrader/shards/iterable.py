@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
+from degrader.errors import ShardError
 from degrader.shards.format import MEMBERS, check_complete, manifest_counts, shard_urls
 from degrader.shards.sample import decode_sample, paired_augment
-from degrader.shards.tar import ShardError, iter_tar, member_fault, open_url, split_name
+from degrader.shards.tar import iter_tar, member_fault, open_url, split_name
 
 T = TypeVar("T")
 Handler = Callable[[Exception], Any]  # raises to stop the stream; returns to skip the broken part

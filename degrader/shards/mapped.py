@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import Dataset
 
-from degrader.errors import UserError
+from degrader.errors import ShardError, UserError
 from degrader.files import sha256_file
 from degrader.shards.format import check_complete, manifest_shards, shard_urls
 from degrader.shards.sample import decode_sample, paired_augment
-from degrader.shards.tar import ShardError, index_shard
+from degrader.shards.tar import index_shard
 
 
 class Entry(NamedTuple):

@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 
-from degrader.errors import UserError
+from degrader.errors import ShardError, UserError
 from degrader.shards.format import decode_png
-from degrader.shards.tar import ShardError
 
 INT, TEXT, SIZE = "an integer", "a string", "[height, width]"
 META_FIELDS = {"seed": INT, "k": INT, "crop": INT, "scale": INT, "hr_size": SIZE, "lr_size": SIZE,

@@ -1,4 +1,4 @@
-"""Strict tar reading for shards: headers, members as a stream, an index of member offsets, and `ShardError`.
+"""Strict tar reading for shards: headers, members as a stream, an index of member offsets.
 
 `tarfile` stops quietly at a corrupt header; shards are training data, so every problem here raises a
 `ShardError` naming the shard and the last member read instead. Nothing here knows the sample format.
@@ -14,11 +14,7 @@ from typing import IO, Any
 
 from webdataset.gopen import gopen
 
-from degrader.errors import UserError
-
-
-class ShardError(UserError):
-    """A shard that cannot be read: truncated, corrupt, or holding a broken sample. Names the shard and key."""
+from degrader.errors import ShardError
 
 
 def open_url(url: str) -> IO[bytes]:

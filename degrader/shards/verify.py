@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from degrader.errors import ShardError
 from degrader.files import sha256_file
 from degrader.shards.format import MANIFEST, read_manifest, shard_urls
 from degrader.shards.iterable import tar_samples
 from degrader.shards.sample import decode_sample, parse_meta, parse_seed
-from degrader.shards.tar import ShardError
 
 
 def verify_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
