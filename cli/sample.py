@@ -32,7 +32,7 @@ def sample(out: Path, hr: Path, **options) -> None:
     Example:
       degrade sample --degrader runs/degrader --hr faces-hr --out sample.png --seeds 6
     """
-    from degrader.sample import SampleConfig, sample_grid
+    from degrader.seed_grid import SampleConfig, sample_grid
 
     with user_errors():
         path = sample_grid(SampleConfig(hr=str(hr), out=str(out), **options))

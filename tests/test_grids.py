@@ -14,7 +14,7 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader
 from degrader.classical import Bicubic
 from degrader.grids import MAX_HEADER_LINES, _font, _line_height, _width, grid_image, save_grid, wrap
 from degrader.model import HighToLowConfig, HighToLowGenerator
-from degrader.sample import SampleConfig, sample_grid
+from degrader.seed_grid import SampleConfig, sample_grid
 
 PAD = 2
 
