@@ -17,7 +17,7 @@ def print_tables(report: dict) -> None:
     """The realism table and the per-image statistics table, best degrader per column in bold green."""
     from rich.table import Table
 
-    from degrader.report import statistics_columns, summary_columns, table
+    from degrader.eval_report import statistics_columns, summary_columns, table
 
     for title, columns in (
         ("realism (lower is better; relative: 1 = bicubic, 0 = real)", summary_columns(report["features"] is not None)),
@@ -79,8 +79,8 @@ def eval_cmd(degraders: tuple[str, ...], out: Path, features: Path | None, dry_r
     """
     import time
 
+    from degrader.eval_report import write_eval_report
     from degrader.evaluate import EvalConfig, evaluate_degraders, plan_evaluation
-    from degrader.report import write_eval_report
 
     config = EvalConfig(
         degraders=list(degraders),

@@ -176,7 +176,7 @@ def evaluate_degraders(plan: EvalPlan, on_progress: Progress | None = None) -> E
         on_progress: called as `on_progress(done, total, {})`, counting images loaded and sets compared.
 
     Returns:
-        An `EvalResult`; `degrader.report.write_eval_report` turns it into report.json / report.html.
+        An `EvalResult`; `degrader.eval_report.write_eval_report` turns it into report.json / report.html.
     """
     start = time.perf_counter()
     n, cfg, lr_size = plan.n, plan.config, plan.hr_size // plan.scale

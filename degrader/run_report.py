@@ -18,9 +18,10 @@ import torch
 
 from degrader.checkpoint import Degrader, noise_from_seeds
 from degrader.errors import UserError
+from degrader.eval_report import summary_columns, table
 from degrader.files import atomic_path
 from degrader.grids import save_grid
-from degrader.report import _STYLE, _html_table, _pyplot, _save, summary_columns, table
+from degrader.report_page import STYLE, html_table, pyplot, save_figure
 from degrader.run import CONFIG_FILE, LOG_FILE
 from degrader.validation import read_validation_log, summarize, verdict
 
@@ -55,7 +56,7 @@ def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     """One small panel per logged loss against the step."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = _loss_keys(records)
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -68,13 +69,13 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> None:
     """Validation SWD relative to bicubic against the step, with bicubic (1) and real (0) marked, and the fidelity
     (PSNR-Y against bicubic LR of the same HR) on a second axis when the log has it."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
     relative = all(not math.isnan(r["val_swd_rel"]) for r in records)
     key = "val_swd_rel" if relative else "val_swd"
@@ -104,7 +105,7 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
         right.plot(*zip(*fidelity, strict=True), color="tab:purple", linewidth=1, alpha=0.7, label="fidelity (dB)")
         right.set_ylabel("fidelity: PSNR-Y vs bicubic, in the run's tone (dB)", color="tab:purple")
         right.legend(fontsize=8, loc="upper right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _evenly(items: list[Path], n: int) -> list[Path]:
@@ -131,7 +132,7 @@ def _eval_section(run: Path) -> str:
     return (
         f"<p>{report.get('n')} HR images degraded against {report.get('n')} held-out real LR images from "
         f"<code>{html.escape(str(report.get('lr')))}</code> (relative: 1 = bicubic, 0 = real; lower is better). "
-        f"See {links}.</p>{_html_table(*main)}{grid}"
+        f"See {links}.</p>{html_table(*main)}{grid}"
     )
 
 
@@ -163,12 +164,12 @@ def _fingerprint_section(run: Path) -> str:
     kernels = values.pop("kernel")[:8]  # (8, k, k)
     kernels = (kernels / kernels.amax(dim=(1, 2), keepdim=True))[:, None].expand(-1, 3, -1, -1)
     save_grid([kernels], run / KERNELS_IMAGE, col_labels=[f"seed {i}" for i in range(len(kernels))], scale_to=64)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(values), figsize=(3 * len(values), 2.6))
     for ax, (name, v) in zip(axes, values.items(), strict=True):
         ax.hist(v.numpy(), bins=30, color="#357")
         ax.set_title(name, fontsize=9)
-    _save(fig, run / FINGERPRINT_PLOT)
+    save_figure(fig, run / FINGERPRINT_PLOT)
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{v.quantile(0.1):.3g}</td><td>{v.median():.3g}</td>"
         f"<td>{v.quantile(0.9):.3g}</td></tr>"
@@ -262,7 +263,7 @@ def write_run_report(run: str | Path) -> Path:
     models = [p.name for p in sorted(run.glob("*.safetensors")) if p.name != "state.safetensors"]
     steps = losses[-1]["step"] if losses else 0
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(run.name)}: run report</title><style>{_STYLE}
+<html><head><meta charset="utf-8"><title>{html.escape(run.name)}: run report</title><style>{STYLE}
 figure{{display:inline-block;margin:0 1em 1em 0}}figcaption{{text-align:center;color:#555}}</style></head><body>
 <h1>Run report: {html.escape(run.name)}</h1>
 <p>Logged up to step {steps} of {config.get("steps", "?")}; models: {html.escape(", ".join(models) or "none yet")}.

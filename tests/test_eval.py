@@ -110,7 +110,7 @@ def test_eval_is_seeded_and_bad_input_gets_one_line(folders, tmp_path):
 
 
 def test_table_marks_the_best_degrader_per_column_and_no_tie():
-    from degrader.report import statistics_columns, summary_columns, table
+    from degrader.eval_report import statistics_columns, summary_columns, table
 
     def row(name: str, swd: float, c2st: float) -> dict:
         metrics = {"swd": swd, "c2st": c2st, "c2st_low": c2st - 0.05, "c2st_high": c2st + 0.05}

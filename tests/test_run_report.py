@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from cli.degrade import degrade
+from degrader.eval_report import write_eval_report
 from degrader.evaluate import EvalConfig, evaluate_degraders, plan_evaluation
 from degrader.gan import LossConfig
-from degrader.report import write_eval_report
 from degrader.run_report import EVAL_DIR, LOSS_PLOT, REALISM_PLOT, write_run_report
 from degrader.train import FitConfig, fit, plan_fit
 

@@ -1,4 +1,4 @@
-"""Reports: `report.json`, `report.html` and its plots (matplotlib), written beside each other.
+"""`degrade eval`'s report: `report.json`, `report.html` and its plots (matplotlib), written beside each other.
 
 The HTML refers only to files in its own folder and loads nothing from the network, so a report folder can be
 copied, zipped or opened offline. Library code: it writes files and prints nothing.
@@ -17,6 +17,7 @@ import torch
 from degrader.files import atomic_path, write_json
 from degrader.grids import numbered, save_grid
 from degrader.realism import STATISTICS
+from degrader.report_page import STYLE, html_table, pyplot, save_figure
 
 GRID_IMAGES = 8  # columns of the sample grid
 FLOOR_LABEL = "real B vs real A (floor)"
@@ -84,25 +85,9 @@ def _value(row: dict[str, Any], key: str) -> float | None:
 # ---------------------------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed, none touched
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    """Write `fig` as a PNG and close it: pyplot keeps every open figure alive."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    _pyplot().close(fig)
-
-
 def plot_histograms(stats: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
     """One panel per statistic: the real set's histogram, and each degrader's as a line over the same bins."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     for ax, name in zip(axes.flat, STATISTICS, strict=True):
         values = {k: v[name].double().numpy() for k, v in stats.items()}
@@ -117,7 +102,7 @@ def plot_histograms(stats: dict[str, dict[str, torch.Tensor]], path: Path) -> No
         ax.set_title(name)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Per-image statistics: real LR (gray) against each degrader")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_samples(rows: list[tuple[str, torch.Tensor]], path: Path, n: int = GRID_IMAGES) -> None:
@@ -128,22 +113,6 @@ def plot_samples(rows: list[tuple[str, torch.Tensor]], path: Path, n: int = GRID
 
 
 # ---------------------------------------------------------------------------------------------- eval report
-
-
-def _html_table(header: list[str], rows: list[list[str]], best: dict[int, set[int]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cells = "".join(
-            f'<td class="{"best" if i in best.get(j, ()) else ""}">{html.escape(c)}</td>' for j, c in enumerate(row)
-        )
-        body.append(f'<tr class="{"floor" if i == 0 else ""}">{cells}</tr>')
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-_STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}
-tr.floor{color:#666;font-style:italic}td.best{font-weight:bold;background:#dfd}img{max-width:100%}"""
 
 
 def write_eval_report(out: str | Path, result) -> dict[str, Any]:
@@ -166,7 +135,7 @@ def write_eval_report(out: str | Path, result) -> dict[str, Any]:
     main = table(report, summary_columns(report["features"] is not None))
     stats = table(report, statistics_columns())
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>degrade eval</title><style>{_STYLE}</style></head><body>
+<html><head><meta charset="utf-8"><title>degrade eval</title><style>{STYLE}</style></head><body>
 <h1>degrade eval: how real is each degrader's LR?</h1>
 <p>{report["n"]} HR images from <code>{html.escape(report["hr"])}</code> degraded by each degrader, against
 {report["n"]} real LR images (half A) from <code>{html.escape(report["lr"])}</code>, {report["hr_size"]} px to
@@ -175,8 +144,8 @@ def write_eval_report(out: str | Path, result) -> dict[str, Any]:
 floor): 1 is as good as bicubic, below 1 better, 0 as real as real. Every column: lower is better; the best
 degrader is highlighted. C2ST: accuracy of a small CNN telling generated from real on held-out images, 0.5 means
 indistinguishable. Evaluation took {report["seconds"]:.1f} s.</p>
-<h2>Realism</h2>{_html_table(*main)}
-<h2>Per-image statistics (1-D Wasserstein distance to the real distribution)</h2>{_html_table(*stats)}
+<h2>Realism</h2>{html_table(*main)}
+<h2>Per-image statistics (1-D Wasserstein distance to the real distribution)</h2>{html_table(*stats)}
 <img src="statistics.png" alt="per-image statistics histograms">
 <h2>Samples</h2><p>Columns are the same HR images with the same noise seeds; the last row is real LR images
 (unpaired, for comparison).</p><img src="samples.png" alt="sample grid">
