@@ -1,5 +1,5 @@
 """What every HTML report is built from: its style sheet, a table with the best cells marked, and matplotlib
-figures written as PNG files beside the page (`eval_report.py`, `run_report.py`).
+figures written as PNG files beside the page (`eval_report.py`, `run_report.py`, `sr/compare_report.py`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ def save_figure(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
-def html_table(header: list[str], rows: list[list[str]], best: dict[int, set[int]]) -> str:
-    """An HTML table; row 0 is the floor (greyed), and `best[j]` the rows whose cell in column j is marked best."""
+def html_table(header: list[str], rows: list[list[str]], best: dict[int, set[int]], floor: bool = True) -> str:
+    """An HTML table; `best[j]`: the rows whose cell in column j is marked best; with `floor`, row 0 is greyed."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
         cells = "".join(
             f'<td class="{"best" if i in best.get(j, ()) else ""}">{html.escape(c)}</td>' for j, c in enumerate(row)
         )
-        body.append(f'<tr class="{"floor" if i == 0 else ""}">{cells}</tr>')
+        body.append(f'<tr class="{"floor" if floor and i == 0 else ""}">{cells}</tr>')
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"

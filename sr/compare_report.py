@@ -13,6 +13,7 @@ from typing import Any
 
 from degrader.files import atomic_path
 from degrader.realism import STATISTICS
+from degrader.report_page import STYLE, html_table
 
 FLOOR = "real HR B vs A (floor)"
 
@@ -84,21 +85,6 @@ def _missing(v: float | None) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _html_table(report: dict[str, Any], columns: list[Column]) -> str:
-    header, cells, best, has_floor = table(report, columns)
-    out = ["<table><tr>", *[f"<th>{html.escape(h)}</th>" for h in header], "</tr>"]
-    for i, row in enumerate(cells):
-        out.append('<tr class="floor">' if has_floor and i == 0 else "<tr>")
-        out += [f"<td{' class=best' if i in best.get(j, ()) else ''}>{html.escape(c)}</td>" for j, c in enumerate(row)]
-        out.append("</tr>")
-    return "".join([*out, "</table>"])
-
-
-_STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}
-tr.floor{color:#666;font-style:italic}td.best{font-weight:bold;background:#dfd}img{max-width:100%}"""
-
-
 def write_html(out: str | Path, report: dict[str, Any], grid: str = "grid.png") -> None:
     """Write `report.html` beside compare.json and the grid, atomically."""
     s = report["settings"]
@@ -120,17 +106,17 @@ def write_html(out: str | Path, report: dict[str, Any], grid: str = "grid.png") 
             "floor): 1 = as real as bicubic upscaling, 0 = as real as real HR. C2ST: held-out accuracy of a small "
             "CNN telling SR outputs from HR images, 0.5 = indistinguishable."
         )
-    parts.append("</p><h2>Table</h2>" + _html_table(report, summary_columns(report)))
+    parts.append("</p><h2>Table</h2>" + html_table(*table(report, summary_columns(report))))
     if report["floor"] is not None:
         parts.append("<h2>Per-image statistics (1-D Wasserstein distance to the HR set)</h2>")
-        parts.append(_html_table(report, statistics_columns()))
+        parts.append(html_table(*table(report, statistics_columns())))
     parts.append(
         "<h2>Grid</h2><p>Rows: LR images; columns: the LR image enlarged, bicubic upscaling, each SR model.</p>"
         f'<img src="{html.escape(grid)}" alt="comparison grid">'
         '<p>All figures: <a href="compare.json">compare.json</a>.</p>'
     )
     page = (
-        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>sr compare</title><style>{_STYLE}</style>'
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>sr compare</title><style>{STYLE}</style>'
         f"</head><body>\n{''.join(parts)}\n</body></html>\n"
     )
     with atomic_path(Path(out) / "report.html") as tmp:
