@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from degrader import dist
+from degrader.color import luma
 
 PIXEL_LOSSES = ("rgb", "luma", "luma-lowpass")
 AUGMENTATIONS = ("translation", "cutout", "colour", "dihedral")
 TONES = ("off", "auto")
-_LUMA = (0.299, 0.587, 0.114)  # Rec. 601
 
 
 @dataclass
@@ -173,12 +173,6 @@ def _augmented(x: torch.Tensor, loss: LossConfig, gen: torch.Generator | None) -
 
 
 # ------------------------------------------------------------------------------------------- losses
-
-
-def luma(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W), Rec. 601 weights (works in [-1, 1] too: the weights sum to 1)."""
-    w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
 
 
 def pixel_loss(fake: torch.Tensor, target: torch.Tensor, kind: str = "rgb") -> torch.Tensor:

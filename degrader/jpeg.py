@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from degrader.color import LUMA
+
 # The example tables of the JPEG standard (Annex K), which libjpeg scales by quality.
 LUMA_TABLE = torch.tensor(
     [
@@ -32,9 +34,7 @@ CHROMA_TABLE[:4, :4] = torch.tensor(
     [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]], dtype=torch.float32
 )
 
-RGB_TO_YCBCR = torch.tensor(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float32
-)
+RGB_TO_YCBCR = torch.tensor([list(LUMA), [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float32)
 YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]], dtype=torch.float32)
 ROUNDINGS = ("ste", "cubic")
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degrader.color import luma, psnr_from_mse, y_difference
+
 # ---------------------------------------------------------------------------------------------- SWD
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0  # the 5-tap Gaussian of Burt & Adelson's pyramid
@@ -226,13 +228,6 @@ _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 _IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
 
 
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]  # (N, 1, H, W), BT.601
-
-
-STUDIO_Y = torch.tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1) / 255  # SR papers' PSNR-Y (BasicSR, MATLAB)
-
-
 def fidelity(lr: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean PSNR (dB) of the luma of `lr` against `reference` (N, 3, h, w) in [0, 1]: does the content survive?
 
@@ -240,9 +235,8 @@ def fidelity(lr: torch.Tensor, reference: torch.Tensor) -> float:
     well on them; this figure, against bicubic LR of the same HR images, tells. On the camera benchmark the true
     process scores about 30 dB and a fit that has lost the faces under quality-10 JPEG about 20 dB.
     """
-    y = (lr.float() - reference.float()).mul(STUDIO_Y).sum(dim=1)  # luma difference, BT.601 studio range
-    mse = y.pow(2).mean(dim=(1, 2)).clamp_min(1e-10)
-    return float((-10 * torch.log10(mse)).mean())
+    mse = y_difference(lr, reference).pow(2).mean(dim=(1, 2)).clamp_min(1e-10)  # BT.601 studio-range luma
+    return float(psnr_from_mse(mse).mean())
 
 
 def blockiness(y: torch.Tensor, block: int = 8) -> torch.Tensor:
@@ -278,7 +272,7 @@ def image_statistics(x: torch.Tensor) -> dict[str, torch.Tensor]:
     colourfulness = torch.sqrt(rg.flatten(1).var(1, correction=0) + yb.flatten(1).var(1, correction=0)) + 0.3 * (
         torch.sqrt(rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2)
     )
-    y = _luma(x)
+    y = luma(x)  # (N, 1, H, W)
     lap = F.conv2d(y, _LAPLACIAN[None, None])  # valid positions only: no padding artefacts at the borders
     h, w = y.shape[-2:]
     noise = (

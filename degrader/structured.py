@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degrader.color import LUMA
 from degrader.errors import UserError
 from degrader.jpeg import ROUNDINGS, diff_round, jpeg
 from degrader.nets import DiscriminatorConfig, config_from_dict
 
 NOISE_CHANNELS = 4  # per pixel: one normal per colour channel and one shared by all three (grey noise)
-LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights, as JPEG's Y
 
 
 @dataclass

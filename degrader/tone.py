@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from degrader.gan import luma
+from degrader.color import luma
 
 Z = 3.0  # standard errors a difference must exceed to count
 BOOTSTRAP = 200  # resamples for the standard errors

@@ -8,22 +8,10 @@ C2 = (0.03 * 255)^2; on RGB it is the mean of the three channels' SSIM.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-# ITU-R BT.601 luma for R, G, B in [0, 1], giving Y in 16..235 (MATLAB's rgb2ycbcr, BasicSR's rgb2ycbcr).
-Y_WEIGHTS = (65.481, 128.553, 24.966)
-Y_OFFSET = 16.0
-
-
-def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """Luma of RGB images in [0, 1]: (..., 3, H, W) -> (..., 1, H, W), in [16/255, 235/255]."""
-    if x.shape[-3] != 3:
-        raise ValueError(f"expected RGB images (..., 3, H, W), got {tuple(x.shape)}")
-    w = torch.tensor(Y_WEIGHTS, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return ((x * w).sum(dim=-3, keepdim=True) + Y_OFFSET) / 255.0
+from degrader.color import psnr_from_mse, rgb_to_y
 
 
 def _prepare(a: torch.Tensor, b: torch.Tensor, crop_border: int, y_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +52,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, *, crop_border: int = 0, y_channel: b
     """
     x, y = _prepare(a, b, crop_border, y_channel)
     mse = (x - y).pow(2).mean(dim=(1, 2, 3))
-    return _squeeze(10 * torch.log10(255.0**2 / mse), a.ndim)  # mse 0 gives inf
+    return _squeeze(psnr_from_mse(mse, 255.0), a.ndim)  # mse 0 gives inf
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -110,8 +98,3 @@ def ssim(
     cov = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return _squeeze(ssim_map.mean(dim=(2, 3)).mean(dim=1), a.ndim)
-
-
-def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
-    """PSNR in dB of a mean squared error on images of the given peak value (inf for 0)."""
-    return math.inf if mse <= 0 else 10 * math.log10(peak**2 / mse)
