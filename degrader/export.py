@@ -15,21 +15,19 @@ import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from degrader import __version__, dist
-from degrader.checkpoint import DegraderLike, load_degrader
+from degrader.checkpoint import DegraderLike
 from degrader.crops import HRCrops, crop_id, grid_boxes
 from degrader.errors import UserError
-from degrader.files import check_out_dir, prepare_out_dir, read_json, sha256_file, write_json
-from degrader.images import Scan, scan_images
+from degrader.export_plan import CROPS, ExportConfig, ExportPlan, plan_export
+from degrader.files import prepare_out_dir, read_json, sha256_file, write_json
 from degrader.progress import Progress
 from degrader.shards import (
     FORMAT,
@@ -44,29 +42,7 @@ from degrader.shards import (
     to_uint8,
 )
 
-CROPS = ("center", "random", "grid")
 STATE = ".export-state.json"  # progress of an unfinished export; removed once the manifest is written
-RUN_ONLY = ("out", "workers", "batch_size", "device", "resume", "overwrite")  # never change the output bytes
-
-
-@dataclass
-class ExportConfig:
-    degrader: str = "bicubic"  # `degrade fit` run dir or .safetensors checkpoint, or bicubic|bilinear|blur-bilinear
-    hr: str = ""  # folder of HR images, searched recursively
-    out: str = ""  # output folder for shard-NNNNNN.tar and manifest.json
-    per_image: int = 1  # K: LR variants per HR crop, each with its own seed
-    seed: int = 0  # S: the seed of variant k of a crop is sample_seed(S, crop id, k)
-    samples_per_shard: int = 1000  # samples per tar file (the last one may hold fewer)
-    crop: str = "center"  # center: resize + centre crop as `degrade fit` does; random: one seeded native-res
-    #                       crop per image; grid: every non-overlapping hr_size crop (large non-face images)
-    crops_per_image: int = 1  # random: seeded crops per image, all cut from one decode (large photos)
-    hr_size: int | None = None  # HR crop side; None takes the learned degrader's (64 for classical ones)
-    scale: int | None = None  # classical degraders only (default 4); a learned degrader has its own
-    workers: int = 2  # decode and PNG-encode processes; 0 does everything in this process
-    batch_size: int = 32  # crops per degrader call
-    device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
-    resume: bool = False  # continue an interrupted export in `out`
-    overwrite: bool = False  # clear a non-empty `out` first
 
 
 def _identity(x: Any) -> Any:
@@ -81,60 +57,6 @@ def _die_with_parent(*_: Any) -> None:
     """Workers end at once when the exporting process is killed, instead of lingering as orphans (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """What `export_shards` will do, checked before anything is written (also the answer to --dry-run)."""
-
-    config: ExportConfig
-    degrader: DegraderLike
-    scan: Scan  # the HR images
-    recorded: dict[str, Any]  # the options that fix the output bytes, as the manifest records them
-    crops: int  # HR crops in all
-    samples: int  # pairs to write: crops x per_image
-    shards: int  # tar files to write
-
-
-def plan_export(config: ExportConfig) -> ExportPlan:
-    """Check the options and count the work without writing anything (what `--dry-run` shows).
-
-    Raises:
-        UserError: bad option, missing HR folder, unknown degrader, no usable image.
-    """
-    if not config.hr or not config.out:
-        raise UserError("--hr and --out are required: the HR image folder and the folder to write shards to.")
-    if config.crop not in CROPS:
-        raise UserError(f"--crop {config.crop!r} is not one of {', '.join(CROPS)}.")
-    for name in ("per_image", "samples_per_shard", "batch_size", "crops_per_image"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
-    if config.crops_per_image > 1 and config.crop != "random":
-        raise UserError(f"--crops-per-image is for --crop random; --crop {config.crop} takes its crops itself.")
-    check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
-    dist.init()  # under torchrun: join the process group (and take this rank's GPU)
-    degrader = load_degrader(config.degrader, config.scale, config.device)
-    size = config.hr_size or degrader.hr_size or 64
-    if degrader.hr_size is not None and size != degrader.hr_size:
-        raise UserError(f"--hr-size {size}: this degrader takes {degrader.hr_size} px HR crops; leave --hr-size out.")
-    if size % degrader.scale:
-        raise UserError(f"--hr-size {size} is not divisible by the scale {degrader.scale}.")
-    scan = scan_images(config.hr, min_size=size, option="--hr")
-    if config.crop == "grid":
-
-        def count(path: Path) -> int:
-            with Image.open(path) as im:  # header only
-                return len(grid_boxes(*im.size, size))
-
-        crops = sum(count(p) for p in scan.paths)
-    else:
-        crops = len(scan.paths) * config.crops_per_image
-    samples = crops * config.per_image
-    recorded = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
-    if config.crops_per_image == 1:  # as manifests recorded before the option, so their exports still resume
-        del recorded["crops_per_image"]
-    recorded.update(hr=str(Path(config.hr).resolve()), hr_size=size, scale=degrader.scale)
-    return ExportPlan(config, degrader, scan, recorded, crops, samples, -(-samples // config.samples_per_shard))
 
 
 def _describe(degrader: DegraderLike) -> dict[str, Any]:
