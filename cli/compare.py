@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP, DEVICES, DIR, HR_PREP, LR_PREP, as_str, loss_options, threads_option
-from cli.progress import console, progress_bar, user_errors, warn_skipped
+from cli.options import DEVICE_HELP, DEVICES, DIR, HR_PREP, LR_PREP, run_planned, threads_option
+from cli.progress import console, progress_bar, warn_skipped
+from cli.settings import make_config, settings_options
 
 UNITS = {"export": "pair", "sr train": "step", "score": "image"}
 
@@ -61,53 +62,39 @@ def print_table(report: dict) -> None:
 
 
 @click.command("compare")
-@click.option("--hr", "hr", type=DIR, required=True, help="HR images: degraded by each degrader; realism reference.")
+@click.option("--hr", "hr", type=DIR, help="HR images: degraded by each degrader; realism reference.  [required]")
 @click.option(
     "--degrader",
     "degraders",
     multiple=True,
-    required=True,
-    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear; repeat for each to compare.",
+    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear; repeat for each.  [required]",
 )
 @click.option("--lr", "lr", type=DIR, help="Real LR images without ground truth: realism of the SR outputs.")
 @click.option("--pairs", type=DIR, help="Folder of NAME_HR / NAME_LR image pairs: PSNR and SSIM.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Comparison folder.")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="SR steps per degrader.")
-@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True, help="SR model.")
-@click.option("--pixel-only", is_flag=True, help="Train with the L2 loss alone (no discriminator).")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True, help="L2-only first steps.")
-@loss_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Pairs per step.")
-@click.option("--per-image", type=click.IntRange(min=1), default=1, show_default=True, help="LR variants per HR image.")
-@click.option(
-    "--n", type=click.IntRange(min=8), default=1000, show_default=True, help="Real LR images scored for realism."
-)
 @click.option(
     "--features",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TorchScript feature extractor (.pt) for FID/KID, called on images in [0, 1]; never downloaded.",
 )
-@click.option("--features-size", type=click.IntRange(min=8), help="Resize images to this side for --features.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Comparison folder.  [required]")
 @HR_PREP
 @LR_PREP
-@click.option("--hr-size", type=click.IntRange(min=8), default=64, show_default=True, help="For classical degraders.")
-@click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="For classical degraders.")
+@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True, help="SR model.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="SR steps per degrader.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Pairs per step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Exports, SR training and realism draws.")
-@click.option("--grid-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of grid.png.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True, help="SR steps.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 @threads_option(record=False)
 @click.option("--resume", is_flag=True, help="Continue a killed comparison in --out where it stopped.")
 @click.option("--dry-run", is_flag=True, help="Check everything, print the plan, write nothing.")
-def compare_cmd(
-    degraders: tuple[str, ...], out: Path, alpha: float, beta: float, d_steps: int, dry_run: bool, **options
-) -> None:
+@settings_options
+def compare_cmd(dry_run: bool, **options) -> None:
     """Train the same SR model on each degrader's pairs and score them side by side (the paper's Table 1).
 
     For each degrader: export shards of --hr, train SR on them; then PSNR/SSIM on --pairs and realism of
     upscaled --lr images against --hr, each against bicubic upscaling. Writes compare.json, grid.png and
-    report.html to --out.
+    report.html to --out. Settings beyond these options (SR loss, images scored, the classical degraders'
+    hr_size and scale, ...): --show-config lists them all; give any with --set KEY=VALUE or in --config FILE.
 
     
     Example:
@@ -115,14 +102,14 @@ def compare_cmd(
     """
     import time
 
-    from degrader.gan import LossConfig
     from sr.compare import CompareConfig, compare, plan_compare
 
-    loss = LossConfig(alpha=alpha, beta=beta, d_steps=d_steps)
-    config = CompareConfig(degraders=list(degraders), out=str(out), loss=loss, **as_str(options))
-    start = time.perf_counter()
-    with user_errors():
-        plan = plan_compare(config)
+    config = make_config(CompareConfig, options, needed=("hr", "degraders"))
+    if config is None:
+        return
+    out, start = Path(config.out), time.perf_counter()
+
+    def describe(plan) -> None:
         warn_skipped("--hr", plan.hr.skipped)
         if plan.lr is not None:
             warn_skipped("--lr", plan.lr.skipped)
@@ -135,15 +122,19 @@ def compare_cmd(
             f"SR {config.preset} x{m.scale} {m.lr_size}px -> {m.hr_size}px, {config.steps} steps each, seed "
             f"{config.seed}; scored on {' and '.join(scored)}" + (" (resuming)" if config.resume else "")
         )
-        if dry_run:
-            console.print("dry run: nothing exported, trained or written.")
-            return
-        try:
-            with staged_progress() as (on_progress, on_stage):
-                result = compare(plan, on_progress, on_stage)
-        except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted[/]; continue with the same command and --resume ({out}).")
-            raise click.exceptions.Exit(130) from None
+
+    result = run_planned(
+        plan_compare,
+        lambda plan, callbacks: compare(plan, *callbacks),
+        config,
+        dry_run,
+        describe=describe,
+        progress=lambda plan: staged_progress(),
+        nothing="exported, trained or written",
+        interrupted=f"continue with the same command and --resume ({out}).",
+    )
+    if result is None:
+        return
     if result.interrupted:
         console.print("[yellow]interrupted[/] during SR training; state saved. Continue with --resume.")
         raise click.exceptions.Exit(130)

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import click
 
-from cli.apply import apply_cmd, gan_options, loss_from_options
+from cli.apply import apply_cmd
 from cli.eval import eval_cmd
 from cli.export import export_shards, inspect, verify
-from cli.options import DIR, HR_PREP, LR_PREP, as_str, report, resumable, run_options, threads_option
+from cli.options import DIR, HR_PREP, LR_PREP, int_choice, run_options, run_planned, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 from cli.run_report import fit_summary, report_cmd
 from cli.sample import sample
+from cli.settings import make_config, settings_options
+
+FIT_FILES = ["degrader.safetensors", "samples"]
 
 
 @click.group()
@@ -30,7 +33,8 @@ def degrade() -> None:
 @degrade.command()
 @click.option("--hr", "hr", type=DIR, help="Clean HR images (searched recursively); required unless --resume.")
 @click.option("--lr", "lr", type=DIR, help="Real low-quality images, unpaired with --hr; required unless --resume.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to write.")
+@click.option("--val-lr", type=DIR, default=None, help="Real LR images for validation [a val_split share of --lr].")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory to write.  [required]")
 @HR_PREP
 @LR_PREP
 @click.option(
@@ -38,83 +42,54 @@ def degrade() -> None:
     type=click.Choice(["small", "paper"]),
     default="small",
     show_default=True,
-    help="small: fast on a CPU, residual output; paper: the authors' width, plain tanh output.",
+    help="small: the structured generator, fast on a CPU; paper: the authors' network and losses.",
 )
 @click.option(
-    "--hr-size", type=click.IntRange(min=16), default=64, show_default=True, help="HR crop size (power of 2)."
+    "--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True, callback=int_choice, help="HR / LR."
 )
-@click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True, help="HR size / LR size.")
-@click.option("--residual/--no-residual", default=None, help="Learn a residual over average pooling [preset's choice].")
-@click.option("--val-lr", type=DIR, default=None, help="Real LR images for validation [a --val-split share of --lr].")
-@click.option(
-    "--val-split",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.1,
-    show_default=True,
-    help="Share of --lr held out for validation (at most 2 x --val-n images); 0: no validation.",
-)
-@click.option("--val-n", type=click.IntRange(min=8), default=128, show_default=True, help="Images per validation set.")
-@click.option(
-    "--eval-every",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Steps between validations (SWD relative to bicubic); the best weights are kept as best.safetensors.",
-)
-@click.option(
-    "--select",
-    type=click.Choice(["mix", "swd"]),
-    default="mix",
-    show_default=True,
-    help="What ranks validation steps: the mean of the SWD and image statistics (steadier SR), or the SWD alone "
-    "(README, Results).",
-)
-@click.option(
-    "--min-fidelity",
-    type=click.FloatRange(min=0),
-    default=24.0,
-    show_default=True,
-    help="dB: a validation step whose LR keeps the content this well (PSNR-Y against bicubic LR of the same HR, "
-    "in the --tone map) beats any that does not, so a fit cannot win on realism by destroying the images; 0: off.",
-)
-@gan_options
 @run_options
-@resumable("hr", "lr")
-def fit(scale: str, dry_run: bool, **options) -> None:
+@settings_options
+def fit(dry_run: bool, **options) -> None:
     """Learn a High-to-Low degrader from two unpaired image folders.
+
+    Settings beyond these options (losses, discriminator, validation, ...): --show-config lists them all, with
+    the preset's values; give any with --set KEY=VALUE or in --config FILE.
 
     
     Example:
       degrade fit --hr faces-hr --lr faces-lr --out runs/degrader --steps 2000
+      degrade fit --hr faces-hr --lr faces-lr --out runs/d2 --set loss.exposure=0 --set generator=paper
       degrade fit --out runs/degrader --resume --steps 4000   # --hr, --lr and the rest from its config.json
     """
+    from degrader.presets import PRESETS
     from degrader.train import FitConfig, fit, plan_fit
 
-    loss = loss_from_options(options["preset"], options)  # the preset's, with the options given
-    config = FitConfig(scale=int(scale), loss=loss, **as_str(options))
-    with user_errors():
-        plan = plan_fit(config)
-        listed = None if dry_run else Path(config.out) / "skipped.txt"  # a dry run names every file instead
+    def preset(name: str) -> dict:
+        return PRESETS[name].training() if name in PRESETS else {}  # plan_fit names a bad preset
+
+    config = make_config(FitConfig, options, needed=("hr", "lr"), base=preset)
+    if config is None:
+        return
+    listed = None if dry_run else Path(config.out) / "skipped.txt"  # a dry run names every file instead
+
+    def describe(plan) -> None:
         for option, files in (("--hr", plan.hr.skipped), ("--lr", plan.lr.skipped)):
             warn_skipped(option, files, shown=3 if listed else len(files), listed_in=listed)
-        m = plan.model
+        m, c = plan.model, plan.config
         console.print(
             f"{len(plan.hr.paths)} HR images -> {len(plan.lr.paths)} real LR images, {m.hr_size}px -> {m.lr_size}px, "
-            f"preset {config.preset} ({config.generator} generator"
-            f"{'' if config.generator == 'structured' else ', residual' if m.residual else ', tanh'}), "
-            f"G {plan.params_g / 1e6:.2f}M / "
-            f"D {plan.params_d / 1e6:.2f}M parameters, {config.steps} steps on {plan.device}"
+            f"preset {c.preset} ({c.generator} generator"
+            f"{'' if c.generator == 'structured' else ', residual' if m.residual else ', tanh'}), "
+            f"G {plan.params_g / 1e6:.2f}M / D {plan.params_d / 1e6:.2f}M parameters, {c.steps} steps on {plan.device}"
         )
         console.print(("" if plan.validation else "[yellow]note:[/] ") + plan.validation_note)
         if plan.tone:
             console.print(f"tone the losses hold each LR image to: {plan.tone.describe()}")
-        if dry_run:
-            console.print("dry run: nothing trained or written.")
-            return
-        with progress_bar("fit", config.steps) as on_progress:
-            result = fit(plan, on_progress)
-    report(result, ["degrader.safetensors", "samples"])
-    fit_summary(result)
+
+    progress = lambda plan: progress_bar("fit", config.steps)  # noqa: E731
+    result = run_planned(plan_fit, fit, config, dry_run, describe=describe, progress=progress, files=FIT_FILES)
+    if result is not None:
+        fit_summary(result)
 
 
 @degrade.command()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP, DEVICES, threads_option
+from cli.options import DEVICE_HELP, DEVICES, run_planned, threads_option
 from cli.progress import console, progress_bar, user_errors, warn_skipped
 
 SOURCE = click.argument("shards", metavar="SHARDS")
@@ -70,8 +70,8 @@ def export_shards(dry_run: bool, **options) -> None:
     from degrader.export import ExportConfig, export_shards, plan_export
 
     config = ExportConfig(**options)
-    with user_errors():
-        plan = plan_export(config)
+
+    def describe(plan) -> None:
         warn_skipped("--hr", plan.scan.skipped)
         d = plan.degrader
         console.print(
@@ -79,15 +79,19 @@ def export_shards(dry_run: bool, **options) -> None:
             f"{config.per_image} = {plan.samples} pairs in {plan.shards} shards, degrader {d.name} (x{d.scale})"
             + (f", weights {d.file.name} from step {d.step}" if getattr(d, "file", None) else "")  # best or last
         )
-        if dry_run:
-            console.print("dry run: nothing written.")
-            return
-        try:
-            with progress_bar("export", plan.samples, unit="pair") as on_progress:
-                manifest = export_shards(plan, on_progress)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]; the finished shards are kept. Continue with --resume.")
-            raise click.exceptions.Exit(130) from None
+
+    manifest = run_planned(
+        plan_export,
+        export_shards,
+        config,
+        dry_run,
+        describe=describe,
+        progress=lambda plan: progress_bar("export", plan.samples, unit="pair"),
+        nothing="written",
+        interrupted="the finished shards are kept. Continue with --resume.",
+    )
+    if manifest is None:
+        return
     t = manifest["totals"]
     if t["samples"] == 0:  # every image failed to decode after the scan: not a success
         first = manifest["skipped"][0] if manifest["skipped"] else {"path": "?", "reason": "?"}

@@ -1,10 +1,11 @@
-"""Click options and reporting shared by the training commands of both groups (`degrade fit`, `sr train`, ...)."""
+"""Click options, the plan-then-run sequence and the reporting that the long commands (`degrade fit`, ...) share."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,6 +31,11 @@ LR_PREP = click.option(
 )
 
 
+def int_choice(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A callback: the number a `click.Choice` of numbers picked, as an int."""
+    return None if value is None else int(value)
+
+
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     """Set torch's thread count as the command starts (not for --help); the count in use becomes the value."""
     if ctx.resilient_parsing:
@@ -53,45 +59,16 @@ def threads_option(record: bool = True):
     )
 
 
-def loss_options(f):
-    """--alpha, --beta, --d-steps: the loss of paper section 3.5."""
-    f = click.option("--d-steps", type=click.IntRange(min=1), default=5, show_default=True, help="D updates per G.")(f)
-    f = click.option("--beta", type=click.FloatRange(min=0), default=0.05, show_default=True, help="GAN weight.")(f)
-    f = click.option("--alpha", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Pixel weight.")(f)
-    return f
-
-
 def run_options(f):
-    """Options every training run shares."""
+    """The options every training run takes per run; every other setting comes through cli.settings."""
     for option in reversed(
         [
             click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="G updates."),
             click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Per step."),
             click.option("--seed", type=int, default=0, show_default=True, help="Fixes init, data order, noise."),
             click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP),
-            click.option("--bf16", is_flag=True, help="bf16 autocast (CUDA only)."),
-            click.option("--channels-last", is_flag=True, help="channels_last memory format (faster on CUDA)."),
-            click.option("--compile", is_flag=True, help="torch.compile the networks (slow start, faster steps)."),
-            click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader procs."),
             threads_option(),
-            click.option(
-                "--cache-mb",
-                type=click.FloatRange(min=0),
-                default=256,
-                show_default=True,
-                help="Decoded-image cache per loader worker and folder, MiB (large photos decode once); 0: off.",
-            ),
-            click.option(
-                "--sample-every", type=click.IntRange(min=1), default=250, show_default=True, help="Steps per grid."
-            ),
-            click.option(
-                "--checkpoint-every",
-                type=click.IntRange(min=1),
-                default=500,
-                show_default=True,
-                help="Steps between checkpoints.",
-            ),
-            click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+            click.option("--resume", is_flag=True, help="Continue the run in --out with its config.json's settings."),
             click.option("--overwrite", is_flag=True, help="Replace what --out holds."),
             click.option("--dry-run", is_flag=True, help="Check the data and settings, print the plan, train nothing."),
         ]
@@ -100,59 +77,49 @@ def run_options(f):
     return f
 
 
-def resumable(*needed: str):
-    """With --resume, options not given on the command line come from the run's config.json (--out/config.json).
+def run_planned(
+    plan_fn: Callable[[Any], Any],
+    run_fn: Callable[[Any, Any], Any],
+    config: Any,
+    dry_run: bool,
+    *,
+    describe: Callable[[Any], None],
+    progress: Callable[[Any], AbstractContextManager],
+    nothing: str = "trained or written",
+    interrupted: str | None = None,
+    files: list[str] | None = None,
+) -> Any:
+    """What every long command does: plan, print the plan, stop there on --dry-run, else run under a progress bar.
 
-    Options given again are checked against the config by the library, which names any that differ. Without
-    --resume, each option in `needed` must be given. Put this decorator directly above the command function.
+    Args:
+        plan_fn: `plan_fit`, `plan_train`, ...: checks everything and writes nothing.
+        run_fn: `fit`, `train`, ...: called as `run_fn(plan, on_progress)`.
+        describe: prints the plan (and its warnings).
+        progress: the progress context for the plan; what it yields is `run_fn`'s second argument.
+        nothing: what a dry run did not do, for its last line.
+        interrupted: what to say when Ctrl-C reaches here (exit status 130); None: the run handles Ctrl-C.
+        files: the run's files to point to afterwards (`report`).
+
+    Returns:
+        The run's result, or None after a dry run.
     """
-
-    def decorate(f):
-        @functools.wraps(f)
-        def command(**params):
-            ctx = click.get_current_context()
-            if params.get("resume"):
-                params.update(_saved_options(ctx, params))
-            missing = [name for name in needed if params.get(name) is None]
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
-            if missing and params.get("resume"):
-                out = params["out"]
-                raise click.UsageError(f"--resume: --out {out} holds no run to continue; drop --resume, give {flags}.")
-            if missing:
-                raise click.UsageError(f"missing option {flags} (or --resume a run in --out that has it).")
-            return f(**params)
-
-        return command
-
-    return decorate
-
-
-def _saved_options(ctx: click.Context, params: dict) -> dict:
-    """The options of the run in --out that the command line left at their defaults, converted as click does."""
-    import json
-
-    try:
-        saved = json.loads((Path(params["out"]) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}  # no config to read from: the library says why --resume cannot continue
-    if not isinstance(saved, dict):
-        return {}
-    loss = saved.get("loss") if isinstance(saved.get("loss"), dict) else {}
-    if loss:  # a loss setting added to the code since the run was written: the run had its default, not a preset's
-        from degrader.gan import LossConfig
-
-        loss = {f.name: f.default for f in dataclasses.fields(LossConfig)} | loss
-    flat = {**loss, **saved}  # loss.lr is not --lr
-    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
-    options = {}
-    for param in ctx.command.params:
-        if param.name in ("out", "resume", "overwrite", "dry_run") or param.name not in flat:
-            continue
-        if ctx.get_parameter_source(param.name) in given or flat[param.name] is None:
-            continue
-        value = flat[param.name]
-        options[param.name] = param.type_cast_value(ctx, str(value) if isinstance(param.type, click.Choice) else value)
-    return options
+    with user_errors():
+        plan = plan_fn(config)
+        describe(plan)
+        if dry_run:
+            console.print(f"dry run: nothing {nothing}.")
+            return None
+        try:
+            with progress(plan) as on_progress:
+                result = run_fn(plan, on_progress)
+        except KeyboardInterrupt:
+            if interrupted is None:
+                raise
+            console.print(f"[yellow]interrupted[/]; {interrupted}")
+            raise click.exceptions.Exit(130) from None
+    if files is not None:
+        report(result, files)
+    return result
 
 
 def as_str(options: dict) -> dict:
