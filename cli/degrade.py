@@ -42,7 +42,7 @@ def degrade() -> None:
     type=click.Choice(["small", "paper"]),
     default="small",
     show_default=True,
-    help="small: the structured generator, fast on a CPU; paper: the authors' network and losses.",
+    help="small: fast on a CPU, structured generator; paper: the authors' setup.",
 )
 @click.option(
     "--scale", type=click.Choice(["2", "4", "8"]), default="4", show_default=True, callback=int_choice, help="HR / LR."

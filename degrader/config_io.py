@@ -162,8 +162,8 @@ def _check(key: str, value: Any, tp: Any, source: str) -> Any:
 
 
 def type_name(tp: Any) -> str:
-    """`int`, `float | None`, `tuple[float, float]`: a type as the settings table shows it."""
-    return tp.__name__ if isinstance(tp, type) and typing.get_origin(tp) is None else str(tp).replace("typing.", "")
+    """`int`, `float|None`, `tuple[float,float]`: a type as one word, as the settings table shows it."""
+    return tp.__name__ if isinstance(tp, type) and typing.get_origin(tp) is None else str(tp).replace(" ", "")
 
 
 def settings_table(cls: type, value: Any, prefix: str = "") -> list[tuple[str, str, Any, Any, str]]:

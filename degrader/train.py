@@ -133,20 +133,20 @@ def plan_fit(config: FitConfig) -> FitPlan:
     if config.preset not in PRESETS:
         raise UserError(f"--preset {config.preset!r} is not one of {', '.join(PRESETS)}.")
     if config.generator not in GENERATORS:
-        raise UserError(f"--generator {config.generator!r} is not one of {', '.join(GENERATORS)}.")
+        raise UserError(f"generator {config.generator!r} is not one of {', '.join(GENERATORS)}.")
     try:
         model = config.model()
         net_g, net_d = build_generator(model), Discriminator(model.discriminator())
     except ValueError as e:
-        raise UserError(f"--hr-size/--scale: {e}.") from None
+        raise UserError(f"hr_size/--scale: {e}.") from None
     hr = scan_images(config.hr, min_size=model.hr_size, option="--hr")
     lr = scan_images(config.lr, min_size=model.lr_size, option="--lr")
     if not 0 <= config.val_split < 1 or config.val_n < 8 or config.eval_every < 1:
-        raise UserError("--val-split must lie in [0, 1), --val-n be at least 8 and --eval-every at least 1.")
+        raise UserError("val_split must lie in [0, 1), val_n be at least 8 and eval_every at least 1.")
     if config.select not in ("swd", "mix"):
-        raise UserError(f"--select is {config.select!r}; use swd or mix.")
+        raise UserError(f"select is {config.select!r}; use swd or mix.")
     if config.min_fidelity < 0:
-        raise UserError(f"--min-fidelity is {config.min_fidelity}; give 0 (off) or a PSNR in dB, e.g. 24.")
+        raise UserError(f"min_fidelity is {config.min_fidelity}; give 0 (off) or a PSNR in dB, e.g. 24.")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
     tone = None
     if config.loss.tone == "auto":  # measured again on --resume, to the same map: the same images and draws

@@ -83,11 +83,11 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
 
     hr, lr = tiny_folders
     run, out = tmp_path / "run", tmp_path / "lr-out"
-    common = ["--hr-size", "32", "--steps", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    given = ["--beta", "0.1", "--d-highpass", "0.5", "--lr-decay", "0.25", "--exposure", "5"]
+    common = ["--set", "hr_size=32", "--steps", "2", "--batch-size", "2", "--set", "workers=0", "--device", "cpu"]
+    given = [f"--set=loss.{kv}" for kv in ("beta=0.1", "d_highpass=0.5", "lr_decay=0.25", "exposure=5")]
     result = CliRunner().invoke(
         degrade,
-        ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *common, "--val-split", "0", *given],
+        ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *common, "--set", "val_split=0", *given],
     )
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
@@ -101,6 +101,6 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
     assert len(seeds) == 6 and len(set(seeds.values())) == 6
     assert all(Image.open(out / name).size == (16, 16) for name in seeds)
     bad = CliRunner().invoke(
-        degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / "x"), "--augment", "rotate"]
+        degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / "x"), "--set", "loss.augment=rotate"]
     )
     assert bad.exit_code != 0 and "augmentation" in bad.output and "Traceback" not in bad.output

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from cli.degrade import degrade
 from degrader.checkpoint import DEGRADER_FILE, Degrader
 
-TINY = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+TINY = ["--set", "hr_size=32", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
 
 
 def run(*args: str | Path) -> Result:
@@ -47,7 +47,7 @@ def test_help():
         assert result.exit_code == 0, result.output
         assert "fit" in result.output
     fit_help = run("fit", "--help").output
-    for option in ("--hr", "--lr", "--out", "--preset", "--resume", "--overwrite", "--dry-run", "--residual"):
+    for option in ("--hr", "--lr", "--out", "--preset", "--resume", "--overwrite", "--dry-run", "--config", "--set"):
         assert option in fit_help
     assert "[default: small]" in fit_help
 
@@ -168,7 +168,7 @@ def test_resume_with_other_settings(tiny_folders, tmp_path):
 
 @pytest.mark.parametrize(
     "args,option",
-    [(["--hr-size", "48"], "--hr-size"), (["--scale", "3"], "--scale"), (["--steps", "0"], "--steps")],
+    [(["--set", "hr_size=48"], "hr_size"), (["--scale", "3"], "--scale"), (["--steps", "0"], "--steps")],
 )
 def test_bad_options(tiny_folders, tmp_path, args, option):
     hr, lr = tiny_folders

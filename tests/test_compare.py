@@ -189,7 +189,7 @@ def test_cli_pairs_only_prints_the_table(data, tmp_path):
     out = tmp_path / "cli"
     args = [
         "--hr", str(data / "hr"), "--degrader", "bicubic", "--pairs", str(data / "pairs"), "--out", str(out),
-        "--steps", "2", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu",
+        "--steps", "2", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu",
     ]  # fmt: skip
     dry = CliRunner().invoke(compare_cmd, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output

@@ -116,14 +116,14 @@ def test_cli_takes_the_gpu_and_cache_options(tiny_folders, tmp_path):
     from cli.sr import sr
 
     hr, lr = tiny_folders
-    fast = ["--channels-last", "--compile", "--bf16", "--cache-mb", "8", "--dry-run"]
+    fast = ["--set=channels_last=true", "--set=compile=true", "--set=bf16=true", "--set=cache_mb=8", "--dry-run"]
     r = CliRunner().invoke(degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(tmp_path / "f"), *fast])
     assert r.exit_code == 0, r.output
     args = ["train", "--degrader", "bicubic", "--hr", str(hr), "--out", str(tmp_path / "s"), *fast]
     r = CliRunner().invoke(sr, args)
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", "x", "--cache-mb", "-1"])
-    assert r.exit_code != 0 and "--cache-mb" in r.output
+    r = CliRunner().invoke(degrade, ["fit", "--hr", str(hr), "--lr", str(lr), "--out", "x", "--set", "cache_mb=-1"])
+    assert r.exit_code != 0 and "cache_mb" in r.output
 
 
 # ------------------------------------------------------------------------------------------------ CUDA

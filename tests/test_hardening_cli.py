@@ -22,7 +22,7 @@ from degrader.train import FitConfig
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
 from tests.test_hardening import assert_clean_error
 
-TINY = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+TINY = ["--set", "hr_size=32", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
 
 
 def invoke(group: click.Group, *args) -> Result:
@@ -97,8 +97,8 @@ def test_resume_takes_the_options_from_the_runs_config(tiny_folders, tmp_path):
     out = tmp_path / "run"
     first = invoke(degrade, "fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", "--preset", "paper", *TINY)
     assert first.exit_code == 0, first.output
-    # No --hr, --lr, --preset or --hr-size: they come from config.json, and the run continues.
-    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
+    # No --hr, --lr, --preset or hr_size: they come from config.json, and the run continues.
+    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--set", "workers=0")
     assert resumed.exit_code == 0, resumed.output
     config = json.loads((out / "config.json").read_text())
     assert (config["hr"], config["preset"], config["hr_size"], config["steps"]) == (str(hr), "paper", 32, 2)
@@ -117,11 +117,11 @@ def test_resume_of_a_run_from_before_a_setting_was_added(tiny_folders, tmp_path)
     config = json.loads((out / "config.json").read_text())
     del config["min_fidelity"]  # as an older version wrote it
     (out / "config.json").write_text(json.dumps(config))
-    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
+    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--set", "workers=0")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((out / "config.json").read_text())["min_fidelity"] == FitConfig.min_fidelity  # the default
     # a setting the run had and that differs is still refused
-    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--min-fidelity", "30"), "--resume", "fidelity")
+    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--set", "min_fidelity=30"), "--resume", "fidelity")
 
 
 def test_resume_of_a_run_from_before_a_loss_setting_was_added(tiny_folders, tmp_path):
@@ -135,11 +135,11 @@ def test_resume_of_a_run_from_before_a_loss_setting_was_added(tiny_folders, tmp_
     for name in ("d_highpass", "lr_decay", "exposure"):
         del config["loss"][name]  # as a version before the option wrote it: the run trained without it
     (out / "config.json").write_text(json.dumps(config))
-    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--workers", "0")
+    resumed = invoke(degrade, "fit", "--out", out, "--resume", "--steps", "2", "--set", "workers=0")
     assert resumed.exit_code == 0, resumed.output
     loss = json.loads((out / "config.json").read_text())["loss"]
     assert (loss["d_highpass"], loss["lr_decay"], loss["exposure"]) == (0.0, 0.0, 0.0)  # not the preset's
-    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--d-highpass", "1"), "--resume", "loss")
+    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--set", "loss.d_highpass=1"), "--resume", "loss")
 
 
 def test_fit_without_hr_and_without_resume(tiny_folders, tmp_path):

@@ -232,7 +232,7 @@ def test_cli_train_dry_run_and_errors(tmp_path, folders):
     assert "12 HR images" in res.output and not out.exists()
     res = runner.invoke(sr, ["train", "--out", str(out)])
     assert res.exit_code == 1 and "either --shards" in res.output and "Traceback" not in res.output
-    res = runner.invoke(sr, [*args, "--steps", "1", "--batch-size", "2", "--d-steps", "1", "--workers", "0"])
+    res = runner.invoke(sr, [*args, "--steps", "1", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0"])
     assert res.exit_code == 0, res.output
     assert (out / SR_FILE).is_file()
 
@@ -274,11 +274,11 @@ def test_cli_finetune_resume_takes_the_options_from_the_runs_config(tmp_path, fo
 
     out = tmp_path / "ft"
     args = ["finetune", "--degrader", learned_degrader, "--sr", sr_run_dir(tmp_path), "--hr", folders / "hr"]
-    args += ["--lr", folders / "lr", "--out", out, "--steps", "1", "--batch-size", "2", "--d-steps", "1"]
-    first = CliRunner().invoke(sr, [str(a) for a in [*args, "--workers", "0", "--device", "cpu"]])
+    args += ["--lr", folders / "lr", "--out", out, "--steps", "1", "--batch-size", "2", "--set", "loss.d_steps=1"]
+    first = CliRunner().invoke(sr, [str(a) for a in [*args, "--set", "workers=0", "--device", "cpu"]])
     assert first.exit_code == 0, first.output
-    # no --degrader, --sr, --hr, --lr or --d-steps: they come from config.json, and the run continues
-    resumed = CliRunner().invoke(sr, ["finetune", "--out", str(out), "--resume", "--steps", "2", "--workers", "0"])
+    # no --degrader, --sr, --hr, --lr or loss.d_steps: they come from config.json, and the run continues
+    resumed = CliRunner().invoke(sr, ["finetune", "--out", str(out), "--resume", "--steps", "2", "--set", "workers=0"])
     assert resumed.exit_code == 0, resumed.output
     config = json.loads((out / "config.json").read_text())
     assert (config["lr"], config["steps"], config["loss"]["d_steps"]) == (str(folders / "lr"), 2, 1)

@@ -82,7 +82,7 @@ def test_fit_measures_the_tone_records_it_and_resumes_with_it(tmp_path):
     hr, lr, run = tmp_path / "hr", tmp_path / "lr", tmp_path / "run"
     write_set(hr, 40, 64, seed=0)
     write_set(lr, 40, 16, seed=1, tone=lambda x: 0.5 * x + 0.4)  # brighter, less contrast
-    tiny = ["--hr-size", "32", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--val-split", "0"]
+    tiny = ["--set", "hr_size=32", "--batch-size", "2", "--set", "workers=0", "--device", "cpu", "--set", "val_split=0"]
     args = ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *tiny]
     dry = CliRunner().invoke(degrade, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
@@ -92,10 +92,10 @@ def test_fit_measures_the_tone_records_it_and_resumes_with_it(tmp_path):
     loss = json.loads((run / "config.json").read_text())["loss"]
     assert loss["tone"] == "auto" and loss["tone_map"][0] == pytest.approx(0.5, abs=0.05)
     assert f"LR luma = {loss['tone_map'][0]:.3f} x HR luma" in (run / "report.html").read_text()
-    resumed = CliRunner().invoke(degrade, ["fit", "--out", str(run), "--resume", "--steps", "2", "--workers", "0"])
+    resumed = CliRunner().invoke(degrade, ["fit", "--out", str(run), "--resume", "--steps", "2", "--set", "workers=0"])
     assert resumed.exit_code == 0, resumed.output  # measured again, to the same map
     assert json.loads((run / "config.json").read_text())["loss"]["tone_map"] == loss["tone_map"]
-    off = CliRunner().invoke(degrade, [*args, "--steps", "1", "--tone", "off", "--out", str(tmp_path / "off")])
+    off = CliRunner().invoke(degrade, [*args, "--steps", "1", "--set", "loss.tone=off", "--out", str(tmp_path / "off")])
     assert off.exit_code == 0, off.output
     assert json.loads((tmp_path / "off" / "config.json").read_text())["loss"]["tone_map"] == [1.0, 0.0]
 

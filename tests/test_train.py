@@ -327,7 +327,7 @@ def test_bad_options(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     with pytest.raises(UserError, match="--preset 'huge'"):
         plan_fit(tiny(hr, lr, tmp_path / "run", preset="huge"))
-    with pytest.raises(UserError, match="--hr-size/--scale: .*power of two"):
+    with pytest.raises(UserError, match="hr_size/--scale: .*power of two"):
         plan_fit(tiny(hr, lr, tmp_path / "run", hr_size=48))
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="--device cuda"):
