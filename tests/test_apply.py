@@ -83,7 +83,7 @@ def test_cli_fit_structured_then_apply(tiny_folders, tmp_path):
 
     hr, lr = tiny_folders
     run, out = tmp_path / "run", tmp_path / "lr-out"
-    common = ["--set", "hr_size=32", "--steps", "2", "--batch-size", "2", "--set", "workers=0", "--device", "cpu"]
+    common = ["--set=hr_size=32", "--steps", "2", "--batch-size", "2", "--set=workers=0", "--device", "cpu"]
     given = [f"--set=loss.{kv}" for kv in ("beta=0.1", "d_highpass=0.5", "lr_decay=0.25", "exposure=5")]
     result = CliRunner().invoke(
         degrade,

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from cli.degrade import degrade
 from degrader.checkpoint import DEGRADER_FILE, Degrader
 
-TINY = ["--set", "hr_size=32", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
+TINY = ["--set=hr_size=32", "--batch-size", "2", "--set=loss.d_steps=1", "--set=workers=0", "--device", "cpu"]
 
 
 def run(*args: str | Path) -> Result:

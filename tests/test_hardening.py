@@ -209,7 +209,7 @@ def test_fit_on_a_full_disk_keeps_the_previous_checkpoint(tiny_folders, tmp_path
 def test_fit_on_a_full_disk_through_the_cli(tiny_folders, tmp_path, monkeypatch):
     hr, lr = tiny_folders
     full_disk_after(monkeypatch, degrader.checkpoint, "save_file", 0)
-    args = ["--set", "hr_size=32", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
+    args = ["--set=hr_size=32", "--batch-size", "2", "--set=loss.d_steps=1", "--set=workers=0", "--device", "cpu"]
     result = run("fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "run", "--steps", "1", *args)
     assert_clean_error(result, "no space left on device writing", "degrader.safetensors")
 
@@ -348,7 +348,7 @@ def test_fit_lists_every_skipped_file_in_the_run_directory(tiny_folders, tmp_pat
         (hr / f"broken-{i}.png").write_bytes(b"not a png")
     (lr / "empty.png").write_bytes(b"")
     out = tmp_path / "run"
-    args = ["--set", "hr_size=32", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
+    args = ["--set=hr_size=32", "--batch-size", "2", "--set=loss.d_steps=1", "--set=workers=0", "--device", "cpu"]
     result = run("fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", *args)
     assert result.exit_code == 0, result.output
     listed = [line.split("\t") for line in (out / "skipped.txt").read_text().splitlines()]

@@ -22,7 +22,7 @@ from degrader.train import FitConfig
 from sr.model import SR_FILE, LowToHighConfig, LowToHighGenerator, save_sr_generator
 from tests.test_hardening import assert_clean_error
 
-TINY = ["--set", "hr_size=32", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
+TINY = ["--set=hr_size=32", "--batch-size", "2", "--set=loss.d_steps=1", "--set=workers=0", "--device", "cpu"]
 
 
 def invoke(group: click.Group, *args) -> Result:
@@ -121,7 +121,9 @@ def test_resume_of_a_run_from_before_a_setting_was_added(tiny_folders, tmp_path)
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((out / "config.json").read_text())["min_fidelity"] == FitConfig.min_fidelity  # the default
     # a setting the run had and that differs is still refused
-    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--set", "min_fidelity=30"), "--resume", "fidelity")
+    assert_clean_error(
+        invoke(degrade, "fit", "--out", out, "--resume", "--set=min_fidelity=30"), "--resume", "fidelity"
+    )
 
 
 def test_resume_of_a_run_from_before_a_loss_setting_was_added(tiny_folders, tmp_path):
@@ -139,7 +141,9 @@ def test_resume_of_a_run_from_before_a_loss_setting_was_added(tiny_folders, tmp_
     assert resumed.exit_code == 0, resumed.output
     loss = json.loads((out / "config.json").read_text())["loss"]
     assert (loss["d_highpass"], loss["lr_decay"], loss["exposure"]) == (0.0, 0.0, 0.0)  # not the preset's
-    assert_clean_error(invoke(degrade, "fit", "--out", out, "--resume", "--set", "loss.d_highpass=1"), "--resume", "loss")
+    assert_clean_error(
+        invoke(degrade, "fit", "--out", out, "--resume", "--set", "loss.d_highpass=1"), "--resume", "loss"
+    )
 
 
 def test_fit_without_hr_and_without_resume(tiny_folders, tmp_path):

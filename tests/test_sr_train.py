@@ -232,7 +232,7 @@ def test_cli_train_dry_run_and_errors(tmp_path, folders):
     assert "12 HR images" in res.output and not out.exists()
     res = runner.invoke(sr, ["train", "--out", str(out)])
     assert res.exit_code == 1 and "either --shards" in res.output and "Traceback" not in res.output
-    res = runner.invoke(sr, [*args, "--steps", "1", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0"])
+    res = runner.invoke(sr, [*args, "--steps", "1", "--batch-size", "2", "--set=loss.d_steps=1", "--set=workers=0"])
     assert res.exit_code == 0, res.output
     assert (out / SR_FILE).is_file()
 

@@ -193,7 +193,7 @@ def test_fit_records_and_applies_the_thread_count(tiny_folders, tmp_path):
     out = tmp_path / "run"
     before = torch.get_num_threads()
     try:
-        tiny = ["--set", "hr_size=32", "--steps", "1", "--batch-size", "2", "--set", "workers=0", "--set", "val_split=0"]
+        tiny = ["--set=hr_size=32", "--steps", "1", "--batch-size", "2", "--set=workers=0", "--set=val_split=0"]
         args = ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(out), "--threads", "1", *tiny]
         result = CliRunner().invoke(degrade, args)
         assert result.exit_code == 0, result.output

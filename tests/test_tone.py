@@ -82,7 +82,7 @@ def test_fit_measures_the_tone_records_it_and_resumes_with_it(tmp_path):
     hr, lr, run = tmp_path / "hr", tmp_path / "lr", tmp_path / "run"
     write_set(hr, 40, 64, seed=0)
     write_set(lr, 40, 16, seed=1, tone=lambda x: 0.5 * x + 0.4)  # brighter, less contrast
-    tiny = ["--set", "hr_size=32", "--batch-size", "2", "--set", "workers=0", "--device", "cpu", "--set", "val_split=0"]
+    tiny = ["--set=hr_size=32", "--batch-size", "2", "--set=workers=0", "--device", "cpu", "--set=val_split=0"]
     args = ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *tiny]
     dry = CliRunner().invoke(degrade, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
