@@ -64,7 +64,7 @@ def degrade_image(degrader: Degrader, hr: torch.Tensor, seed: int, tile: int | N
         if tuple(hr.shape[-2:]) != (size, size):
             raise UserError(
                 f"the paper's generator degrades only {size}x{size} images (its noise layer fixes the size), not "
-                f"{hr.shape[-1]}x{hr.shape[-2]}; fit a degrader with --generator structured for images of any size."
+                f"{hr.shape[-1]}x{hr.shape[-2]}; fit one with generator structured (preset small) for any size."
             )
         return degrader.degrade(hr[None], [seed])[0].cpu()
     if tile is not None and (tile <= 0 or tile % BLOCK):

@@ -159,7 +159,7 @@ def _fingerprint_section(run: Path) -> str:
     except UserError:
         return "<p>No degrader checkpoint yet.</p>"
     if not hasattr(degrader.net_g, "params"):
-        return "<p>The paper's generator has no readable parameters (use --generator structured for them).</p>"
+        return "<p>The paper's generator has no readable parameters (the structured generator has them).</p>"
     values = fingerprint(degrader.net_g)
     kernels = values.pop("kernel")[:8]  # (8, k, k)
     kernels = (kernels / kernels.amax(dim=(1, 2), keepdim=True))[:, None].expand(-1, 3, -1, -1)
@@ -186,7 +186,7 @@ def _fingerprint_section(run: Path) -> str:
 
 
 def _tone_line(config: dict[str, Any]) -> str:
-    """The tone map a `--tone auto` fit measured and held its LR to (from config.json), or nothing."""
+    """The tone map a `loss.tone = "auto"` fit measured and held its LR to (from config.json), or nothing."""
     loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
     tone = loss.get("tone_map")
     numbers = isinstance(tone, list) and len(tone) == 2 and all(isinstance(v, (int, float)) for v in tone)
@@ -195,7 +195,7 @@ def _tone_line(config: dict[str, Any]) -> str:
     gain, offset = tone
     found = "the sets differ in tone beyond sampling noise" if tone != [1.0, 0.0] else "the identity: no difference"
     return (
-        f"<p>Tone, measured from the two training sets before training (--tone auto): LR luma = {gain:.3f} x HR "
+        f"<p>Tone, measured from the two training sets before training (loss.tone auto): LR luma = {gain:.3f} x HR "
         f"luma {offset * 255:+.1f}/255 ({found}). The losses held each LR image to its HR's tone through it.</p>"
     )
 
@@ -222,7 +222,7 @@ def write_run_report(run: str | Path) -> Path:
     # --- validation: the verdict and the realism curve ---
     if vals:
         last = vals[-1]
-        kept = [r for r in vals if r["step"] == last.get("val_best_step")]  # the step fit kept (by --select)
+        kept = [r for r in vals if r["step"] == last.get("val_best_step")]  # the step fit kept (by select)
         best = kept[0] if kept else min(vals, key=lambda r: r["val_swd"])
         figures = best["val_swd"], last["val_floor"], last["val_bicubic"], int(last.get("val_n", 0))
         fidelity = best.get("val_fidelity", math.nan), config.get("min_fidelity", 0.0)
@@ -237,7 +237,7 @@ def write_run_report(run: str | Path) -> Path:
             f'<img src="{REALISM_PLOT}" alt="validation realism over the steps">'
         )
     else:
-        parts.append("<h2>Validation realism</h2><p>This run logged no validation (--val-split 0 or too few LR).</p>")
+        parts.append("<h2>Validation realism</h2><p>This run logged no validation (val_split 0 or too few LR).</p>")
 
     # --- losses ---
     if losses and _loss_keys(losses):

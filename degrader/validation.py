@@ -75,7 +75,7 @@ def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Sca
     if config.val_lr:
         val = scan_images(config.val_lr, min_size=lr_size, option="--val-lr")
         if Path(config.val_lr).resolve() == Path(config.lr).resolve():
-            raise UserError(f"--val-lr {config.val_lr} is the --lr folder; use --val-split to hold out part of it.")
+            raise UserError(f"--val-lr {config.val_lr} is the --lr folder; use val_split to hold out part of it.")
         if len(val.paths) < MIN_LR:
             raise UserError(
                 f"--val-lr {config.val_lr}: {len(val.paths)} usable images; validation needs at least {MIN_LR}."
@@ -86,15 +86,15 @@ def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Sca
         k = min(round(config.val_split * len(lr.paths)), 2 * config.val_n)
         if k < MIN_LR:
             note = (
-                f"validation off: --val-split {config.val_split} of {len(lr.paths)} real LR images is {k}, fewer than "
-                f"{MIN_LR}; give more LR images, a larger --val-split or --val-lr DIR"
+                f"validation off: val_split {config.val_split} of {len(lr.paths)} real LR images is {k}, fewer than "
+                f"{MIN_LR}; give more LR images, a larger val_split or --val-lr DIR"
             )
             return hr, lr, None, note
         held = shuffled(lr.paths, config.seed, "val-lr")[:k]
         lr = _without(lr, held)
-        source = f"{k} of --lr held out (--val-split {config.val_split})"
+        source = f"{k} of --lr held out (val_split {config.val_split})"
     else:
-        return hr, lr, None, "validation off (--val-split 0)"
+        return hr, lr, None, "validation off (val_split 0)"
     m = min(config.val_n, len(held) // 2, len(hr.paths))
     val_hr = shuffled(hr.paths, config.seed, "val-hr")[:m]
     held_out = len(hr.paths) >= HR_SHARE * m
@@ -233,7 +233,7 @@ def read_validation_log(run: Path) -> list[dict[str, Any]]:
 def verdict(summary: dict[str, Any] | None) -> tuple[bool | None, str]:
     """One line on whether the degrader beat bicubic on the held-out set (None: no validation ran)."""
     if summary is None:
-        return None, "no validation ran (see --val-split / --val-lr / --eval-every)"
+        return None, "no validation ran (see val_split / --val-lr / eval_every)"
     rel = summary["val_swd_rel"]
     figure = f"realism {rel:.2f} (SWD relative to bicubic; 1 = bicubic, 0 = real)" if rel is not None else ""
     figure = figure or f"SWD {summary['val_swd']:.1f} vs bicubic {summary['bicubic_swd']:.1f}"
@@ -242,9 +242,9 @@ def verdict(summary: dict[str, Any] | None) -> tuple[bool | None, str]:
         where += f", fidelity {summary['val_fidelity']:.1f} dB"
     if summary.get("val_fidelity", math.inf) < summary.get("min_fidelity", 0.0):
         return False, (
-            f"kept no step above --min-fidelity {summary['min_fidelity']:g} dB: {figure}, {where}; its LR images "
+            f"kept no step above min_fidelity {summary['min_fidelity']:g} dB: {figure}, {where}; its LR images "
             "may have lost the content of the HR images (look at the samples): train differently, or lower "
-            "--min-fidelity if the real LR images are that degraded"
+            "min_fidelity if the real LR images are that degraded"
         )
     if summary["beat_bicubic"]:
         return True, f"beat bicubic on the held-out set: {figure}, {where} (kept as {BEST_FILE})"

@@ -170,7 +170,7 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     if config.hr_prep not in EXPORT_CROP or config.lr_prep not in EXPORT_CROP:
         raise UserError(f"--hr-prep and --lr-prep must be one of {', '.join(EXPORT_CROP)}.")
     if min(config.steps, config.n, config.grid_images, config.checkpoint_every) < 1:
-        raise UserError("--steps, --n, --grid-images and --checkpoint-every must be at least 1.")
+        raise UserError("--steps, n, grid_images and checkpoint_every must be at least 1.")
     out = Path(config.out)
     recorded = {k: v for k, v in config_dict(config).items() if k not in RUN_ONLY}
     _check_out(out, recorded, config.resume)
@@ -184,7 +184,7 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     try:
         model = LowToHighConfig(lr_size=hr_size // scale, scale=scale, **PRESETS[config.preset])
     except ValueError as e:
-        raise UserError(f"--hr-size/--scale: {e}.") from None
+        raise UserError(f"hr_size/scale: {e}.") from None
 
     names = [learned[s].name if s in learned else s for s in specs]
     arms = []

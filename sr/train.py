@@ -144,7 +144,7 @@ def check_pair_sizes(shards: ShardMapDataset, scale: int, lr_size: int, option: 
     if bad:
         raise UserError(
             f"--shards {option}: {len(bad)} samples are not x{scale} pairs with at least {lr_size} px LR, as the "
-            f"first is; e.g. {bad[0]}. Re-export those shards, or give --lr-size for a smaller crop."
+            f"first is; e.g. {bad[0]}. Re-export those shards, or set lr_size for a smaller crop."
         )
 
 
@@ -159,7 +159,7 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
     if (config.shards is None) == (config.degrader is None):
         raise UserError("give either --shards (paired shards) or --degrader with --hr (on-the-fly pairs), not both.")
     if config.hr_prep not in PREP_MODES or config.augment not in AUGMENTS:
-        raise UserError(f"--hr-prep must be one of {', '.join(PREP_MODES)}; --augment one of {', '.join(AUGMENTS)}.")
+        raise UserError(f"--hr-prep must be one of {', '.join(PREP_MODES)}; augment one of {', '.join(AUGMENTS)}.")
     if config.steps < 0 or config.batch_size < 1:
         raise UserError("--steps must be >= 0 and --batch-size >= 1.")
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
@@ -179,7 +179,7 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
             raise UserError(f"--scale {config.scale}: the shards are x{scale}; drop --scale.")
         lr_size = config.lr_size or min(h, w)
         if lr_size > min(h, w):
-            raise UserError(f"--lr-size {lr_size}: the shards' LR images are only {w}x{h}.")
+            raise UserError(f"lr_size {lr_size}: the shards' LR images are only {w}x{h}.")
         check_pair_sizes(shards, scale, lr_size, config.shards)
         source, samples = f"{len(shards)} pairs from {len(shards.urls)} shards ({config.shards})", len(shards)
     else:
@@ -192,14 +192,14 @@ def plan_train(config: SRTrainConfig) -> SRPlan:
         else:
             lr_size = degrader.hr_size // scale
             if config.lr_size not in (None, lr_size):
-                raise UserError(f"--lr-size {config.lr_size}: the degrader makes {lr_size} px LR images; drop it.")
+                raise UserError(f"lr_size {config.lr_size}: the degrader makes {lr_size} px LR images; drop it.")
         scan = scan_images(config.hr, min_size=lr_size * scale, option="--hr")
         source, samples = f"{len(scan.paths)} HR images ({config.hr}) through {config.degrader}", len(scan.paths)
     try:
         model = LowToHighConfig(lr_size=lr_size, scale=scale, **PRESETS[config.preset])
         net_g, net_d = LowToHighGenerator(model), Discriminator(model.discriminator())
     except ValueError as e:
-        raise UserError(f"--scale/--lr-size: {e}.") from None
+        raise UserError(f"--scale/lr_size: {e}.") from None
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     return SRPlan(config, model, source, samples, device, count(net_g), count(net_d), scan, degrader, shards)
 

@@ -179,7 +179,7 @@ def test_min_fidelity_ranks_the_steps_that_keep_the_content_first(folders, tmp_p
     result = run("none", fidelities[-1] + 1)
     assert result.validation["best_step"] == min(records, key=lambda r: r["val_swd"])["step"]
     beat, line = verdict(result.validation)
-    assert beat is False and f"kept no step above --min-fidelity {fidelities[-1] + 1:g} dB" in line
+    assert beat is False and f"kept no step above min_fidelity {fidelities[-1] + 1:g} dB" in line
 
 
 def test_verdict_lines():
