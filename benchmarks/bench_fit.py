@@ -9,7 +9,8 @@ one per D step).
 Each row prints its ratio against baselines measured in the same run: the `small` preset in fp32 on the
 same device, and the fp32 eager run of the same preset. On CUDA every preset runs as each variant of
 `--variants`: fp32 (eager), bf16 (autocast), cl (channels_last), bf16+cl, and bf16+cl+compile (torch.compile,
-as `fit --bf16 --channels-last --compile`; the compile time shows apart, its warm-up is untimed).
+as `fit --set bf16=true --set channels_last=true --set compile=true`; the compile time shows apart, its
+warm-up is untimed).
 
     python benchmarks/bench_fit.py                 # CPU, plus CUDA when available
     python benchmarks/bench_fit.py --device cpu --iters 5
@@ -38,7 +39,7 @@ from degrader.train import FitConfig, build_generator  # noqa: E402
 
 @dataclass(frozen=True)
 class Variant:
-    """How a run executes, as the fit options `--bf16`, `--channels-last` and `--compile` set it."""
+    """How a run executes, as the fit settings `bf16`, `channels_last` and `compile` set it."""
 
     bf16: bool = False
     channels_last: bool = False

@@ -8,7 +8,8 @@ The baseline, measured in the same run on the same batches, is the pixel-only ge
 preset (what `--pixel-only` trains); the ratio says what the GAN part costs. A pair counts once per batch
 the iteration consumes: (d_steps + 1) * batch_size per iteration, as in the training loop.
 `--variants` adds G+5D rows per preset for each variant (bf16 autocast, cl = channels_last, compile, as
-`sr train --bf16 --channels-last --compile` runs), as ratios against the same preset in fp32 eager.
+`sr train --set bf16=true --set channels_last=true --set compile=true` runs), as ratios against the same
+preset in fp32 eager.
 """
 
 from __future__ import annotations
