@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -92,6 +93,21 @@ def render_report(report, shown: int) -> Table:
     return table
 
 
+def bicubic_verdict(report) -> tuple[bool | None, str]:
+    """One line on the mean PSNR-Y of SR against bicubic upscaling, and whether SR is at or above it (None: no
+    finite mean, e.g. identical images)."""
+    sr, bic = report.mean["model"]["psnr_y"], report.mean["bicubic"]["psnr_y"]
+    if not (math.isfinite(sr) and math.isfinite(bic)):
+        return None, f"PSNR-Y {sr:.2f} (SR) vs {bic:.2f} dB (bicubic upscaling) over {len(report.rows)} images"
+    figure = f"PSNR-Y {sr:.2f} vs {bic:.2f} dB ({sr - bic:+.2f}) over {len(report.rows)} images"
+    if sr >= bic:
+        return True, f"SR beats bicubic upscaling: {figure}."
+    return False, (
+        f"SR scores BELOW bicubic upscaling: {figure}; these LR images are not like its training LR, or it "
+        "needs more steps: train longer, or on shards degraded like these images"
+    )
+
+
 @click.command("eval")
 @click.option("--checkpoint", type=CHECKPOINT, required=True, help="`sr train` run directory or its sr.safetensors.")
 @click.option("--pairs", type=DIR, help="Folder of NAME_HR.png / NAME_LR.png pairs (searched recursively).")
@@ -158,7 +174,10 @@ def eval_cmd(
                 )
         source = "--pairs" if pairs else "--shards" if shards else "--hr/--lr"
         warn_skipped(source, [(Path(p), why) for p, why in report.skipped], shown=len(report.skipped))
-        Console().print(render_report(report, show))
+        stdout = Console()
+        stdout.print(render_report(report, show))
+        beat, line = bicubic_verdict(report)
+        stdout.print(line if beat is not False else f"[bold red]warning:[/] {line}", highlight=False)
         if json_out is not None:
             try:
                 json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,15 @@
 """degrader: learn how real cameras and the web degrade images, and turn it into SR training data.
 
 The top-level names are imported lazily so that `import degrader.errors` (and the CLI's `--help`) stays
-instant; `degrader.fit` or `degrader.Degrader` import torch on first use.
+instant; `degrader.fit` or `degrader.Degrader` import torch on first use. Importing it sets OpenMP's passive wait
+policy for torch (`degrader.threads`): import degrader before torch, or call `degrader.threads.configure()`.
 """
 
 from importlib import import_module
+
+from degrader.threads import prepare_openmp
+
+prepare_openmp()  # OpenMP's passive wait policy, unless the user set one; takes effect only before `import torch`
 
 __version__ = "0.1.0"
 

@@ -41,6 +41,7 @@ from degrader.shards import (
     shard_name,
     to_uint8,
 )
+from degrader.threads import threads_in_use
 
 STATE = ".export-state.json"  # progress of an unfinished export; removed once the manifest is written
 
@@ -188,6 +189,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     config, degrader, scan, recorded = plan.config, plan.degrader, plan.scan, plan.recorded
     rank, world = dist.rank(), dist.world()
     dist.barrier()  # every rank's plan has checked `out` before rank 0 writes there
+    threads_in_use(None)  # the thread policy, as the CLI applies it (a count chosen before is kept)
 
     def check() -> tuple[Path, dict[str, Any] | None]:
         out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")

@@ -152,8 +152,12 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out} is a file; give a directory path.")
     filled = out.is_dir() and any(out.iterdir())
+    field = option.lstrip("-").replace("-", "_")  # the config field behind the option, for library callers
     if filled and not (resume or overwrite):
-        raise UserError(f"{option} {out} is not empty; pass --resume to continue it or --overwrite to replace it.")
+        raise UserError(
+            f"{option} {out} is not empty; pass --resume (resume=True) to continue it or --overwrite "
+            f"(overwrite=True) to replace it, or choose another {option} ({field}=)."
+        )
     for name in OWN_MARKS if filled else ():
         if (out / name).is_file() and not _json_dict(out / name):
             raise UserError(f"{out / name} is damaged (not a JSON object); choose a new or empty {option}.")
@@ -164,7 +168,9 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
             f"{flag} only touches its own runs, so choose a new or empty {option}."
         )
     if resume and not filled:
-        raise UserError(f"--resume: {option} {out} holds no run to continue; drop --resume to start a new one.")
+        raise UserError(
+            f"--resume: {option} {out} holds no run to continue; drop --resume (resume=False) to start a new one."
+        )
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"{option} {out} is not writable; choose another directory.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from degrader.checkpoint import Degrader, noise_from_seeds
+from degrader.checkpoint import BEST_FILE, Degrader, noise_from_seeds
 from degrader.errors import UserError
 from degrader.eval_report import summary_columns, table
 from degrader.files import atomic_path
@@ -84,10 +84,10 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
     if relative:
         ax.axhline(1.0, color="tab:red", linestyle="--", linewidth=1, label="bicubic (1)")
         ax.axhline(0.0, color="0.4", linestyle=":", linewidth=1, label="real vs real (0)")
-        ax.set_ylabel("SWD relative to bicubic (lower is better)")
+        ax.set_ylabel("SWD relative to bicubic\n(lower is better)")
     else:  # bicubic at the floor: no relative figure, show raw SWD beside bicubic's
         ax.axhline(records[0]["val_bicubic"], color="tab:red", linestyle="--", linewidth=1, label="bicubic")
-        ax.set_ylabel("SWD x1e3 (lower is better)")
+        ax.set_ylabel("SWD x1e3\n(lower is better)")
     best = [r for r in records if r["step"] == best_step]
     if best:
         ax.plot([best_step], [best[0][key]], marker="*", markersize=14, color="tab:green", linestyle="none")
@@ -103,7 +103,8 @@ def plot_realism(records: list[dict[str, Any]], path: Path, best_step: int) -> N
     if fidelity:  # a realism figure that improves while this falls: the LR is losing the content
         right = ax.twinx()
         right.plot(*zip(*fidelity, strict=True), color="tab:purple", linewidth=1, alpha=0.7, label="fidelity (dB)")
-        right.set_ylabel("fidelity: PSNR-Y vs bicubic, in the run's tone (dB)", color="tab:purple")
+        # two short lines: a vertical label longer than the axes is cut off at the figure's edges
+        right.set_ylabel("fidelity (dB): PSNR-Y vs\nbicubic, in the run's tone", color="tab:purple")
         right.legend(fontsize=8, loc="upper right")
     save_figure(fig, path)
 
@@ -113,6 +114,26 @@ def _evenly(items: list[Path], n: int) -> list[Path]:
         return items
     picked = {round(i * (len(items) - 1) / (n - 1)) for i in range(n)}
     return [items[i] for i in sorted(picked)]
+
+
+def _grids_section(run: Path, best_step: int | None) -> str:
+    """Up to MAX_GRIDS sample grids evenly over the steps, plus the best step's grid, marked."""
+    grids = sorted(run.glob("samples/step-*.png"))
+    best = run / "samples" / f"step-{best_step:06d}.png" if best_step else None
+    shown = sorted({*_evenly(grids, MAX_GRIDS), *([best] if best in grids else [])})
+    figures = "".join(
+        f'<figure class="best"><img src="samples/{p.name}" alt="{p.stem}"><figcaption>{p.stem}: <b>best</b>, '
+        f"the weights {BEST_FILE} holds and Degrader.load uses</figcaption></figure>"
+        if p == best
+        else f'<figure><img src="samples/{p.name}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>'
+        for p in shown
+    )
+    missing = (
+        f"<p>No grid of the best step ({best_step}): fit draws it when it ends (runs of older versions have none).</p>"
+        if best is not None and best not in grids
+        else ""
+    )
+    return (figures or "<p>No sample grids yet.</p>") + missing
 
 
 def _eval_section(run: Path) -> str:
@@ -217,7 +238,7 @@ def write_run_report(run: str | Path) -> Path:
     except ValueError as e:
         raise UserError(f"{run / CONFIG_FILE} is not valid JSON ({e}); is the run directory damaged?") from None
     losses, vals = read_log(run), read_validation_log(run)
-    parts = []
+    parts, used_step = [], None
 
     # --- validation: the verdict and the realism curve ---
     if vals:
@@ -229,6 +250,7 @@ def write_run_report(run: str | Path) -> Path:
         beat, line = verdict(summarize(best["step"], *figures, *fidelity))
         colour = "#060" if beat else "#a00"
         plot_realism(vals, run / REALISM_PLOT, best["step"])
+        used_step = best["step"] if (run / BEST_FILE).is_file() else None
         parts.append(
             f'<h2>Validation realism</h2><p style="color:{colour};font-weight:bold">'
             f"The degrader {html.escape(line)}</p>"
@@ -246,12 +268,8 @@ def write_run_report(run: str | Path) -> Path:
     else:
         parts.append("<h2>Losses</h2><p>No loss lines logged yet.</p>")
 
-    # --- sample grids over the steps ---
-    grids = _evenly(sorted(run.glob("samples/step-*.png")), MAX_GRIDS)
-    figures = "".join(
-        f'<figure><img src="samples/{p.name}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>' for p in grids
-    )
-    parts.append(f"<h2>Samples over the steps</h2>{figures or '<p>No sample grids yet.</p>'}")
+    # --- sample grids over the steps, the best step's always (its weights are the ones Degrader.load uses) ---
+    parts.append(f"<h2>Samples over the steps</h2>{_grids_section(run, used_step)}")
 
     # --- what a structured degrader learned ---
     if (run / "degrader.safetensors").exists() or (run / "best.safetensors").exists():
@@ -264,7 +282,8 @@ def write_run_report(run: str | Path) -> Path:
     steps = losses[-1]["step"] if losses else 0
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(run.name)}: run report</title><style>{STYLE}
-figure{{display:inline-block;margin:0 1em 1em 0}}figcaption{{text-align:center;color:#555}}</style></head><body>
+figure{{display:inline-block;margin:0 1em 1em 0}}figcaption{{text-align:center;color:#555}}
+figure.best img{{outline:3px solid #060}}</style></head><body>
 <h1>Run report: {html.escape(run.name)}</h1>
 <p>Logged up to step {steps} of {config.get("steps", "?")}; models: {html.escape(", ".join(models) or "none yet")}.
 Files: <a href="{CONFIG_FILE}">{CONFIG_FILE}</a>, <a href="{LOG_FILE}">{LOG_FILE}</a>.</p>

@@ -8,7 +8,8 @@ policy: waiting threads sleep, and one thread per core this process may use is t
 on a quiet and on a busy machine. So the default policy:
 
 - asks OpenMP to sleep rather than spin while it waits (`OMP_WAIT_POLICY=PASSIVE`). OpenMP reads that
-  variable once, when torch loads it, so `prepare_openmp()` must run before `import torch` (the CLI does);
+  variable once, when torch loads it, so `prepare_openmp()` must run before `import torch`: `import degrader`
+  and the CLI call it (a user's own `OMP_WAIT_POLICY` is kept);
 - uses one thread per core this process may run on (`os.sched_getaffinity`, so taskset, cgroup cpusets and
   Slurm/Kubernetes CPU pinning are respected), not per core of the machine;
 - only where the passive policy is not in effect (torch was imported first, as in a notebook) does it
@@ -16,9 +17,12 @@ on a quiet and on a busy machine. So the default policy:
   `/proc/stat` for a quarter of a second; `os.getloadavg` where that file is missing) and one thread per
   two DataLoader worker processes.
 
-An explicit count (`--threads N`) or `OMP_NUM_THREADS` in the environment always wins. The thread count
-changes the order of floating-point sums in training, so a seed gives byte-identical results only with
-the same count: record it with the run.
+An explicit count (`--threads N`, a config's `threads=N`, `configure(N)`) or `OMP_NUM_THREADS` in the
+environment always wins. The library's long runs (`fit`, `train`, `finetune`, `export_shards`) apply the
+policy as the CLI does unless the count was already set through this module; a library user who imported
+torch before degrader calls `configure()` (or passes `threads=`) to choose. The thread count changes the
+order of floating-point sums in training, so a seed gives byte-identical results only with the same count:
+record it with the run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from degrader.errors import UserError
 
 WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep while they wait instead of spinning (libgomp default: spin a while)
 _passive = False  # set by prepare_openmp() when torch will load OpenMP with the passive policy
+_chosen = False  # set by set_threads(): the count is chosen, and the library's runs keep it
 SAMPLE_SECONDS = 0.25  # how long `busy_cores` watches the CPUs
 WORKERS_PER_THREAD = 2  # DataLoader worker processes that cost one intra-op thread
 
@@ -148,16 +153,39 @@ def set_threads(n: int | None = None, loader_workers: int = 0) -> int:
         n = default_threads(usable_cores(), passive, 0.0 if passive else busy_cores(), loader_workers)
     import torch
 
+    global _chosen
     torch.set_num_threads(n)
+    _chosen = True
     return n
 
 
+def configure(threads: int | None = None) -> int:
+    """Apply the thread policy now, as the CLI does; the one call a library user needs, and only in two cases.
+
+    `import degrader` before `import torch` already sets the wait policy, and `fit`, `train`, `finetune` and
+    `export_shards` set the count; call this when torch was imported first (a notebook: the count then
+    leaves room for busy cores, see the module docstring) or to choose a count for every later run.
+
+    Args:
+        threads: CPU threads for torch; None applies the policy (or `OMP_NUM_THREADS` when set).
+
+    Returns:
+        The thread count in use.
+
+    Raises:
+        UserError: `threads` is not a positive integer.
+    """
+    prepare_openmp()
+    return set_threads(threads)
+
+
 def threads_in_use(n: int | None) -> int:
-    """Apply an explicit count (a run config's `threads`), or keep torch's current one; return the count in use.
+    """Apply an explicit count (a run config's `threads`), else the policy unless a count was already chosen
+    through this module (the CLI's `--threads`, `configure()`, an earlier run); return the count in use.
 
     Training loops record the result in `config.json`: a seed gives byte-identical results only with it.
     """
-    if n is not None:
+    if n is not None or not _chosen:
         return set_threads(n)
     import torch
 

@@ -58,7 +58,7 @@ class FitConfig:
     loss: LossConfig | None = None  # alpha, beta, Adam, D steps per G step, stabilisers; None: the preset's
     d_patch: int = 0  # 0: the paper's discriminator; N > 0: a patch discriminator of N blocks
     seed: int = 0  # fixes initialisation, data order, augmentation and noise
-    threads: int | None = None  # torch CPU threads; None keeps torch's count (recorded in config.json)
+    threads: int | None = None  # torch CPU threads; None: degrader.threads' policy, as the CLI (in config.json)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)
@@ -260,6 +260,9 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
             if val:
                 val(step, exported)  # before this step's checkpoint, so that the state holds the best weights
             books.step(step, {**g_logs, **d_logs}, items=(k + 1) * b)
+        best_grid = out / "samples" / f"step-{val.best_step:06d}.png" if val and val.best_step else None
+        if best_grid and dist.is_main() and not best_grid.exists():  # the weights Degrader.load uses, in report.html
+            write_samples(best_grid, val.best_net, grid_hr, grid_lr, device)
         result = books.finish(step, interrupted())
     return FitResult(**vars(result), validation=val.summary() if val else None)
 

@@ -53,7 +53,7 @@ class FinetuneConfig:
     batch_size: int = 16
     loss: LossConfig = field(default_factory=LossConfig)  # the same weights and Adam settings for both GANs
     seed: int = 0  # fixes data order, augmentation, noise and any discriminator that starts fresh
-    threads: int | None = None  # torch CPU threads; None keeps torch's count (recorded in config.json)
+    threads: int | None = None  # torch CPU threads; None: degrader.threads' policy, as the CLI (in config.json)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)

@@ -71,7 +71,7 @@ class SRTrainConfig:
     pixel_only: bool = False  # the L2 loss alone: beta 0 and no discriminator updates (Table 1's "pixel loss")
     warmup_steps: int = 0  # first steps with the L2 loss alone (as ESRGAN pre-trains), then the GAN loss too
     seed: int = 0  # fixes initialisation, data order, crops and the noise seeds of on-the-fly degradation
-    threads: int | None = None  # torch CPU threads; None keeps torch's count (recorded in config.json)
+    threads: int | None = None  # torch CPU threads; None: degrader.threads' policy, as the CLI (in config.json)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     bf16: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False  # networks in channels_last memory format (faster convolutions on CUDA)

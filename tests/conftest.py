@@ -9,9 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from degrader.threads import set_threads
+
 # The suite shares 2 CPU cores with other processes. With 2 torch threads per process, busy cores leave
-# OpenMP threads waiting on each other: a 10-step tiny fit took 45 s with 2 threads and 1 s with 1.
-torch.set_num_threads(1)
+# OpenMP threads waiting on each other: a 10-step tiny fit took 45 s with 2 threads and 1 s with 1. Set through
+# degrader.threads, so that the library's runs keep it rather than apply the policy.
+set_threads(1)
 
 
 def smooth_image(size: int, seed: int) -> Image.Image:
