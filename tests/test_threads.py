@@ -153,10 +153,13 @@ def test_prepare_openmp_keeps_the_users_choice_and_knows_when_it_is_too_late(mon
     assert passive_wait()
 
 
-def test_threads_in_use_applies_a_count_or_reports_torchs(machine):
+def test_threads_in_use_applies_a_count_or_reports_torchs(machine, monkeypatch):
     machine(cores=1, busy=3.0)
+    monkeypatch.setattr(threads, "_chosen", False)
     torch.set_num_threads(2)
-    assert threads_in_use(None) == 2  # a library caller's own setting is kept, not replaced by the policy
+    assert threads_in_use(None) == 1  # nothing chose a count yet: a library run applies the policy, as the CLI
+    torch.set_num_threads(2)
+    assert threads_in_use(None) == 2  # once chosen through degrader.threads, later runs keep torch's count
     assert threads_in_use(1) == 1
     assert torch.get_num_threads() == 1
     with pytest.raises(UserError, match="--threads"):
