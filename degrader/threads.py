@@ -160,11 +160,11 @@ def set_threads(n: int | None = None, loader_workers: int = 0) -> int:
 
 
 def configure(threads: int | None = None) -> int:
-    """Apply the thread policy now, as the CLI does; the one call a library user needs, and only in two cases.
+    """Apply the thread policy now, as the CLI does.
 
-    `import degrader` before `import torch` already sets the wait policy, and `fit`, `train`, `finetune` and
-    `export_shards` set the count; call this when torch was imported first (a notebook: the count then
-    leaves room for busy cores, see the module docstring) or to choose a count for every later run.
+    Rarely needed: `import degrader` before `import torch` sets the wait policy, and `fit`, `train`, `finetune`
+    and `export_shards` set the count. Call it when torch was imported first (a notebook; the count then leaves
+    room for cores other processes keep busy) before other torch work, or to choose a count for every later run.
 
     Args:
         threads: CPU threads for torch; None applies the policy (or `OMP_NUM_THREADS` when set).
