@@ -169,7 +169,7 @@ def test_realism_plot_labels_lie_inside_the_figure(tmp_path, monkeypatch):
     from degrader import run_report
 
     figures = []
-    monkeypatch.setattr(run_report, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(run_report, "save_figure", lambda fig, path: figures.append(fig))
     records = [
         {"step": s, "val_swd": 10 - s / 100, "val_swd_rel": 0.9 - s / 1000, "val_fidelity": 25 + s / 100}
         for s in range(0, 301, 50)
