@@ -131,8 +131,9 @@ def test_fit_through_a_pipe_prints_progress_lines(folders, tmp_path):
     from cli.degrade import degrade
 
     hr, lr = folders
-    args = ["fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "run", "--hr-size", "32", "--steps", "20"]
-    args += ["--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu", "--val-split", "0"]
+    args = ["fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "run", "--set", "hr_size=32", "--steps", "20"]
+    args += ["--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu"]
+    args += ["--set", "val_split=0"]
     result = CliRunner().invoke(degrade, [str(a) for a in args])  # CliRunner's streams are no terminal
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if re.match(r"fit \d+/20 \(\d+%\)", line)]
