@@ -75,7 +75,7 @@ def eval_cmd(degraders: tuple[str, ...], out: Path, features: Path | None, dry_r
 
     
     Example:
-      degrade eval runs/degrader bicubic --hr faces-hr --lr faces-lr --out eval-report
+      degrade eval --degrader runs/degrader --degrader bicubic --hr faces-hr --lr faces-lr --out eval-report
     """
     import time
 

@@ -156,7 +156,7 @@ def verify(shards: str) -> None:
 
     
     Example:
-      degrade verify 'shards/shard-{000000..000009}.tar'
+      degrade verify shards
     """
     from degrader.shards import verify_shards
 

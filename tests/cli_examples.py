@@ -51,14 +51,15 @@ def command_of(tokens: list[str]) -> click.Command:
 
 def tiny(tokens: list[str], *, dry_run: bool = False) -> list[str]:
     """`tokens` with every step count shrunk (N -> max(2, N // 1000): a --resume to 4000 still goes further than
-    2000), `--steps 2` added where the command trains and none is given, and `--dry-run` where asked and offered."""
+    2000), 2 steps where the command trains and none are given, and `--dry-run` where asked and offered."""
     out = list(tokens)
     for i, token in enumerate(out[:-1]):
         if token in ("--steps", "--sr-steps"):
             out[i + 1] = str(max(2, int(out[i + 1]) // 1000))
     names = {p.name for p in command_of(tokens).params}
-    if "steps" in names and "--steps" not in out and "--help" not in out:
-        out += ["--steps", "2"]
+    for name, option in (("steps", "--steps"), ("sr_steps", "--sr-steps")):
+        if name in names and option not in out and "--help" not in out:
+            out += [option, "2"]
     if dry_run and "dry_run" in names and "--help" not in out:
         out.append("--dry-run")
     return out
@@ -79,7 +80,7 @@ def assert_ran(result: Result, tokens: list[str]) -> None:
 
 def write_inputs(root: Path) -> None:
     """The folders and files the documented lines name, as tiny generated images (HR 64 px, LR 16 px)."""
-    write_images(root / "faces-hr", 12, 64, seed=1)
+    write_images(root / "faces-hr", 16, 64, seed=1)  # realism needs 16 HR images (two halves)
     for name in ("faces-lr-web", "faces-lr", "held-out-lr"):
         write_images(root / name, 16, 16, seed=2)  # degrade eval needs 16 (two halves)
     write_images(root / "photos", 2, 24, seed=3)
