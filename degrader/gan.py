@@ -8,7 +8,7 @@ real images and on detached fakes. Each stabiliser is an option of `LossConfig`,
 - `augment`: DiffAugment (Zhao et al. 2020): the same random, differentiable translation / cutout / colour
   change of real and fake images before D, in the D step and the G step alike, so D cannot memorise few images.
   "dihedral" (flips and quarter turns) shows D the faces in 8 orientations, so it judges whose face it is less:
-  closer to real web faces, but less SR gain on JPEG-compressed LR (README, Results).
+  closer to real web faces, but less SR gain on JPEG-compressed LR (docs/results.md).
 - `d_highpass`: frequency separation (Fritsche et al. 2019): D sees only the detail finer than a Gaussian of
   this sigma, plus each image's mean colour, so it judges how an image was degraded, not the layout of what it
   shows (the HR and real LR sets show different people, framed differently).

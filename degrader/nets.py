@@ -156,7 +156,7 @@ class DiscriminatorConfig:
     width: int = 64  # channels of every block
     blocks: int = 6  # pre-activation SN blocks; the last log2(in_size / 4) of them max-pool
     # > 0: a patch discriminator instead, this many SN blocks at full resolution and one score per pixel,
-    # each seeing a (4 * patch_blocks + 3)-px patch (README, Results: it judges texture, not whose face it is)
+    # each seeing a (4 * patch_blocks + 3)-px patch: it judges texture, not whose face it is (docs/results.md)
     patch_blocks: int = 0
 
     @classmethod

@@ -232,8 +232,7 @@ def fidelity(lr: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean PSNR (dB) of the luma of `lr` against `reference` (N, 3, h, w) in [0, 1]: does the content survive?
 
     Realism figures compare distributions, so LR that has lost its faces under strong JPEG and noise can score
-    well on them; this figure, against bicubic LR of the same HR images, tells. On the camera benchmark the true
-    process scores about 30 dB and a fit that has lost the faces under quality-10 JPEG about 20 dB.
+    well on them; this figure, against bicubic LR of the same HR images, tells (what it scores: docs/results.md).
     """
     mse = y_difference(lr, reference).pow(2).mean(dim=(1, 2)).clamp_min(1e-10)  # BT.601 studio-range luma
     return float(psnr_from_mse(mse).mean())
@@ -329,20 +328,16 @@ class RealismProbe:
     Built once from fixed HR images and held-out real LR images: the real LR set is split into two halves A
     and B, the reference is A, the floor is the distance of B to A and bicubic's figure is that of bicubic(HR),
     all with m = min(len(hr), len(real_lr) // 2) images per set. `score` then degrades the same m HR images with
-    the same seeds and costs one degrader pass plus one SWD. Measured on one thread of a busy 2-core machine with
-    16x16 LR: building 0.45 s (m = 128) / 0.7 s (m = 256); the SWD of a score 0.08 s / 0.23 s; the `small`
-    preset's forward pass on top of it took 2.7 s / 6 s there (it dominates: keep m at 128-256 and score every
-    few hundred steps). With m = 128 the figure is noisier than `degrade eval`'s n = 1,000 (a run scoring 0.55
-    there scored 0.43 at m = 128 and 0.51 at m = 256, on the same held-out set).
+    the same seeds and costs one degrader pass plus one SWD: the pass dominates, so keep m at 128-256 and score
+    every few hundred steps (timings: benchmarks/README.md). At m = 128 the figure is noisier than `degrade eval`'s.
 
     Beside the SWD, `score` reports `val_mix`: the mean of the SWD's relative figure and those of the
     per-image statistics of the degradation (`DEGRADATION_STATISTICS`, Wasserstein-1) on which bicubic is at
     least twice as far from A as B is, the statistics that can tell bicubic from real at this m (colourfulness,
-    when the real set is grey, has a floor of 0). The SWD alone cannot see JPEG strength once colour matches: a
-    structured fit swinging between JPEG quality 12 and 97 stayed within its noise of the floor throughout.
-    `fit` ranks steps by `val_mix` (steadier SR on the camera benchmark than the SWD alone; `select="swd"` for
-    the SWD), after `val_fidelity`: a step below `min_fidelity` loses to any above it, since on real LR of other
-    content both figures reward LR that has lost its content (README, "Results").
+    when the real set is grey, has a floor of 0), since the SWD alone cannot see JPEG strength once colour matches.
+    `fit` ranks steps by `val_mix` (`select="swd"` for the SWD), after `val_fidelity`: a step below
+    `min_fidelity` loses to any above it, since on real LR of other content both figures reward LR that has lost
+    its content (docs/results.md).
 
     Args:
         hr: fixed HR images (N, 3, H, W) in [0, 1].

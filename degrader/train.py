@@ -72,7 +72,7 @@ class FitConfig:
     val_split: float = 0.1  # share of `lr` held out for validation (at most 2 x val_n images); 0: no validation
     val_n: int = 128  # images per set in validation: HR degraded, and each half of the held-out real LR
     eval_every: int = 100  # steps between validations (and the last step); the best is kept as best.safetensors
-    select: str = "mix"  # what ranks validation steps: "mix" (SWD and image statistics) or "swd"; README, Results
+    select: str = "mix"  # what ranks validation steps: "mix" (SWD and image statistics; steadier SR) or "swd"
     min_fidelity: float = 24.0  # dB PSNR-Y against bicubic LR: a step above it beats any below; 0 off (docs/results.md)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds

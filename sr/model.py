@@ -60,9 +60,8 @@ class LowToHighConfig:
 
 # `paper` is the authors' generator (block counts as in their code, one width) with plain tanh output;
 # `small` is for 2 CPU cores: a residual over bilinear upscaling (step one already gives a sensible image),
-# blocks mostly at LR where they are cheap, and a thin discriminator: at 64x64 the discriminator's two
-# full-resolution blocks cost most of a G+5D iteration (width 32: 0.60 s per fwd+bwd of 16 images on one
-# core, width 16: 0.17 s), so halving its width makes the iteration about 2.5x faster. See benchmarks/bench_sr.py.
+# blocks mostly at LR where they are cheap, and a thin discriminator: at 64x64 its two full-resolution blocks
+# cost most of a G+5D iteration, so halving its width speeds it up most (benchmarks/README.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(width=64, blocks=(12, 3, 2), residual=False, d_width=64),
     "small": dict(width=32, blocks=(4, 1, 1), residual=True, d_width=16),
