@@ -92,6 +92,24 @@ def fit(dry_run: bool, **options) -> None:
         fit_summary(result)
 
 
+DEMO_FOLDERS = ("data", "degrader", "shards", "sr")  # what `degrade demo` writes into OUT, and nothing else
+DEMO_FILES = ("shards-contact.png", "sr-results.png", "sr-results.json")
+
+
+def clear_demo(out: Path) -> None:
+    """Remove an earlier demo's own folders and files from `out` (its marker: data/demo.json); keep the rest."""
+    import shutil
+
+    if not (out / "data" / "demo.json").is_file():
+        return
+    for name in DEMO_FOLDERS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
+    for name in DEMO_FILES:
+        if (out / name).is_file() or (out / name).is_symlink():
+            (out / name).unlink()
+
+
 @degrade.command()
 @click.argument("out", type=click.Path(path_type=Path), default="degrade-demo")
 @click.option("--steps", type=click.IntRange(min=1), default=150, show_default=True, help="Degrader training steps.")
@@ -111,8 +129,6 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     Example:
       degrade demo demo-run --steps 150 --sr-steps 400
     """
-    import shutil
-
     from cli.eval import eval_cmd as degrade_eval
     from cli.sr import eval_cmd
     from cli.sr import train as sr_train
@@ -123,7 +139,7 @@ def demo(ctx: click.Context, out: Path, steps: int, sr_steps: int, seed: int) ->
     with user_errors():
         if out.exists() and any(out.iterdir()) and not (out / "data" / "demo.json").exists():
             raise click.ClickException(f"{out} is not empty and holds no earlier demo; give an empty or new folder.")
-        shutil.rmtree(out, ignore_errors=True)  # an earlier demo's output: the demo always starts fresh
+        clear_demo(out)  # an earlier demo's output: the demo always starts fresh
         console.rule("1. built-in data")
         hr_dir, lr_dir, heldout_lr, heldout_hr = write_demo_data(out / "data", seed=seed)
         eval_hr, eval_lr = write_eval_data(out / "data", seed=seed)  # other people again: for degrade eval

@@ -25,15 +25,18 @@ from cli.progress import console, user_errors
 )
 @click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="For classical degraders.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
-def sample(out: Path, hr: Path, **options) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def sample(out: Path, hr: Path, overwrite: bool, **options) -> None:
     """Degrade the first HR images with several noise seeds: rows are images; columns HR, bicubic, each seed.
 
     
     Example:
       degrade sample --degrader runs/degrader --hr faces-hr --out sample.png --seeds 6
     """
+    from degrader.files import check_out_file
     from degrader.seed_grid import SampleConfig, sample_grid
 
     with user_errors():
+        check_out_file(out, overwrite=overwrite)
         path = sample_grid(SampleConfig(hr=str(hr), out=str(out), **options))
     console.print(f"grid (rows: HR images; columns: HR, bicubic, seeds): {path}")

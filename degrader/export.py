@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import re
 import signal
 from collections import deque
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from degrader.shards import (
     MEMBERS,
     ShardWriter,
     encode_png,
+    is_shard_name,
     sample_key,
     sample_seed,
     shard_name,
@@ -121,6 +123,7 @@ def _start_or_resume(out: Path, plan: ExportPlan, resume: bool, images: tuple[in
     state_path = out / _rank_state(rank, world)
     if resume and state_path.exists():
         saved = read_json(state_path, "export's progress file", "export into a new --out")
+        _check_state(state_path, saved, None if world == 1 else rank)
         # Keep the shards that are intact, in order; everything after the first damaged one is redone.
         good = []
         for entry in saved["shards"] if saved.get("images", list(images)) == list(images) else []:
@@ -132,12 +135,46 @@ def _start_or_resume(out: Path, plan: ExportPlan, resume: bool, images: tuple[in
         next_image = good[-1]["next"][0] if good else 0
         fresh["failed"] = [f for f in saved["failed"] if f[0] < next_image]
     keep = {e["name"] for e in fresh["shards"]}
-    mine = shard_name(0, None if world == 1 else rank).rsplit("-", 1)[0]  # "shard" or "shard-r0003"
-    for path in out.iterdir():  # half-written temporaries and shards past the resume point
-        if path.name.lstrip(".").startswith(mine + "-") and path.name not in keep:
+    for path in out.iterdir():  # half-written temporaries and shards past the resume point, and nothing else
+        temporary = TEMPORARY.fullmatch(path.name)
+        name = temporary["name"] if temporary else path.name
+        if is_shard_name(name, None if world == 1 else rank) and path.name not in keep and path.is_file():
             path.unlink()
     write_json(state_path, fresh)
     return fresh
+
+
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp")  # `atomic_path`'s: .NAME.XXXXXXXX.tmp
+
+
+def _position(value: Any) -> bool:
+    """Whether `value` is a resume position [image, crop, variant]."""
+    return isinstance(value, list) and len(value) == 3 and all(type(v) is int and v >= 0 for v in value)
+
+
+def _check_state(path: Path, saved: Any, rank: int | None) -> None:
+    """Refuse a progress file whose entries this export would not have written: a shard entry must name the
+    shard of its position (`shard_name`), so no name read from it reaches a path or the manifest unchecked."""
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a JSON object; the export's progress file is damaged, export into a new --out.")
+    shards, failed = saved.get("shards"), saved.get("failed")
+    problem = None if isinstance(shards, list) and isinstance(failed, list) else '"shards" or "failed" is not a list'
+    for i, entry in enumerate(shards if problem is None else []):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name != shard_name(i, rank):
+            problem = f"shard entry {i} ({str(name)[:60]!r}) is not this export's shard {shard_name(i, rank)}"
+        elif type(entry.get("samples")) is not int or not isinstance(entry.get("sha256"), str):
+            problem = f"shard entry {i} ({name}) needs a sample count and a sha256"
+        elif not _position(entry.get("next")):
+            problem = f"shard entry {i} ({name}) has no resume position"
+        if problem:
+            break
+    for f in failed if problem is None else []:
+        if not (isinstance(f, list) and len(f) == 3 and type(f[0]) is int and all(isinstance(x, str) for x in f[1:])):
+            problem = f"failed image entry {str(f)[:60]} is not [index, name, reason]"
+            break
+    if problem:
+        raise UserError(f"{path}: {problem}; the export's progress file is damaged, export into a new --out.")
 
 
 def _samples(

@@ -15,13 +15,15 @@ from typing import Any
 
 from degrader.errors import UserError
 
+_D = "[0-9]"  # a digit, in WRITTEN's globs
 # Everything this tool writes into a run or export directory, as globs relative to it. `--overwrite` removes
 # these and nothing else, so files a user put there (notes, plots) survive.
 WRITTEN = (
     *("config.json", "state.safetensors", "degrader.safetensors", "sr.safetensors", "log.jsonl", "skipped.txt"),
     *("samples/step-*.png", "samples/.step-*.tmp"),  # sample grids and their temporaries
     *("best.safetensors", "report.html", "report-*.png"),  # fit's validation best and its run report
-    *("manifest.json", ".export-state.json", "shard-*.tar", ".shard-*.tmp"),  # exports
+    *("manifest.json", ".export-state.json", f"shard-{_D * 6}.tar", f"shard-r{_D * 4}-{_D * 6}.tar"),  # exports
+    ".shard-*.tmp",  # shards being written
     ".export-state-r*.json",  # each rank's progress in an export under torchrun
     *(".*.tmp", ".write-test"),  # atomic_path temporaries, the writability probe
 )

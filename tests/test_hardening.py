@@ -214,18 +214,23 @@ def test_fit_on_a_full_disk_through_the_cli(tiny_folders, tmp_path, monkeypatch)
     assert_clean_error(result, "no space left on device writing", "degrader.safetensors")
 
 
-def test_export_on_a_full_disk(tiny_folders, tmp_path, monkeypatch):
-    hr, _ = tiny_folders
-    out = tmp_path / "shards"
-    config = dict(hr=str(hr), out=str(out), hr_size=32, workers=0, samples_per_shard=2)
+def second_shard_does_not_fit(monkeypatch) -> None:
+    """Renaming shard-000001.tar into place fails as on a full disk."""
     replace = os.replace
 
-    def second_shard_does_not_fit(src, dst):
+    def rename(src, dst):
         if Path(dst).name == "shard-000001.tar":
             raise OSError(errno.ENOSPC, "No space left on device")
         replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", second_shard_does_not_fit)
+    monkeypatch.setattr(os, "replace", rename)
+
+
+def test_export_on_a_full_disk(tiny_folders, tmp_path, monkeypatch):
+    hr, _ = tiny_folders
+    out = tmp_path / "shards"
+    config = dict(hr=str(hr), out=str(out), hr_size=32, workers=0, samples_per_shard=2)
+    second_shard_does_not_fit(monkeypatch)
     with pytest.raises(UserError, match=f"no space left on device writing {out / 'shard-000001.tar'}"):
         export_shards(plan_export(ExportConfig(**config)))
     assert sorted(snapshot(out)) == [".export-state.json", "shard-000000.tar"]

@@ -43,6 +43,18 @@ def shard_name(index: int, rank: int | None = None) -> str:
     return f"shard-{index:06d}.tar" if rank is None else f"shard-r{rank:04d}-{index:06d}.tar"
 
 
+SHARD_NAME = re.compile(r"shard-(?:r(?P<rank>[0-9]{4})-)?(?P<index>[0-9]{6,})\.tar")  # what `shard_name` writes
+
+
+def is_shard_name(name: str, rank: int | None = None) -> bool:
+    """Whether `name` is exactly a name `shard_name(i, rank)` writes for some i (so a user's `shard-notes.txt`
+    or `shard-000000-backup.tar` is not)."""
+    match = SHARD_NAME.fullmatch(name)
+    if match is None:
+        return False
+    return match["rank"] is None if rank is None else match["rank"] == f"{rank:04d}"
+
+
 def sample_seed(seed: int, image_id: str, k: int) -> int:
     """The noise seed of variant `k` of the crop `image_id`: a stable hash of all three, in [0, 2**63)."""
     digest = hashlib.sha256(f"{int(seed)}\0{image_id}\0{int(k)}".encode()).digest()
