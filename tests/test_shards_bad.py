@@ -5,6 +5,7 @@ members and keys, 16-bit gray PNGs, brace patterns naming missing shards."""
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import tarfile
@@ -220,7 +221,7 @@ def test_a_key_in_two_shards_is_a_fault(tmp_path):
     assert any("copy.tar: s0x0: duplicate key" in f for f in faults)
 
 
-def test_16_bit_gray_png_decodes_scaled_not_clipped(tmp_path):
+def test_16_bit_gray_png_decodes_scaled_not_clipped_and_verify_names_it(tmp_path):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16).repeat(4, 0)  # (4, 4)
     buf = io.BytesIO()
     Image.fromarray(values).save(buf, format="PNG")  # mode I;16
@@ -230,7 +231,8 @@ def test_16_bit_gray_png_decodes_scaled_not_clipped(tmp_path):
     root = write_shards(tmp_path / "s", **{"lr.png": buf.getvalue()})
     lq = next(iter(ShardDataset(root)))["lq"]
     assert torch.allclose(lq.mean(), torch.tensor((0 + 1 + 128 + 255) / 4 / 255))
-    assert verify_shards(root) == []
+    fault = "shard-000000.tar: s0x0: lr.png is not an 8-bit RGB PNG (bit depth 16, colour type 0)"
+    assert verify_shards(root) == [fault]  # the readers take it; the exporter never writes it
 
 
 def test_brace_pattern_naming_a_missing_shard_is_an_error(tmp_path):
@@ -279,7 +281,9 @@ def test_lr_of_a_size_no_scale_explains(tmp_path, lr, match):
 
 
 def test_a_crop_larger_than_a_sample_names_the_sample(tmp_path):
-    root = write_shards(tmp_path / "s", **{"lr.png": encode_png(np.zeros((2, 2, 3), np.uint8))})  # x8, not x4
+    meta = {"seed": 1, "scale": 8, "hr_size": [16, 16], "lr_size": [2, 2], "degrader": "bicubic", "source": "a"}
+    lr = encode_png(np.zeros((2, 2, 3), np.uint8))  # x8, not x4, and its json says so
+    root = write_shards(tmp_path / "s", **{"lr.png": lr, "json": json.dumps(meta).encode()})
     assert ShardMapDataset(root, gt_size=12)[1]["gt"].shape == (3, 12, 12)
     with pytest.raises(UserError, match=r"shard-000000.tar/s0x0.lr.png: gt_size 12 must be a multiple of 8"):
         ShardMapDataset(root, gt_size=12)[0]
@@ -343,3 +347,98 @@ def test_a_changed_shard_is_refused_when_checksums_are_checked(tmp_path):
     assert len(ShardMapDataset(root)) == 4
     with pytest.raises(ShardError, match="shard-000001.tar: sha256 does not match the manifest"):
         ShardMapDataset(root, check_sha256=True)
+
+
+# ------------------------------------------------------------------------------- issue 26: silent wrong results
+
+
+def flip(path, ext, at, bit=1, key_index=0):
+    """Flip one bit of member `ext` of the `key_index`-th sample of a shard, at byte `at` of it (negative: from
+    its end); the tar itself still reads."""
+    offset, size = index_shard(path)[key_index][1][ext]
+    data = bytearray(path.read_bytes())
+    data[offset + (at % size)] ^= bit
+    path.write_bytes(bytes(data))
+
+
+def every_reader_refuses_sample(root, match, **options):
+    with pytest.raises(ShardError, match=match):
+        list(ShardDataset(root, **options))
+    with pytest.raises(ShardError, match=match):
+        mapped = ShardMapDataset(root, **options)
+        [mapped[i] for i in range(len(mapped))]
+
+
+def test_a_bit_flip_that_still_decodes_is_refused(tmp_path):
+    root = write_shards(tmp_path / "s")
+    shard = root / "shard-000000.tar"
+    flip(shard, "hr.png", -1)  # in the IEND chunk's CRC: PIL decodes the image as before
+    offset, size = index_shard(shard)[0][1]["hr.png"]
+    assert Image.open(io.BytesIO(shard.read_bytes()[offset : offset + size])).load() is not None
+    every_reader_refuses_sample(root, "shard-000000.tar: s0x0: cannot decode \\(hr.png: PNG chunk IEND fails its CRC")
+    assert any("s0x0: cannot decode (hr.png: PNG chunk IEND fails its CRC" in f for f in verify_shards(root))
+
+    root = write_shards(tmp_path / "t")
+    flip(root / "shard-000000.tar", "seed.txt", 0, bit=2)  # seed 1 -> 3: a valid seed, not the sample's
+    every_reader_refuses_sample(root, "shard-000000.tar: s0x0: seed.txt 3 differs from the json seed 1")
+
+    root = write_shards(tmp_path / "u")
+    flip(root / "shard-000000.tar", "json", -3)  # in the "source" text: only the checksum can tell
+    assert len(list(ShardDataset(root))) == 4  # the cheap checks cannot see it
+    every_reader_refuses_sample(root, "shard-000000.tar: sha256 does not match the manifest", check_sha256=True)
+    with pytest.warns(UserWarning, match="sha256 does not match"):
+        assert [s["key"] for s in ShardDataset(root, check_sha256=True, on_error="warn")] == ["s1x0", "s1x1"]
+
+
+def test_a_shard_copied_under_another_name_is_refused(tmp_path):
+    root = write_shards(tmp_path / "s")
+    shutil.copy(root / "shard-000000.tar", root / "shard-000001.tar")  # the manifest still lists the old one
+    every_reader_refuses_sample(root, "shard-000001.tar: s0x0: also in .*shard-000000.tar; a shard is listed twice")
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["shards"][1]["sha256"] = manifest["shards"][0]["sha256"]  # a manifest made to agree
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    every_reader_fails(root, r"shard entry 1 \(shard-000001.tar\) has the sha256 of shard-000000.tar")
+    manifest["shards"][1] = manifest["shards"][0]
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    every_reader_fails(root, r"shard entry 1 \(shard-000000.tar\) is listed twice")
+
+    bare = write_shards(tmp_path / "bare")
+    (bare / MANIFEST).unlink()
+    shutil.copy(bare / "shard-000000.tar", bare / "shard-000000 copy.tar")  # a glob of the folder finds both
+    with pytest.raises(ShardError, match="shard-000000.tar: s0x0: also in .*shard-000000 copy.tar"):
+        list(ShardDataset(bare))
+    with pytest.warns(UserWarning, match="also in"):
+        assert len(list(ShardDataset(bare, on_error="warn"))) == 4
+
+
+def test_an_lr_of_another_size_than_the_set_promises_is_refused(tmp_path):
+    lr8 = encode_png(np.zeros((8, 8, 3), np.uint8))  # x2 of its 16x16 HR: a whole multiple, but not this set's x4
+    root = write_shards(tmp_path / "s", **{"lr.png": lr8})
+    every_reader_refuses_sample(root, "shard-000000.tar: s0x0: LR 8x8, but its json lr_size says 4x4")
+    assert any("s0x0: LR 8x8, but its json lr_size says 4x4" in f for f in verify_shards(root))
+
+    meta = {"seed": 1, "scale": 2, "hr_size": [16, 16], "lr_size": [8, 8], "degrader": "bicubic", "source": "a"}
+    root = write_shards(tmp_path / "t", **{"lr.png": lr8, "json": json.dumps(meta).encode()})  # json agrees
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["config"].update(scale=4, hr_size=16)  # as every export records them
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    every_reader_refuses_sample(root, "s0x0: HR 16x16 is not 4x LR 8x8 \\(the scale the manifest says\\)")
+    manifest["config"].update(scale=2, hr_size=32)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    every_reader_refuses_sample(root, "s0x0: HR 16x16, but the manifest's hr_size is 32")
+
+
+def test_verify_names_jpeg_bytes_in_a_png_member(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 200, 200)).save(buf, format="JPEG")
+    root = write_shards(tmp_path / "s", **{"hr.png": buf.getvalue()})
+    assert any("s0x0: cannot decode (hr.png: JPEG data, not a PNG)" in f for f in verify_shards(root))
+    every_reader_refuses_sample(root, "s0x0: cannot decode \\(hr.png: JPEG data, not a PNG\\)")
+
+
+@pytest.mark.parametrize("key", ["../../x", "/abs/x", "/x", "a/../../x"])
+def test_member_names_leading_out_of_the_shard_are_refused(tmp_path, key):
+    shard = write_tar(tmp_path / "x.tar", sample_members(key))
+    fault = "is not a plain relative name"
+    every_reader_fails(shard, f"x.tar: {re.escape(key)}: member name {re.escape(key)}.hr.png {fault}")
+    assert any(fault in f for f in verify_shards([str(shard)]))

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,40 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SNIFF = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"RIFF": "WebP", b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF"}
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) of PNG bytes, after checking the signature and every chunk's CRC
+    (a flipped bit that still decodes fails its CRC). Costs a CRC pass over the bytes, far less than decoding.
+
+    Raises:
+        ValueError: not a PNG (names what it is where it can), a chunk that fails its CRC or is cut short.
+    """
+    if data[:8] != PNG_SIGNATURE:
+        kind = next((name for magic, name in SNIFF.items() if data.startswith(magic)), None)
+        raise ValueError(f"{kind} data, not a PNG" if kind else "not a PNG (no PNG signature)")
+    view, pos, header = memoryview(data), 8, None
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(view[pos : pos + 4], "big"), bytes(view[pos + 4 : pos + 8])
+        end = pos + 12 + length
+        name = kind.decode("latin-1") if kind.isalpha() else "with a damaged header"
+        if end > len(data):
+            raise ValueError(f"PNG chunk {name} is cut short")
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            raise ValueError(f"PNG chunk {name} fails its CRC (the bytes changed)")
+        if kind == b"IHDR" and length == 13:
+            w, h = int.from_bytes(view[pos + 8 : pos + 12], "big"), int.from_bytes(view[pos + 12 : pos + 16], "big")
+            header = (w, h, view[pos + 16], view[pos + 17])
+        if kind == b"IEND":
+            if header is None:
+                raise ValueError("PNG without an IHDR chunk")
+            return header
+        pos = end
+    raise ValueError("PNG without its IEND chunk (cut short)")
+
+
 def decode_png(data: bytes, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """PNG bytes to a contiguous (3, H, W) tensor: uint8, or float in [0, 1] for a float `dtype`.
 
@@ -141,6 +176,13 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
         samples = entry.get("samples")
         if type(samples) is not int or samples < 0 or not isinstance(entry.get("sha256"), str):
             return f"shard entry {i} ({name}) needs a sample count and a sha256"
+    names, digests = [e["name"] for e in shards], [e["sha256"] for e in shards]
+    for i, entry in enumerate(shards):
+        if names.index(entry["name"]) != i:
+            return f"shard entry {i} ({entry['name']}) is listed twice"
+        if digests.index(entry["sha256"]) != i:
+            first = names[digests.index(entry["sha256"])]
+            return f"shard entry {i} ({entry['name']}) has the sha256 of {first} (a copy of it)"
     config = manifest.get("config")
     if not isinstance(config, dict) or not all(k in config for k in ("crop", "per_image", "seed")):
         return '"config" is missing or incomplete'
@@ -149,12 +191,18 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
+def source_manifest(source: Any) -> dict[str, Any] | None:
+    """The manifest when `source` is a shard directory with one, else None."""
+    if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
+        return read_manifest(source)
+    return None
+
+
 def manifest_shards(source: Any) -> list[dict[str, Any]] | None:
     """The manifest's shard entries ({"name", "samples", "sha256"}) when `source` is a shard directory with a
     manifest, else None."""
-    if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
-        return read_manifest(source)["shards"]
-    return None
+    manifest = source_manifest(source)
+    return None if manifest is None else manifest["shards"]
 
 
 def manifest_counts(source: Any) -> list[int] | None:

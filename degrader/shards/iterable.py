@@ -11,6 +11,7 @@ webdataset: `reraise_exception` (the default) stops the stream with a `ShardErro
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import random
 import warnings
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from degrader.errors import ShardError
-from degrader.shards.format import MEMBERS, check_complete, manifest_counts, shard_urls
+from degrader.shards.format import MEMBERS, check_complete, shard_urls, source_manifest
 from degrader.shards.sample import decode_sample, paired_augment
 from degrader.shards.tar import iter_tar, member_fault, open_url, split_name
 
@@ -91,14 +92,21 @@ def split_by_worker(items: Iterable[T], worker: int, workers: int) -> Iterator[T
 
 
 def tar_samples(
-    urls: Iterable[str], handler: Handler = reraise_exception, counts: dict[str, int] | None = None
+    urls: Iterable[str],
+    handler: Handler = reraise_exception,
+    counts: dict[str, int] | None = None,
+    *,
+    seen: dict[str, str] | None = None,
+    sha256: dict[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The samples of each shard as {"__key__", "__url__", ext: bytes, ...}, each checked complete.
 
     A shard that cannot be opened or is corrupt goes to `handler`; if it returns, the rest of that shard is
     skipped (a last sample read whole is kept). An incomplete sample, one with a member twice, a key seen
-    before in the shard, and a shard holding another number of samples than `counts` (url -> samples, from
-    the manifest) says go to `handler` too.
+    before in the shard (or, with `seen`, a dict key -> shard kept across the shards, in another shard: a
+    copied shard), and a shard holding another number of samples than `counts` (url -> samples, from
+    the manifest) says go to `handler` too. With `sha256` (url -> hex digest), a local shard whose bytes
+    differ goes to `handler` before any of its samples is read.
     """
     for url in urls:
         sample: dict[str, Any] = {}
@@ -106,12 +114,16 @@ def tar_samples(
         fault: str | None = None  # what is wrong with `sample`, found while reading its members
         try:
             with open_url(url) as stream:
+                if sha256 is not None and url in sha256 and _digest(stream) != sha256[url]:
+                    raise ShardError(f"{url}: sha256 does not match the manifest (the file changed); re-export it.")
                 for name, data in iter_tar(stream, url):
                     key, ext = split_name(name)
                     if sample and sample["__key__"] != key:
                         yield from _if_whole(sample, fault, handler)
                         sample, fault = {}, None
                     fault = fault or member_fault(key, ext, sample, keys)
+                    if fault is None and not sample and seen is not None and seen.setdefault(key, url) != url:
+                        fault = f"also in {seen[key]}; a shard is listed twice or copied"
                     keys.add(key)
                     sample.setdefault("__key__", key)
                     sample["__url__"] = url
@@ -128,24 +140,37 @@ def tar_samples(
             handler(ShardError(f"{url}: holds {len(keys)} samples, the manifest says {counts[url]}; re-export it."))
 
 
+def _digest(stream: Any) -> str:
+    """The sha256 of a local shard's bytes, read through its open stream, which is then rewound."""
+    digest = hashlib.sha256()
+    while block := stream.read(1 << 20):
+        digest.update(block)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
 def ring_samples(
     urls: Sequence[str],
     counts: Sequence[int],
     start: int,
     handler: Handler = reraise_exception,
     expected: dict[str, int] | None = None,
+    sha256: dict[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The samples of `urls` (holding `counts` samples) from global position `start` round to `start` - 1.
 
     Only the shards that hold these positions are opened; the samples before `start` in its shard are read
-    (not decoded) and dropped.
+    (not decoded) and dropped. A key met twice in the round goes to `handler` (see `tar_samples`).
     """
+    seen: dict[str, str] = {}
     offsets = list(accumulate(counts, initial=0))
     first = bisect.bisect_right(offsets, start) - 1
     skip = start - offsets[first]
     order = [*range(first, len(urls)), *range(first)] + ([first] if skip else [])
     for n, j in enumerate(order):
-        samples = tar_samples([urls[j]], handler, expected)
+        samples = tar_samples(
+            [urls[j]], handler, expected, seen=None if skip and n == len(order) - 1 else seen, sha256=sha256
+        )
         if n == 0 and skip:
             samples = islice(samples, skip, None)
         elif n == len(order) - 1 and skip:
@@ -182,12 +207,16 @@ def shuffle(samples: Iterable[T], buffer_size: int, rng: random.Random) -> Itera
 
 
 def decode(
-    samples: Iterable[dict[str, Any]], kair_keys: bool = False, handler: Handler = reraise_exception
+    samples: Iterable[dict[str, Any]],
+    kair_keys: bool = False,
+    handler: Handler = reraise_exception,
+    promised: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Raw samples to tensors (see `decode_sample`); a sample that does not decode goes to `handler`."""
+    """Raw samples to tensors (see `decode_sample`, `promised` the manifest's config); a sample that does not
+    decode, or breaks what its json or the manifest promise of it, goes to `handler`."""
     for raw in samples:
         try:
-            sample = decode_sample(raw, kair_keys)
+            sample = decode_sample(raw, kair_keys, promised)
         except ShardError as e:
             handler(e)
             continue
@@ -236,6 +265,9 @@ class ShardDataset(IterableDataset):
         gt_size: if set, a random aligned crop of this many HR pixels (and gt_size / scale LR pixels).
         flip: random horizontal and vertical flips; rot: random transposition (with flips: all 8 rotations).
         kair_keys: also yield "L", "H", "L_path", "H_path" (KAIR's names).
+        check_sha256: compare each shard's sha256 with the manifest's before reading its samples (a source
+            with a manifest), so a changed shard never yields a sample. Reads every byte once more. Without it
+            the cheap checks still run: PNG CRCs, sizes and seeds against the json and manifest, keys unique.
         on_error: "raise" a `ShardError` naming shard and key, "warn" and skip the broken part, or a handler
             function (`reraise_exception`, `warn_and_continue` or your own: raise to stop, return to skip).
 
@@ -259,13 +291,20 @@ class ShardDataset(IterableDataset):
         flip: bool = False,
         rot: bool = False,
         kair_keys: bool = False,
+        check_sha256: bool = False,
         on_error: str | Handler = "raise",
     ):
         super().__init__()
         self.handler = error_handler(on_error)
         self.urls = shard_urls(source)
-        self.counts = manifest_counts(source)
+        manifest = source_manifest(source)
+        entries = None if manifest is None else manifest["shards"]
+        self.counts = None if entries is None else [e["samples"] for e in entries]
         self.expected = None if self.counts is None else dict(zip(self.urls, self.counts, strict=True))
+        self.promised = None if manifest is None else manifest["config"]  # its hr_size and scale, where recorded
+        self.sha256 = None
+        if check_sha256 and entries is not None:
+            self.sha256 = {url: e["sha256"] for url, e in zip(self.urls, entries, strict=True)}
         self.shuffle, self.buffer_size, self.seed, self.epoch = shuffle, buffer_size, seed, 0
         self.epoch_length, self.gt_size, self.flip, self.rot = epoch_length, gt_size, flip, rot
         self.kair_keys = kair_keys
@@ -298,14 +337,17 @@ class ShardDataset(IterableDataset):
 
         def one_pass(cycle: int) -> Iterator[dict[str, Any]]:
             urls = shard_list(self.urls, f"{self.seed}:{self.epoch}:{cycle}" if self.shuffle else None)
-            samples = tar_samples(split(urls) if by_shard else urls, self.handler, self.expected)
+            samples = tar_samples(
+                split(urls) if by_shard else urls, self.handler, self.expected, seen={}, sha256=self.sha256
+            )
             return shuffle(samples if by_shard else split(samples), self.buffer_size if self.shuffle else 0, rng)
 
         if self.epoch_length is None and world > 1:
             stream = self._rank_stretch(rank, world, worker, workers, rng)
         else:
             stream = passes(one_pass, repeat=quota is not None)
-        stream = augment(decode(stream, self.kair_keys, self.handler), rng, self.gt_size, self.flip, self.rot)
+        stream = decode(stream, self.kair_keys, self.handler, self.promised)
+        stream = augment(stream, rng, self.gt_size, self.flip, self.rot)
         return islice(stream, quota) if quota is not None else stream
 
     def _rank_stretch(self, rank: int, world: int, worker: int, workers: int, rng: random.Random) -> Iterator:
@@ -324,5 +366,5 @@ class ShardDataset(IterableDataset):
         total, per_rank = sum(counts), -(-sum(counts) // world)
         quota = per_rank // workers + (worker < per_rank % workers)
         start = (rank * per_rank + worker * (per_rank // workers) + min(worker, per_rank % workers)) % max(total, 1)
-        raw = passes(lambda _: ring_samples(urls, counts, start, self.handler, self.expected), repeat=True)
+        raw = passes(lambda _: ring_samples(urls, counts, start, self.handler, self.expected, self.sha256), repeat=True)
         return shuffle(islice(raw, quota), self.buffer_size if self.shuffle else 0, rng)

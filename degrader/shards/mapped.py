@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from degrader.errors import ShardError, UserError
 from degrader.files import sha256_file
-from degrader.shards.format import check_complete, manifest_shards, shard_urls
+from degrader.shards.format import check_complete, shard_urls, source_manifest
 from degrader.shards.sample import decode_sample, paired_augment
 from degrader.shards.tar import index_shard
 
@@ -44,6 +44,8 @@ class ShardMapDataset(Dataset):
         pairs: items are the tuple (lq, gt) instead of the dict.
         check_sha256: compare every shard's sha256 with the manifest's once, here (a source with a manifest);
             a changed shard raises a `ShardError` instead of training on altered data. Reads every byte once.
+            Without it the cheap checks still run: keys unique across shards, and per item the PNG CRCs and the
+            sizes and seed against the sample's json and the manifest's hr_size and scale.
     """
 
     def __init__(
@@ -61,7 +63,9 @@ class ShardMapDataset(Dataset):
         remote = [u for u in self.urls if u.startswith("pipe:") or "://" in u]
         if remote:
             raise UserError(f"{remote[0]}: random access needs local shards; use ShardDataset for streamed URLs.")
-        entries = manifest_shards(source)
+        manifest = source_manifest(source)
+        entries = None if manifest is None else manifest["shards"]
+        self.promised = None if manifest is None else manifest["config"]  # its hr_size and scale, where recorded
         self.entries: list[Entry] = []
         first_shard: dict[str, str] = {}  # key -> the shard that holds it
         for i, url in enumerate(self.urls):
@@ -110,7 +114,7 @@ class ShardMapDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        sample = decode_sample(self.raw(index), self.kair_keys)
+        sample = decode_sample(self.raw(index), self.kair_keys, self.promised)
         if self.gt_size is not None or self.flip or self.rot:
             rng = random.Random(int(torch.randint(0, 2**62, (1,))) if seed is None else seed)
             sample = paired_augment(sample, rng, self.gt_size, self.flip, self.rot)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from degrader.errors import ShardError, UserError
-from degrader.shards.format import decode_png
+from degrader.shards.format import decode_png, png_header
 
 INT, TEXT, SIZE = "an integer", "a string", "[height, width]"
 META_FIELDS = {"seed": INT, "k": INT, "crop": INT, "scale": INT, "hr_size": SIZE, "lr_size": SIZE,
@@ -60,9 +60,63 @@ def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def decode_sample(raw: dict[str, Any], kair_keys: bool = False) -> dict[str, Any]:
-    """Decode a raw sample to {"lq", "gt" (float CHW in [0, 1]), "seed", "key", "lq_path", "gt_path"} (+ L/H)."""
+def _size(value: Any) -> tuple[int, int] | None:
+    ok = isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value)
+    return tuple(value) if ok else None
+
+
+def _scale(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
+
+
+def promise_problem(
+    hr: tuple[int, int], lr: tuple[int, int], seed: int, meta: dict[str, Any], promised: dict[str, Any] | None
+) -> str | None:
+    """What a sample of HR and LR (height, width) and `seed` breaks of what its json `meta` and the manifest's
+    config (`promised`: its hr_size and scale) say of it, or None. Fields that are absent or of another type
+    are not compared here (`parse_meta` reports those)."""
+    show = lambda size: f"{size[0]}x{size[1]}"  # noqa: E731
+    for name, what, actual in (("hr_size", "HR", hr), ("lr_size", "LR", lr)):
+        if _size(meta.get(name)) not in (None, actual):
+            return f"{what} {show(actual)}, but its json {name} says {show(meta[name])}"
+    promised = promised or {}
+    for scale, whose in ((_scale(meta.get("scale")), "its json"), (_scale(promised.get("scale")), "the manifest")):
+        if scale is not None and hr != (lr[0] * scale, lr[1] * scale):
+            return f"HR {show(hr)} is not {scale}x LR {show(lr)} (the scale {whose} says)"
+    side = _scale(promised.get("hr_size"))
+    if side is not None and hr != (side, side):
+        return f"HR {show(hr)}, but the manifest's hr_size is {side}"
+    if type(meta.get("seed")) is int and meta["seed"] != seed:
+        return f"seed.txt {seed} differs from the json seed {meta['seed']}"
+    return None
+
+
+def _loose_meta(data: bytes) -> dict[str, Any]:
+    """The json member as an object, or {} when it is not one (training reads pixels and seed.txt first)."""
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def decode_sample(
+    raw: dict[str, Any], kair_keys: bool = False, promised: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Decode a raw sample to {"lq", "gt" (float CHW in [0, 1]), "seed", "key", "lq_path", "gt_path"} (+ L/H).
+
+    Cheap checks first: both images are PNGs whose chunks pass their CRCs, and the decoded sizes and seed agree
+    with the sample's json and with `promised`, the manifest's config (its `hr_size` and `scale`).
+
+    Raises:
+        ShardError: naming the shard and key.
+    """
     url, key = raw["__url__"], raw["__key__"]
+    for ext in ("hr.png", "lr.png"):
+        try:
+            png_header(raw[ext])
+        except ValueError as e:
+            raise ShardError(f"{url}: {key}: cannot decode ({ext}: {e}); the shard is corrupt, re-export it.") from None
     try:
         lq = decode_png(raw["lr.png"], torch.float32)  # (3, h, w)
         gt = decode_png(raw["hr.png"], torch.float32)  # (3, h*s, w*s)
@@ -73,6 +127,9 @@ def decode_sample(raw: dict[str, Any], kair_keys: bool = False) -> dict[str, Any
     (h, w), (hh, ww) = lq.shape[-2:], gt.shape[-2:]
     if hh % h or ww % w or hh // h != ww // w:  # also catches an LR larger than its HR (scale 0)
         raise ShardError(f"{url}: {key}: HR {hh}x{ww} is not a whole multiple of LR {h}x{w}; re-export the shard.")
+    problem = promise_problem((hh, ww), (h, w), seed, _loose_meta(raw["json"]), promised)
+    if problem:
+        raise ShardError(f"{url}: {key}: {problem}; re-export the shard.")
     out = {
         "lq": lq,
         "gt": gt,

@@ -113,9 +113,9 @@ def iter_tar(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
 
 def split_name(name: str) -> tuple[str, str]:
     """WebDataset's rule: the key is the path up to the first dot of the file name, the rest is the extension."""
-    folder, _, base = name.rpartition("/")
+    folder, slash, base = name.rpartition("/")
     key, _, ext = base.partition(".")
-    return (f"{folder}/{key}" if folder else key), ext
+    return f"{folder}{slash}{key}", ext  # "/x.png" keeps its "/": an absolute name is refused, not made relative
 
 
 def member_fault(key: str, ext: str, sample: Any, keys: Any) -> str | None:
@@ -123,6 +123,8 @@ def member_fault(key: str, ext: str, sample: Any, keys: Any) -> str | None:
     in a shard whose samples so far had `keys`; None when it can."""
     if ext.startswith("__"):
         return f"member name {key}.{ext} is reserved"
+    if key.startswith("/") or ".." in key.split("/") or "\\" in key or "\0" in key:
+        return f"member name {key}.{ext} is not a plain relative name (a key must not lead out of the shard)"
     if not sample and key in keys:
         return "a second sample with this key"
     if ext in sample:

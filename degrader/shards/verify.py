@@ -8,7 +8,7 @@ from typing import Any
 
 from degrader.errors import ShardError
 from degrader.files import sha256_file
-from degrader.shards.format import MANIFEST, read_manifest, shard_urls
+from degrader.shards.format import MANIFEST, png_header, read_manifest, shard_urls
 from degrader.shards.iterable import tar_samples
 from degrader.shards.sample import decode_sample, parse_meta, parse_seed
 
@@ -22,8 +22,10 @@ def verify_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
     faults: list[str] = []
     directory = Path(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
     expected: dict[str, dict[str, Any]] = {}
+    promised = None
     if directory is not None and (directory / MANIFEST).is_file():
         manifest = read_manifest(directory)
+        promised = manifest["config"]
         expected = {str(directory / s["name"]): s for s in manifest["shards"]}
         listed = {s["name"] for s in manifest["shards"]}
         faults += [
@@ -45,7 +47,7 @@ def verify_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
         try:
             for raw in tar_samples([url]):
                 count += 1
-                problem = check_sample(raw)
+                problem = check_sample(raw, promised)
                 if raw["__key__"] in seen:
                     problem = problem or "duplicate key"
                 seen.add(raw["__key__"])
@@ -59,17 +61,22 @@ def verify_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
     return faults
 
 
-def check_sample(raw: dict[str, Any]) -> str | None:
-    """Decode one raw sample and check its parts agree; return the problem, or None."""
+def check_sample(raw: dict[str, Any], promised: dict[str, Any] | None = None) -> str | None:
+    """Check one raw sample strictly: both images 8-bit RGB PNGs (what the exporter writes; the readers also
+    take other PNGs), decoded, their sizes and seed agreeing with the json and with `promised` (the manifest's
+    config), the json well formed. Returns the problem, or None."""
+    for ext in ("hr.png", "lr.png"):
+        try:
+            depth, colour = png_header(raw[ext])[2:]
+        except ValueError:
+            continue  # decode_sample names it
+        if (depth, colour) != (8, 2):
+            return f"{ext} is not an 8-bit RGB PNG (bit depth {depth}, colour type {colour})"
     try:
-        sample = decode_sample(raw)
+        sample = decode_sample(raw, promised=promised)
         meta = parse_meta(raw)
     except ShardError as e:
         return str(e).split(": ", 2)[-1]
-    lq, gt = sample["lq"], sample["gt"]
-    scale = meta.get("scale")
-    if scale and (gt.shape[-1] != lq.shape[-1] * scale or gt.shape[-2] != lq.shape[-2] * scale):
-        return f"HR {tuple(gt.shape[-2:])} is not {scale}x LR {tuple(lq.shape[-2:])}"
     if meta.get("seed") != sample["seed"]:
         return f"seed.txt {sample['seed']} differs from the json seed {meta.get('seed')}"
     return None
