@@ -109,10 +109,19 @@ def degrade_files(
         `out/seeds.json` maps each PNG's name to its seed.
 
     Raises:
-        UserError: `out` is a file, or is not empty and `overwrite` is not set.
+        UserError: `out` is a file, or is not empty and `overwrite` is not set; two inputs would get one output
+            name (`a.jpg` and `a.png`, or `same.jpg` in two input folders).
     """
     out = Path(out)
     jobs, failed, sources = output_jobs(inputs, out, overwrite)
+    first: dict[Path, Path] = {}  # output name -> the input that takes it
+    for path, rel in jobs:  # a.jpg and a.png, or two folders' same.jpg: one output name, so refuse before writing
+        other = first.setdefault(rel.with_suffix(".png"), path)
+        if other != path:
+            raise UserError(
+                f"INPUTS {other} and {path} would both be written to {out / rel.with_suffix('.png')}; rename one, "
+                "or degrade them in separate runs with their own --out."
+            )
     written: list[tuple[Path, int]] = []
     for i, (path, rel) in enumerate(jobs):
         target = out / rel.with_suffix(".png")

@@ -28,7 +28,7 @@ from degrader.checkpoint import DegraderLike
 from degrader.crops import HRCrops, crop_id, grid_boxes
 from degrader.errors import UserError
 from degrader.export_plan import CROPS, ExportConfig, ExportPlan, plan_export
-from degrader.files import prepare_out_dir, read_json, sha256_file, write_json
+from degrader.files import list_digest, prepare_out_dir, read_json, sha256_file, write_json
 from degrader.progress import Progress
 from degrader.shards import (
     FORMAT,
@@ -38,6 +38,7 @@ from degrader.shards import (
     ShardWriter,
     encode_png,
     is_shard_name,
+    manifest_problem,
     sample_key,
     sample_seed,
     shard_name,
@@ -60,6 +61,11 @@ def _die_with_parent(*_: Any) -> None:
     """Workers end at once when the exporting process is killed, instead of lingering as orphans (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _hr_images(plan: ExportPlan) -> str:
+    """The digest of the HR image list (names and sizes) that the progress file records."""
+    return list_digest(plan.scan.root, plan.scan.paths)
 
 
 def _describe(degrader: DegraderLike) -> dict[str, Any]:
@@ -89,7 +95,7 @@ def _check_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any] |
     Under torchrun, STATE records the number of processes: each rank resumes its own part, so an export is
     resumed by as many processes as started it.
     """
-    described = {"config": plan.recorded, "degrader": _describe(plan.degrader)}
+    described = {"config": plan.recorded, "degrader": _describe(plan.degrader), "hr_images": _hr_images(plan)}
     state_path, manifest_path, world = out / STATE, out / MANIFEST, dist.world()
     saved = None
     if resume and manifest_path.exists():
@@ -99,10 +105,20 @@ def _check_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any] |
     elif resume and any(p.name != STATE for p in out.iterdir()):
         raise UserError(f"--out {out} holds no export to resume; pass --overwrite to replace its contents.")
     if saved is not None:
+        if not isinstance(saved, dict):
+            raise UserError(f"--out {out}: its progress file or manifest is not a JSON object; use a new --out.")
         if saved.get("config") != described["config"] or saved.get("degrader") != described["degrader"]:
             raise UserError(f"--out {out} was exported with other options or degrader; rerun those or --overwrite.")
         if "format" in saved:
+            problem = manifest_problem(saved)
+            if problem:
+                raise UserError(f"{manifest_path}: {problem}; export into a new --out, or --overwrite.")
             return saved  # finished already
+        if saved.get("hr_images", described["hr_images"]) != described["hr_images"]:  # older exports lack it
+            raise UserError(
+                f"--resume: --hr {plan.config.hr} changed since this export began (images added, removed or "
+                "changed); restore it, or start again with --overwrite."
+            )
         if saved.get("processes", 1) != world:
             n = saved.get("processes", 1)
             raise UserError(
@@ -117,7 +133,8 @@ def _check_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any] |
 def _start_or_resume(out: Path, plan: ExportPlan, resume: bool, images: tuple[int, int]) -> dict[str, Any]:
     """This rank's saved progress (its intact shards, in order), or a fresh state for `images` [lo, hi)."""
     rank, world = dist.rank(), dist.world()
-    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "shards": [], "failed": []}
+    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "hr_images": _hr_images(plan)}
+    fresh.update(shards=[], failed=[])
     if world > 1:
         fresh.update(rank=rank, processes=world, images=list(images))
     state_path = out / _rank_state(rank, world)

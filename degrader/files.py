@@ -101,6 +101,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def list_digest(root: str | Path, paths: list[Path]) -> str:
+    """A short hex digest of the files `paths` under `root`: their relative names and sizes, in order. A run
+    records it, so that a resume can tell that its input folder changed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{Path(path).relative_to(root).as_posix()}\0{Path(path).stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def _json_dict(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
