@@ -85,6 +85,8 @@ def fit(dry_run: bool, **options) -> None:
         console.print(("" if plan.validation else "[yellow]note:[/] ") + plan.validation_note)
         if plan.tone:
             console.print(f"tone the losses hold each LR image to: {plan.tone.describe()}")
+            if plan.tone.warning:
+                console.print(f"[yellow]warning:[/] {plan.tone.warning}")
 
     progress = lambda plan: progress_bar("fit", config.steps)  # noqa: E731
     result = run_planned(plan_fit, fit, config, dry_run, describe=describe, progress=progress, files=FIT_FILES)

@@ -17,7 +17,7 @@ from degrader import dist
 from degrader.checkpoint import DegraderLike, load_degrader
 from degrader.crops import grid_boxes
 from degrader.errors import UserError
-from degrader.files import check_out_dir
+from degrader.files import check_out_dir, check_out_outside
 from degrader.images import Scan, scan_images
 
 CROPS = ("center", "random", "grid")
@@ -65,6 +65,7 @@ def plan_export(config: ExportConfig) -> ExportPlan:
     """
     if not config.hr or not config.out:
         raise UserError("--hr and --out are required: the HR image folder and the folder to write shards to.")
+    check_out_outside(config.out, {"--hr": config.hr})
     if config.crop not in CROPS:
         raise UserError(f"--crop {config.crop!r} is not one of {', '.join(CROPS)}.")
     for name in ("per_image", "samples_per_shard", "batch_size", "crops_per_image"):

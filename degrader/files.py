@@ -188,6 +188,18 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     return out
 
 
+def check_out_outside(out: str | Path, inputs: dict[str, str | Path | None], option: str = "--out") -> None:
+    """Refuse an output folder inside (or equal to) an input folder: the next run would read its grids,
+    shards and reports as input images. `inputs` maps each input option to its folder (None: not given)."""
+    where = Path(out).expanduser().resolve()
+    for name, folder in inputs.items():
+        if folder and where.is_relative_to(Path(folder).expanduser().resolve()):
+            raise UserError(
+                f"{option} {out} is inside {name} {folder}: later runs would read its outputs as input images; "
+                f"choose an {option} outside it."
+            )
+
+
 def check_out_file(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
     """Refuse an output file that exists (unless `overwrite`) or is a folder; writes nothing."""
     path = Path(path)

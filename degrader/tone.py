@@ -26,6 +26,7 @@ Z = 3.0  # standard errors a difference must exceed to count
 BOOTSTRAP = 200  # resamples for the standard errors
 COARSE = 4  # the map is measured at LR resolution / COARSE
 IMAGES = 1000  # images per set that `degrader.train.plan_fit` reads for the measurement
+MIN_DISTINCT = 8  # distinct images per set, at least: the bootstrap's spread of fewer is no standard error
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ class ToneMap:
     offset: float = 0.0
     shift_z: float = 0.0  # the difference of the mean luma, in bootstrap standard errors
     gain_z: float = 0.0  # the log ratio of the standard deviations, in bootstrap standard errors
+    warning: str = ""  # why the map is the identity without a measurement (too few distinct images), or ""
 
     def describe(self) -> str:
+        if self.warning:
+            return "the HR's own (not measured: too few distinct images)"
         if (self.gain, self.offset) == (1.0, 0.0):
             return f"the HR's own (sets differ by {self.shift_z:+.1f} SE in brightness, {self.gain_z:+.1f} in contrast)"
         z = f"z {self.shift_z:+.1f} and {self.gain_z:+.1f}"
@@ -60,6 +64,8 @@ def _moments(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def measure_tone(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) -> ToneMap:
     """The affine luma map from the HR set's tone to the LR set's (module docstring).
 
+    With fewer than `MIN_DISTINCT` distinct images in either set, the map is the identity, with a `warning`.
+
     Args:
         hr: HR images (N, 3, H, W) in [0, 1].
         lr: real LR images (M, 3, h, w) in [0, 1], unpaired with `hr`; h = H / scale.
@@ -68,6 +74,11 @@ def measure_tone(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) 
     """
     pool = max(1, min(COARSE, *lr.shape[-2:]))
     a, b = _sums(hr, scale * pool), _sums(lr, pool)  # (N, 3), (M, 3): HR compared at the same coarse scale
+    distinct = {"HR": len(torch.unique(a, dim=0)), "LR": len(torch.unique(b, dim=0))}  # copies resample as one
+    few = {name: n for name, n in distinct.items() if n < MIN_DISTINCT}
+    if few:
+        sets = " and ".join(f"the {name} set {n} distinct image{'s' * (n != 1)}" for name, n in few.items())
+        return ToneMap(warning=f"tone auto: {sets}, fewer than {MIN_DISTINCT}; the tone map is the identity.")
     gen = torch.Generator().manual_seed(seed)
     boot_a = a[torch.randint(len(a), (BOOTSTRAP, len(a)), generator=gen)]  # (BOOTSTRAP, N, 3)
     boot_b = b[torch.randint(len(b), (BOOTSTRAP, len(b)), generator=gen)]

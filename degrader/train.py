@@ -13,7 +13,7 @@ from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
-from degrader.files import check_out_dir
+from degrader.files import check_out_dir, check_out_outside
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
@@ -139,6 +139,7 @@ def plan_fit(config: FitConfig) -> FitPlan:
         net_g, net_d = build_generator(model), Discriminator(model.discriminator())
     except ValueError as e:
         raise UserError(f"hr_size/--scale: {e}.") from None
+    check_out_outside(config.out, {"--hr": config.hr, "--lr": config.lr, "--val-lr": config.val_lr})
     hr = scan_images(config.hr, min_size=model.hr_size, option="--hr")
     lr = scan_images(config.lr, min_size=model.lr_size, option="--lr")
     if not 0 <= config.val_split < 1 or config.val_n < 8 or config.eval_every < 1:

@@ -142,6 +142,9 @@ def _check_out(out: Path, recorded: dict[str, Any], resume: bool) -> None:
             )
 
 
+NEITHER = "name ends in neither _HR nor _LR"  # `find_pairs`' reason for a file that is no part of a pair
+
+
 def _check_pairs(pairs: list[tuple[str, Path, Path]], scale: int) -> None:
     """Every pair `scale` apart, from the headers: a mismatch is found now, not after hours of training."""
     for name, hr_path, lr_path in pairs:
@@ -207,7 +210,11 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
             f"--lr {config.lr}: {len(lr.paths)} usable images and --hr {len(hr.paths)}; realism needs at least 8 "
             "real LR images and 16 HR images (two halves)."
         )
-    pairs = find_pairs(config.pairs)[0] if config.pairs else []
+    pairs, left_out = find_pairs(config.pairs) if config.pairs else ([], [])
+    broken = [(path, why) for path, why in left_out if why != NEITHER]  # a pair would be lost without a word
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise UserError(f"--pairs: {broken[0][0]}: {broken[0][1]}{more}; fix or remove it, so every pair is scored.")
     _check_pairs(pairs, scale)
     features = FeatureExtractor(config.features, config.features_size) if config.features else None
     return ComparePlan(config, arms, model, hr, lr, pairs, n, features, recorded)

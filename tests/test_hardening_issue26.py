@@ -156,3 +156,71 @@ def test_export_resume_refuses_a_crafted_state_entry(tiny_folders, tmp_path, mon
     with pytest.raises(UserError, match=r"\.export-state\.json: shard entry 0 .* is not this export's shard"):
         export_shards(plan_export(ExportConfig(**config, resume=True)))
     assert (tmp_path / "victim.tar").read_bytes() == b"victim" and not (out / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("copies", [1, 20])
+def test_tone_of_too_few_distinct_images_is_the_identity_with_a_warning(copies):
+    import torch.nn.functional as F
+
+    from degrader.tone import measure_tone
+    from tests.test_tone import faces
+
+    hr = faces(300, 0)
+    lr = (1.4 * F.avg_pool2d(faces(1, 1), 4) - 0.2).clamp(0, 1).repeat(copies, 1, 1, 1)  # far from the HR's tone
+    tone = measure_tone(hr, lr, 4)
+    assert (tone.gain, tone.offset) == (1.0, 0.0)
+    assert tone.warning == "tone auto: the LR set 1 distinct image, fewer than 8; the tone map is the identity."
+    assert "not measured" in tone.describe()
+    lr8 = (1.4 * F.avg_pool2d(faces(8, 1), 4) - 0.2).clamp(0, 1).repeat(3, 1, 1, 1)  # 8 distinct, 24 in all
+    assert measure_tone(hr, lr8, 4).warning == ""
+
+
+def test_fit_prints_the_tone_warning(tmp_path):
+    hr = tmp_path / "hr"
+    write_images(hr, 12, 64)
+    lr = tmp_path / "lr"
+    one = write_images(lr, 1, 16, seed=5)[0]
+    for i in range(1, 20):
+        (lr / f"{i:03d}.png").write_bytes(one.read_bytes())  # 20 copies of one image
+    tiny = ["--hr-size", "32", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--val-split", "0"]
+    result = run("fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "run", *tiny, "--dry-run")
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())  # rich wraps long lines
+    assert "warning: tone auto: the LR set 1 distinct image, fewer than 8; the tone map is the identity." in shown
+
+
+@pytest.mark.parametrize("inside", ["--hr", "--lr", "--val-lr"])
+def test_fit_refuses_an_out_inside_an_input_folder(tmp_path, inside):
+    folders = {"--hr": tmp_path / "hr", "--lr": tmp_path / "lr", "--val-lr": tmp_path / "val"}
+    write_images(folders["--hr"], 12, 64)
+    write_images(folders["--lr"], 12, 16, seed=1)
+    write_images(folders["--val-lr"], 8, 16, seed=2)
+    out = folders[inside] / "runs" / "first"
+    args = [x for option, folder in folders.items() for x in (option, folder)]
+    result = run("fit", *args, "--out", out, "--hr-size", "32", "--workers", "0", "--device", "cpu", "--dry-run")
+    assert_clean_error(result, f"--out {out} is inside {inside} {folders[inside]}", "choose an --out outside it")
+
+
+@pytest.mark.parametrize("where", ["inside", "same"])
+def test_export_refuses_an_out_inside_its_hr_folder(tiny_folders, where):
+    hr, _ = tiny_folders
+    out = hr / "shards" if where == "inside" else hr
+    with pytest.raises(UserError, match=f"^--out {out} is inside --hr {hr}: later runs would read its outputs"):
+        plan_export(ExportConfig(hr=str(hr), out=str(out), hr_size=32, workers=0))
+    assert sorted(p.name for p in hr.iterdir()) == [f"{i:03d}.png" for i in range(6)]
+
+
+def test_compare_refuses_a_pair_whose_hr_is_not_an_image(tmp_path):
+    from sr.compare import CompareConfig, plan_compare
+
+    hr, pairs = tmp_path / "hr", tmp_path / "pairs"
+    write_images(hr, 4, 64)
+    for i, path in enumerate(write_images(pairs, 3, 64, seed=3)):
+        Image.open(path).resize((16, 16)).save(pairs / f"p{i}_LR.png")
+        path.rename(pairs / f"p{i}_HR.png")
+    write_images(tmp_path / "other", 1, 64)[0].rename(pairs / "overview.png")  # neither _HR nor _LR: no pair's part
+    config = dict(hr=str(hr), degraders=["bicubic"], pairs=str(pairs), workers=0, device="cpu", hr_size=64)
+    assert len(plan_compare(CompareConfig(out=str(tmp_path / "a"), **config)).pairs) == 3
+    (pairs / "p1_HR.png").write_text("not an image")
+    with pytest.raises(UserError, match=f"^--pairs: {pairs / 'p1_HR.png'}: not an image \\(and 1 more\\); fix or"):
+        plan_compare(CompareConfig(out=str(tmp_path / "b"), **config))
