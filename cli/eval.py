@@ -52,10 +52,18 @@ def print_tables(report: dict) -> None:
     "--features",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="TorchScript feature extractor (.pt) for FID/KID, called on images in [0, 1]; never downloaded.",
+    help="TorchScript feature extractor (.pt) for FID/KID, called on images in [0, 1]; never downloaded. "
+    "A features file is code and runs as written: give only files you trust.",
 )
 @click.option(
     "--features-size", type=click.IntRange(min=8), default=None, help="Resize images to this side for --features."
+)
+@click.option(
+    "--features-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds the --features file's first call may take before eval stops with an error (it may never return).",
 )
 @HR_PREP
 @LR_PREP

@@ -18,7 +18,7 @@ import torch
 
 from degrader.checkpoint import load_degrader
 from degrader.errors import UserError
-from degrader.features import FeatureExtractor, fid, kid
+from degrader.features import TIMEOUT, FeatureExtractor, fid, kid
 from degrader.images import draw_images, hash_int
 from degrader.progress import Progress
 from degrader.realism import (
@@ -44,6 +44,7 @@ class EvalConfig:
     n: int = 1000  # images per compared set; 2n real LR images are drawn (halves A and B)
     features: str | None = None  # TorchScript feature extractor for FID/KID; None skips them
     features_size: int | None = None  # resize images to this side before the extractor; None keeps their size
+    features_timeout: float = TIMEOUT  # seconds the extractor's first call may take (the file is code)
     hr_prep: str = "resize"  # as `fit`: "resize" (shorter side + centre crop) or "crop" (random native crops)
     lr_prep: str = "resize"
     hr_size: int = 64  # HR side for classical degraders when no learned degrader fixes it
@@ -125,7 +126,9 @@ def plan_evaluation(config: EvalConfig) -> EvalPlan:
             f"--lr {config.lr}: {len(lr.paths)} usable images and --hr {len(hr.paths)}; evaluation needs at least "
             "16 real LR images (two halves) and 8 HR images."
         )
-    features = FeatureExtractor(config.features, config.features_size) if config.features else None
+    features = None
+    if config.features:
+        features = FeatureExtractor(config.features, config.features_size, timeout=config.features_timeout)
     _check_out(Path(config.out), config.overwrite)
     return EvalPlan(config, degraders, specs, hr, lr, hr_size, scale, n, features)
 

@@ -7,28 +7,41 @@ tools use. It is called as `module(images)` with float32 (B, 3, H, W) images in 
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from degrader.errors import UserError
 
+TIMEOUT = 120.0  # seconds the extractor's first call may take (`--features-timeout`)
+
 
 class FeatureExtractor:
     """A TorchScript feature network, run in batches without gradients.
+
+    A TorchScript file is code: it runs as written. Its first call is time-boxed (`timeout`), so one that never
+    returns ends in a UserError instead of a hang; every output is checked to be finite (B, D) features.
 
     Args:
         path: the `.pt` file written by `torch.jit.save`.
         size: resize images (bilinear, antialiased) to size x size first; None keeps their own size.
         batch_size: images per call.
+        timeout: seconds the first call may take; None waits for ever.
 
     Raises:
         UserError: the file is missing or not TorchScript.
     """
 
-    def __init__(self, path: str | Path, size: int | None = None, batch_size: int = 64):
+    def __init__(
+        self, path: str | Path, size: int | None = None, batch_size: int = 64, timeout: float | None = TIMEOUT
+    ):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"--features {path}: no such file; give a TorchScript feature extractor (.pt).")
@@ -41,9 +54,9 @@ class FeatureExtractor:
             raise UserError(
                 f"--features {path} is not a TorchScript file ({first}); save it with torch.jit.save."
             ) from None
-        self.path, self.size, self.batch_size = path, size, batch_size
+        self.path, self.size, self.batch_size, self.timeout = path, size, batch_size, timeout
+        self.answered = False  # whether a call has returned: only the first one is time-boxed
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, D) float64 features."""
         out = []
@@ -51,15 +64,61 @@ class FeatureExtractor:
             x = images[i : i + self.batch_size].float()
             if self.size is not None:
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-            try:
-                f = self.net(x)
-            except RuntimeError as e:
-                first = str(e).strip().splitlines()[-1]
-                raise UserError(
-                    f"--features {self.path} failed on {tuple(x.shape)} images in [0, 1]: {first}"
-                ) from None
-            out.append(f.reshape(f.shape[0], -1).double())
+            out.append(self._forward(x) if self.answered or self.timeout is None else self._first_call(x))
+            self.answered = True
         return torch.cat(out)
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> checked (B, D) float64 features."""
+        where = f"--features {self.path}"
+        try:
+            f = self.net(x)
+        except Exception as e:  # torch.jit.Error is no RuntimeError, and the file's code may raise anything
+            lines = str(e).strip().splitlines()
+            why = lines[-1] if lines else repr(e)
+            raise UserError(f"{where} failed on {tuple(x.shape)} images in [0, 1]: {why}") from None
+        if not isinstance(f, torch.Tensor):
+            raise UserError(f"{where} returned a {type(f).__name__}, not a tensor; it must return (B, D) features.")
+        if f.dim() == 0 or f.shape[0] != len(x) or f[0].numel() == 0:
+            raise UserError(f"{where} returned shape {tuple(f.shape)} for {len(x)} images; it must return (B, D).")
+        f = f.reshape(len(x), -1).double()
+        if not torch.isfinite(f).all():
+            raise UserError(f"{where} returned NaN or infinite features for {tuple(x.shape)} images in [0, 1].")
+        return f
+
+    def _first_call(self, x: torch.Tensor) -> torch.Tensor:
+        """`_forward` in a thread, given `timeout` seconds: a file whose forward never returns cannot hang a run
+        (the thread is left behind as a daemon; the process can still end)."""
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                result["features"] = self._forward(x)
+            except BaseException as e:  # handed to the caller's thread
+                result["error"] = e
+
+        thread = threading.Thread(target=call, name="features-first-call", daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if thread.is_alive():
+            atexit.register(_end_if_stuck, thread)
+            raise UserError(
+                f"--features {self.path}: its first call did not return within {self.timeout:g} s; the file is "
+                "code and may never return: check it, or give a longer --features-timeout."
+            )
+        if "error" in result:
+            raise result["error"]
+        return result["features"]
+
+
+def _end_if_stuck(thread: threading.Thread) -> None:
+    """At exit: a forward still running in `thread` would make interpreter shutdown abort (SIGABRT, a core
+    message after the one-line error), so the process ends here with the error's status, its output flushed."""
+    if thread.is_alive():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:

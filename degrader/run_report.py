@@ -237,6 +237,8 @@ def write_run_report(run: str | Path) -> Path:
         config = json.loads((run / CONFIG_FILE).read_text())
     except ValueError as e:
         raise UserError(f"{run / CONFIG_FILE} is not valid JSON ({e}); is the run directory damaged?") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{run / CONFIG_FILE} is not a JSON object; is the run directory damaged?")
     losses, vals = read_log(run), read_validation_log(run)
     parts, used_step = [], None
 

@@ -1,0 +1,119 @@
+"""Issue 26, tracebacks and a hang: hostile feature files, a damaged config.json, a full disk, a changed folder."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.degrade import degrade
+from degrader.errors import UserError
+from degrader.features import FeatureExtractor
+from tests.conftest import write_images
+from tests.test_hardening import assert_clean_error
+
+# ------------------------------------------------------------------------------------------ --features files
+
+
+class Pair(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.mean((2, 3)), x.mean((2, 3))
+
+
+class Listed(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x.mean((2, 3))]
+
+
+class Scalar(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean()
+
+
+class NotFinite(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3)) / 0.0
+
+
+class OneRow(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))[:1]
+
+
+class Raises(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("my own error")  # torch.jit.Error when scripted: not a RuntimeError
+
+
+class Slow(torch.nn.Module):
+    """About a second of work on a CPU: past a 0.1 s time box, yet it ends, so no thread is left spinning."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.zeros(1)
+        for _ in range(100_000):
+            y = y + 1.0
+        return x.mean((2, 3)) + y
+
+
+def script(module: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():  # newer torch deprecates TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("module", "match"),
+    [
+        (Pair(), "returned a tuple, not a tensor; it must return \\(B, D\\) features"),
+        (Listed(), "returned a list, not a tensor"),
+        (Scalar(), "returned shape \\(\\) for 4 images; it must return \\(B, D\\)"),
+        (NotFinite(), "returned NaN or infinite features for \\(4, 3, 8, 8\\) images"),
+        (OneRow(), "returned shape \\(1, 3\\) for 4 images"),
+        (Raises(), "failed on \\(4, 3, 8, 8\\) images in \\[0, 1\\]: .*my own error"),
+    ],
+    ids=["tuple", "list", "scalar", "nan", "batch", "raises"],
+)
+def test_a_feature_file_that_misbehaves_is_one_line(tmp_path, module, match):
+    path = script(module, tmp_path / "f.pt")
+    for timeout in (120.0, None):  # the first call in its thread, and later calls in this one
+        with pytest.raises(UserError, match=f"^--features {path} {match}") as e:
+            FeatureExtractor(path, timeout=timeout)(torch.rand(4, 3, 8, 8))
+        assert "\n" not in str(e.value)
+
+
+def test_a_feature_file_that_does_not_return_is_time_boxed(tmp_path):
+    path = script(Slow(), tmp_path / "slow.pt")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=f"^--features {path}: its first call did not return within 0.1 s"):
+        FeatureExtractor(path, timeout=0.1)(torch.rand(2, 3, 8, 8))
+    assert time.perf_counter() - start < 0.9  # it did not wait for the forward
+    assert FeatureExtractor(path, timeout=60)(torch.rand(2, 3, 8, 8)).shape == (2, 3)  # given time, it answers
+
+
+def test_eval_with_a_feature_file_returning_a_tuple_is_one_line(tmp_path):
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    write_images(hr, 16, 64)
+    write_images(lr, 16, 16, seed=1)
+    features = script(Pair(), tmp_path / "pair.pt")
+    args = ["eval", "--degrader", "bicubic", "--hr", hr, "--lr", lr, "--out", tmp_path / "eval", "--n", "8"]
+    result = CliRunner().invoke(degrade, [str(a) for a in [*args, "--features", features]])
+    assert_clean_error(result, f"--features {features} returned a tuple, not a tensor")
+    help_text = " ".join(CliRunner().invoke(degrade, ["eval", "--help"]).output.split())
+    assert "A features file is code" in help_text and "--features-timeout" in help_text
+
+
+# ----------------------------------------------------------------------------------------- degrade report
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"run"', "7"])
+def test_report_of_a_run_whose_config_is_not_an_object(tmp_path, text):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    result = CliRunner().invoke(degrade, ["report", str(run)])
+    assert_clean_error(result, f"{run / 'config.json'} is not a JSON object")
