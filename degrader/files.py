@@ -7,6 +7,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,16 +31,22 @@ WRITTEN = (
 OWN_MARKS = ("config.json", "manifest.json", ".export-state.json")  # what `is_ours` reads
 RUN_KEYS = {"out", "steps", "seed", "checkpoint_every", "resume", "overwrite"}  # in every run's config.json
 SHARDS_FORMAT = "degrader-shards"  # manifest.json "format" of an export (degrader.shards.FORMAT)
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def write_error(path: str | Path, e: BaseException) -> UserError | None:
     """The one-line UserError for a failed write of `path`, when the cause is one a user can fix."""
-    code = getattr(e, "errno", None)
     text = str(e)
-    if code in NO_SPACE or "No space left" in text or "os error 28" in text:  # safetensors reports ENOSPC as text
+    code = getattr(e, "errno", None)
+    if code is None and (found := re.search(r"\(os error (\d+)\)", text)):  # safetensors reports errors as text
+        code = int(found[1])
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
         return UserError(f"no space left on device writing {path}; free some space, then rerun (--resume continues).")
-    if isinstance(e, OSError):  # read-only (EROFS, EACCES), a missing folder, ...
+    if code == errno.EFBIG:
+        return UserError(
+            f"file too large writing {path} (a file-size limit: ulimit -f, or the file system's); raise it or write "
+            "elsewhere, then rerun (--resume continues)."
+        )
+    if isinstance(e, OSError) or code is not None:  # read-only (EROFS, EACCES), a missing folder, ...
         return UserError(f"cannot write {path} ({os.strerror(code) if code else e}); choose a writable output path.")
     return None
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import resource
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from cli.degrade import degrade
 from degrader.errors import UserError
 from degrader.features import FeatureExtractor
 from tests.conftest import write_images
-from tests.test_hardening import assert_clean_error
+from tests.test_hardening import assert_clean_error, pair_shards, snapshot
 
 # ------------------------------------------------------------------------------------------ --features files
 
@@ -117,3 +120,62 @@ def test_report_of_a_run_whose_config_is_not_an_object(tmp_path, text):
     (run / "config.json").write_text(text)
     result = CliRunner().invoke(degrade, ["report", str(run)])
     assert_clean_error(result, f"{run / 'config.json'} is not a JSON object")
+
+
+# ------------------------------------------------------------------------------- a full disk (file-size limit)
+
+
+@contextmanager
+def file_size_limit(limit: int):
+    """Writes past `limit` bytes fail with EFBIG, as on a full file system (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def checkpoints(out: Path) -> dict[str, bytes]:
+    return {k: v for k, v in snapshot(out).items() if k.endswith(".safetensors")}
+
+
+def test_fit_resume_past_a_file_size_limit_names_the_file_and_keeps_the_checkpoint(tiny_folders, tmp_path):
+    hr, lr = tiny_folders
+    out = tmp_path / "run"
+    tiny = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+    first = CliRunner().invoke(
+        degrade, [str(a) for a in ["fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "2", *tiny]]
+    )
+    assert first.exit_code == 0, first.output
+    before = checkpoints(out)
+    with file_size_limit(min(map(len, before.values())) // 2):
+        resumed = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "4", "--workers", "0"])
+    line = assert_clean_error(resumed, "file too large writing", str(out))
+    assert re.search(r"writing \S+/(state|degrader)\.safetensors \(a file-size limit", line), line
+    assert checkpoints(out) == before and not [k for k in snapshot(out) if k.endswith(".tmp")]
+
+
+def test_sr_train_past_a_file_size_limit_names_the_file_and_keeps_the_checkpoint(tmp_path):
+    from sr.train import SRTrainConfig, plan_train, train
+
+    shards = str(pair_shards(tmp_path / "shards", {}))
+    kw = dict(shards=shards, device="cpu", workers=0, batch_size=2, pixel_only=True, preset="small", log_every=1)
+    out = tmp_path / "run"
+    train(plan_train(SRTrainConfig(out=str(out), steps=1, **kw)))
+    before = checkpoints(out)
+    with file_size_limit(min(map(len, before.values())) // 2), pytest.raises(UserError) as e:
+        train(plan_train(SRTrainConfig(out=str(out), steps=2, resume=True, **kw)))
+    assert re.match(f"file too large writing {re.escape(str(out))}/(state|sr)\\.safetensors", str(e.value)), e.value
+    assert checkpoints(out) == before and not [k for k in snapshot(out) if k.endswith(".tmp")]
+
+
+def test_export_past_a_file_size_limit_names_the_shard(tiny_folders, tmp_path):
+    from degrader.export import ExportConfig, export_shards, plan_export
+
+    hr, _ = tiny_folders
+    out = tmp_path / "shards"
+    plan = plan_export(ExportConfig(hr=str(hr), out=str(out), hr_size=32, workers=0, samples_per_shard=2))
+    with file_size_limit(8000), pytest.raises(UserError, match=f"^file too large writing {out / 'shard-000000.tar'}"):
+        export_shards(plan)
+    assert sorted(snapshot(out)) == [".export-state.json"]  # no half-written shard under any name
