@@ -78,6 +78,7 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
         )
     if resume and (out / STATE_FILE).exists():
         old = read_json(saved, "run's config", "restore it, or start again with a new --out")
+        check_inputs(old, config)
         changed = sorted(k for k in old if k not in RESUMABLE and _differs(old[k], config.get(k)))
         if changed:
             had = ", ".join(f"{k}={json.dumps(old[k])[:40]}" for k in changed)
@@ -90,6 +91,21 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     (out / LOG_FILE).unlink(missing_ok=True)  # --resume of a run that never saved a state starts afresh
     write_json(saved, config)
     return False
+
+
+def check_inputs(old: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse a resume whose input folders (the same paths) now hold other images than the run recorded in
+    `images` ({option: `files.list_digest`}): the tone map and the data would differ, and the folder is named."""
+    recorded, now = old.get("images"), config.get("images")
+    if not isinstance(recorded, dict) or not isinstance(now, dict):
+        return  # a run written before the list was recorded
+    moved = [k for k in recorded if k in now and old.get(k) == config.get(k) and recorded[k] != now[k]]
+    if moved:
+        folders = " and ".join(f"--{k} {config[k]}" for k in moved)
+        raise UserError(
+            f"--resume: {folders} changed since the run began (images added, removed or changed); restore "
+            f"{'them' if len(moved) > 1 else 'it'}, or start a new run with a new --out."
+        )
 
 
 def _differs(old: Any, new: Any) -> bool:

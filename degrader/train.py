@@ -13,7 +13,7 @@ from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
-from degrader.files import check_out_dir, check_out_outside
+from degrader.files import check_out_dir, check_out_outside, list_digest
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
@@ -184,7 +184,9 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     """
     config, model, device = plan.config, plan.model, plan.device
     out = Path(config.out)
-    resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
+    images = {"hr": list_digest(plan.hr.root, plan.hr.paths), "lr": list_digest(plan.lr.root, plan.lr.paths)}
+    recorded = {**config_dict(config), "images": images}  # a resume on changed folders names them
+    resuming = open_run(out, recorded, resume=config.resume, overwrite=config.overwrite)
     write_skipped(out, {"--hr": plan.hr.skipped, "--lr": plan.lr.skipped})
 
     # --- networks, optimizers, EMA of G ---

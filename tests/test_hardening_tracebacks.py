@@ -179,3 +179,26 @@ def test_export_past_a_file_size_limit_names_the_shard(tiny_folders, tmp_path):
     with file_size_limit(8000), pytest.raises(UserError, match=f"^file too large writing {out / 'shard-000000.tar'}"):
         export_shards(plan)
     assert sorted(snapshot(out)) == [".export-state.json"]  # no half-written shard under any name
+
+
+# ------------------------------------------------------------------------------- fit --resume, a changed folder
+
+
+@pytest.mark.parametrize("changed", ["--lr", "--hr"])
+def test_fit_resume_on_a_changed_folder_names_the_folder(tmp_path, changed):
+    hr, lr, out = tmp_path / "hr", tmp_path / "lr", tmp_path / "run"
+    write_images(hr, 12, 64)
+    write_images(lr, 12, 16, seed=1)
+    tiny = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+    first = CliRunner().invoke(
+        degrade, [str(a) for a in ["fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", *tiny]]
+    )
+    assert first.exit_code == 0, first.output
+    folder = {"--hr": hr, "--lr": lr}[changed]
+    (folder / "000.png").unlink()
+    write_images(tmp_path / "new", 1, 64 if changed == "--hr" else 16, seed=7)[0].rename(folder / "new.png")
+    before = snapshot(out)
+    resumed = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "2", "--workers", "0"])
+    line = assert_clean_error(resumed, f"--resume: {changed} {folder} changed since the run began")
+    assert "other settings" not in line
+    assert snapshot(out) == before
