@@ -161,5 +161,5 @@ def test_degrade_sample_cli(make_images, tmp_path):
     result = CliRunner().invoke(sample, ["--degrader", "blur-bilinear", *args])
     assert result.exit_code == 0, result.output
     assert Image.open(out).size[0] > 4 * 66 and str(out) in result.output.replace("\n", "")
-    bad = CliRunner().invoke(sample, ["--degrader", "no-such-run", *args])
+    bad = CliRunner().invoke(sample, ["--degrader", "no-such-run", *args, "--overwrite"])  # out exists now
     assert bad.exit_code == 1 and "no-such-run" in bad.output and "Traceback" not in bad.output

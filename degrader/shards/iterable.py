@@ -103,9 +103,9 @@ def tar_samples(
 
     A shard that cannot be opened or is corrupt goes to `handler`; if it returns, the rest of that shard is
     skipped (a last sample read whole is kept). An incomplete sample, one with a member twice, a key seen
-    before in the shard (or, with `seen`, a dict key -> shard kept across the shards, in another shard: a
-    copied shard), and a shard holding another number of samples than `counts` (url -> samples, from
-    the manifest) says go to `handler` too. With `sha256` (url -> hex digest), a local shard whose bytes
+    before in the shard, a shard whose first key is another shard's first key (`seen`, first key -> shard,
+    kept across the shards: a shard listed twice or copied, found in memory per shard, not per sample), and a
+    shard holding another number of samples than `counts` (url -> samples, from the manifest) go to `handler`. With `sha256` (url -> hex digest), a local shard whose bytes
     differ goes to `handler` before any of its samples is read.
     """
     for url in urls:
@@ -121,9 +121,9 @@ def tar_samples(
                     if sample and sample["__key__"] != key:
                         yield from _if_whole(sample, fault, handler)
                         sample, fault = {}, None
+                    if not keys and seen is not None and seen.setdefault(key, url) != url:  # the whole shard again
+                        raise ShardError(f"{url}: {key}: also in {seen[key]}; a shard is listed twice or copied.")
                     fault = fault or member_fault(key, ext, sample, keys)
-                    if fault is None and not sample and seen is not None and seen.setdefault(key, url) != url:
-                        fault = f"also in {seen[key]}; a shard is listed twice or copied"
                     keys.add(key)
                     sample.setdefault("__key__", key)
                     sample["__url__"] = url
@@ -160,7 +160,7 @@ def ring_samples(
     """The samples of `urls` (holding `counts` samples) from global position `start` round to `start` - 1.
 
     Only the shards that hold these positions are opened; the samples before `start` in its shard are read
-    (not decoded) and dropped. A key met twice in the round goes to `handler` (see `tar_samples`).
+    (not decoded) and dropped. A shard met twice in the round goes to `handler` (see `tar_samples`).
     """
     seen: dict[str, str] = {}
     offsets = list(accumulate(counts, initial=0))
@@ -267,7 +267,7 @@ class ShardDataset(IterableDataset):
         kair_keys: also yield "L", "H", "L_path", "H_path" (KAIR's names).
         check_sha256: compare each shard's sha256 with the manifest's before reading its samples (a source
             with a manifest), so a changed shard never yields a sample. Reads every byte once more. Without it
-            the cheap checks still run: PNG CRCs, sizes and seeds against the json and manifest, keys unique.
+            the cheap checks still run: PNG CRCs, sizes and seeds against the json and manifest, no shard twice.
         on_error: "raise" a `ShardError` naming shard and key, "warn" and skip the broken part, or a handler
             function (`reraise_exception`, `warn_and_continue` or your own: raise to stop, return to skip).
 
