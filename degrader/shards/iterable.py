@@ -105,8 +105,9 @@ def tar_samples(
     skipped (a last sample read whole is kept). An incomplete sample, one with a member twice, a key seen
     before in the shard, a shard whose first key is another shard's first key (`seen`, first key -> shard,
     kept across the shards: a shard listed twice or copied, found in memory per shard, not per sample), and a
-    shard holding another number of samples than `counts` (url -> samples, from the manifest) go to `handler`. With `sha256` (url -> hex digest), a local shard whose bytes
-    differ goes to `handler` before any of its samples is read.
+    shard holding another number of samples than `counts` (url -> samples, from the manifest) go to `handler`.
+    With `sha256` (url -> hex digest), a local shard whose bytes differ goes to `handler` before any of its
+    samples is read.
     """
     for url in urls:
         sample: dict[str, Any] = {}
