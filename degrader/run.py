@@ -79,7 +79,7 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     if resume and (out / STATE_FILE).exists():
         old = read_json(saved, "run's config", "restore it, or start again with a new --out")
         check_inputs(old, config)
-        changed = sorted(k for k in old if k not in RESUMABLE and _differs(old[k], config.get(k)))
+        changed = sorted(k for k in old if k not in {*RESUMABLE, "images"} and _differs(old[k], config.get(k)))
         if changed:
             had = ", ".join(f"{k}={json.dumps(old[k])[:40]}" for k in changed)
             raise UserError(
