@@ -16,6 +16,7 @@ from degrader.export import ExportConfig, export_shards, plan_export
 from degrader.shards import MANIFEST
 from tests.conftest import write_images
 from tests.test_hardening import assert_clean_error, second_shard_does_not_fit, snapshot
+from tests.test_hardening_cli import TINY
 
 
 def run(*args) -> Result:
@@ -182,7 +183,7 @@ def test_fit_prints_the_tone_warning(tmp_path):
     one = write_images(lr, 1, 16, seed=5)[0]
     for i in range(1, 20):
         (lr / f"{i:03d}.png").write_bytes(one.read_bytes())  # 20 copies of one image
-    tiny = ["--hr-size", "32", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--val-split", "0"]
+    tiny = [*TINY, "--set=val_split=0"]
     result = run("fit", "--hr", hr, "--lr", lr, "--out", tmp_path / "run", *tiny, "--dry-run")
     assert result.exit_code == 0, result.output
     shown = " ".join(result.output.split())  # rich wraps long lines
@@ -197,7 +198,7 @@ def test_fit_refuses_an_out_inside_an_input_folder(tmp_path, inside):
     write_images(folders["--val-lr"], 8, 16, seed=2)
     out = folders[inside] / "runs" / "first"
     args = [x for option, folder in folders.items() for x in (option, folder)]
-    result = run("fit", *args, "--out", out, "--hr-size", "32", "--workers", "0", "--device", "cpu", "--dry-run")
+    result = run("fit", *args, "--out", out, *TINY, "--dry-run")
     assert_clean_error(result, f"--out {out} is inside {inside} {folders[inside]}", "choose an --out outside it")
 
 

@@ -18,6 +18,7 @@ from degrader.errors import UserError
 from degrader.features import FeatureExtractor
 from tests.conftest import write_images
 from tests.test_hardening import assert_clean_error, pair_shards, snapshot
+from tests.test_hardening_cli import TINY
 
 # ------------------------------------------------------------------------------------------ --features files
 
@@ -143,14 +144,14 @@ def checkpoints(out: Path) -> dict[str, bytes]:
 def test_fit_resume_past_a_file_size_limit_names_the_file_and_keeps_the_checkpoint(tiny_folders, tmp_path):
     hr, lr = tiny_folders
     out = tmp_path / "run"
-    tiny = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+    tiny = TINY
     first = CliRunner().invoke(
         degrade, [str(a) for a in ["fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "2", *tiny]]
     )
     assert first.exit_code == 0, first.output
     before = checkpoints(out)
     with file_size_limit(min(map(len, before.values())) // 2):
-        resumed = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "4", "--workers", "0"])
+        resumed = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "4", "--set=workers=0"])
     line = assert_clean_error(resumed, "file too large writing", str(out))
     assert re.search(r"writing \S+/(state|degrader)\.safetensors \(a file-size limit", line), line
     assert checkpoints(out) == before and not [k for k in snapshot(out) if k.endswith(".tmp")]
@@ -189,7 +190,7 @@ def test_fit_resume_on_a_changed_folder_names_the_folder(tmp_path, changed):
     hr, lr, out = tmp_path / "hr", tmp_path / "lr", tmp_path / "run"
     write_images(hr, 12, 64)
     write_images(lr, 12, 16, seed=1)
-    tiny = ["--hr-size", "32", "--batch-size", "2", "--d-steps", "1", "--workers", "0", "--device", "cpu"]
+    tiny = TINY
     first = CliRunner().invoke(
         degrade, [str(a) for a in ["fit", "--hr", hr, "--lr", lr, "--out", out, "--steps", "1", *tiny]]
     )
@@ -198,7 +199,7 @@ def test_fit_resume_on_a_changed_folder_names_the_folder(tmp_path, changed):
     (folder / "000.png").unlink()
     write_images(tmp_path / "new", 1, 64 if changed == "--hr" else 16, seed=7)[0].rename(folder / "new.png")
     before = snapshot(out)
-    resumed = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "2", "--workers", "0"])
+    resumed = CliRunner().invoke(degrade, ["fit", "--out", str(out), "--resume", "--steps", "2", "--set=workers=0"])
     line = assert_clean_error(resumed, f"--resume: {changed} {folder} changed since the run began")
     assert "other settings" not in line
     assert snapshot(out) == before
