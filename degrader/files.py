@@ -21,6 +21,7 @@ _D = "[0-9]"  # a digit, in WRITTEN's globs
 # these and nothing else, so files a user put there (notes, plots) survive.
 WRITTEN = (
     *("config.json", "state.safetensors", "degrader.safetensors", "sr.safetensors", "log.jsonl", "skipped.txt"),
+    "inputs.json",  # fit's image lists
     *("samples/step-*.png", "samples/.step-*.tmp"),  # sample grids and their temporaries
     *("best.safetensors", "report.html", "report-*.png"),  # fit's validation best and its run report
     *("manifest.json", ".export-state.json", f"shard-{_D * 6}.tar", f"shard-r{_D * 4}-{_D * 6}.tar"),  # exports

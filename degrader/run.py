@@ -36,6 +36,7 @@ from degrader.threads import threads_in_use
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
+INPUTS_FILE = "inputs.json"  # the training image lists' digests, so a resume can name a changed folder
 SKIPPED_FILE = "skipped.txt"  # every input file the scan left out, with the reason
 TRAINED = ("degrader.safetensors", "sr.safetensors", LOG_FILE)  # written only once training has begun
 STATE_KIND = "train-state"
@@ -78,8 +79,7 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
         )
     if resume and (out / STATE_FILE).exists():
         old = read_json(saved, "run's config", "restore it, or start again with a new --out")
-        check_inputs(old, config)
-        changed = sorted(k for k in old if k not in {*RESUMABLE, "images"} and _differs(old[k], config.get(k)))
+        changed = sorted(k for k in old if k not in RESUMABLE and _differs(old[k], config.get(k)))
         if changed:
             had = ", ".join(f"{k}={json.dumps(old[k])[:40]}" for k in changed)
             raise UserError(
@@ -93,15 +93,22 @@ def _open_run(out: Path, config: dict[str, Any], *, resume: bool, overwrite: boo
     return False
 
 
-def check_inputs(old: dict[str, Any], config: dict[str, Any]) -> None:
-    """Refuse a resume whose input folders (the same paths) now hold other images than the run recorded in
-    `images` ({option: `files.list_digest`}): the tone map and the data would differ, and the folder is named."""
-    recorded, now = old.get("images"), config.get("images")
-    if not isinstance(recorded, dict) or not isinstance(now, dict):
-        return  # a run written before the list was recorded
-    moved = [k for k in recorded if k in now and old.get(k) == config.get(k) and recorded[k] != now[k]]
+def check_inputs(out: Path, images: dict[str, dict[str, str]], resume: bool) -> None:
+    """On resume, refuse input folders (the same paths) that now hold other images than INPUTS_FILE recorded:
+    the data and a measured tone map would differ, and the message names the folder, not the settings that
+    follow from it. `images` maps an option ("hr") to {"folder", "images": `files.list_digest`}."""
+    path = out / INPUTS_FILE
+    if not resume or not path.is_file():
+        return  # a new run, or one written before the lists were recorded
+    saved = read_json(path, "run's image lists", "restore it, or start again with a new --out")
+    saved = saved if isinstance(saved, dict) else {}
+    moved = []
+    for k, now in images.items():
+        then = saved.get(k)
+        if isinstance(then, dict) and then.get("folder") == now["folder"] and then.get("images") != now["images"]:
+            moved.append(k)
     if moved:
-        folders = " and ".join(f"--{k} {config[k]}" for k in moved)
+        folders = " and ".join(f"--{k} {images[k]['folder']}" for k in moved)
         raise UserError(
             f"--resume: {folders} changed since the run began (images added, removed or changed); restore "
             f"{'them' if len(moved) > 1 else 'it'}, or start a new run with a new --out."

@@ -13,7 +13,7 @@ from degrader import dist
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
-from degrader.files import check_out_dir, check_out_outside, list_digest
+from degrader.files import check_out_dir, check_out_outside, list_digest, write_json
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
@@ -22,8 +22,10 @@ from degrader.nets import Discriminator
 from degrader.presets import PRESETS
 from degrader.progress import Progress
 from degrader.run import (
+    INPUTS_FILE,
     Bookkeeping,
     RunResult,
+    check_inputs,
     config_dict,
     deferred_interrupt,
     grid_images,
@@ -172,6 +174,14 @@ def measure_training_tone(config: FitConfig, model: HighToLowConfig | Structured
     return measure_tone(*sets, model.scale)
 
 
+def input_images(plan: FitPlan) -> dict[str, dict[str, str]]:
+    """The training folders and the digests of their image lists (`files.list_digest`), as INPUTS_FILE holds them."""
+    return {
+        k: {"folder": str(s.root), "images": list_digest(s.root, s.paths)}
+        for k, s in (("hr", plan.hr), ("lr", plan.lr))
+    }
+
+
 def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     """Train a High-to-Low degrader; writes checkpoints, log and sample grids to `plan.config.out`.
 
@@ -184,9 +194,11 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
     """
     config, model, device = plan.config, plan.model, plan.device
     out = Path(config.out)
-    images = {"hr": list_digest(plan.hr.root, plan.hr.paths), "lr": list_digest(plan.lr.root, plan.lr.paths)}
-    recorded = {**config_dict(config), "images": images}  # a resume on changed folders names them
-    resuming = open_run(out, recorded, resume=config.resume, overwrite=config.overwrite)
+    images = input_images(plan)
+    check_inputs(out, images, config.resume)  # first: a changed folder also changes the tone map, a setting
+    resuming = open_run(out, config_dict(config), resume=config.resume, overwrite=config.overwrite)
+    if dist.is_main():
+        write_json(out / INPUTS_FILE, images)
     write_skipped(out, {"--hr": plan.hr.skipped, "--lr": plan.lr.skipped})
 
     # --- networks, optimizers, EMA of G ---

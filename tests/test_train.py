@@ -86,8 +86,8 @@ def test_run_directory_contents(tiny_folders, tmp_path):
     assert all({"g_pixel", "g_adv", "d_loss"} <= c[2].keys() for c in calls)
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     assert names == [
-        "config.json", DEGRADER_FILE, "log.jsonl", "samples", "samples/step-000002.png", "samples/step-000004.png",
-        STATE_FILE,
+        "config.json", DEGRADER_FILE, "inputs.json", "log.jsonl", "samples", "samples/step-000002.png",
+        "samples/step-000004.png", STATE_FILE,
     ]  # fmt: skip
     saved = json.loads((out / "config.json").read_text())
     assert saved["hr"] == str(hr) and saved["hr_size"] == 32 and saved["loss"]["d_steps"] == 2
