@@ -298,7 +298,7 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
                 if rank < best[k][0]:
                     best[k] = (rank, step, {n: v.detach().clone() for n, v in shown.state_dict().items()})
     final = (ema.module if ema else net_g).eval()
-    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history}
+    out = {"steps": step, "seconds": time.perf_counter() - t0, "val": history, "net_final": copy.deepcopy(final)}
     for k, suffix in zip(keys, ("", "_alt")[: len(keys)], strict=True):  # best weights (the last: none scored)
         _, out["best_step" + suffix], state = best[k]
         out["net" + suffix] = copy.deepcopy(final)

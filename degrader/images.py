@@ -88,7 +88,9 @@ def _randint(rng: random.Random | torch.Generator, lo: int, hi: int) -> int:
     return rng.randint(lo, hi)
 
 
-def prepare(img: Image.Image, size: int, mode: str, rng: random.Random | torch.Generator) -> Image.Image:
+def prepare(
+    img: Image.Image, size: int, mode: str, rng: random.Random | torch.Generator, frame: float = 1.0
+) -> Image.Image:
     """Bring an image to size x size.
 
     Args:
@@ -98,13 +100,15 @@ def prepare(img: Image.Image, size: int, mode: str, rng: random.Random | torch.G
             "crop": a random size x size crop at native resolution, never resampled, since resampling a real
             LR photo erases the noise the degrader must learn.
         rng: used by "crop" only.
+        frame: "resize" only: the centre fraction of the shorter side kept (1: all of it; 0.7 zooms in 1.4x,
+            to match a set of wider-framed faces to a tightly framed one).
 
     Raises:
         UserError: unknown mode, or an image smaller than the crop in "crop" mode.
     """
     w, h = img.size
     if mode == "resize":
-        side = min(w, h)
+        side = min(w, h) * frame
         left, top = (w - side) / 2, (h - side) / 2
         # Resampling only the centre square is the same as resize-then-crop, in one pass.
         return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
