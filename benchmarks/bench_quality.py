@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from degrader import texture  # noqa: E402
 from degrader.checkpoint import Degrader, noise_from_seeds  # noqa: E402
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, set_lr, update  # noqa: E402
 from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
@@ -69,6 +70,7 @@ from degrader.presets import PRESETS  # noqa: E402
 from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E402
 from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
 from degrader.synthetic import camera_degrade  # noqa: E402
+from degrader.texture import measure_texture  # noqa: E402
 from degrader.tone import ToneMap, measure_tone  # noqa: E402
 from sr.metrics import psnr  # noqa: E402
 from sr.model import PRESETS as SR_PRESETS  # noqa: E402
@@ -84,6 +86,7 @@ WEB_TEST = 1044  # of faces-lr-web, held out
 STABLE = dict(augment="translation,colour", r1=1.0, lr_d=4e-4, d_steps=1, ema=0.99)
 TUNED = {**STABLE, "pixel": "luma-lowpass"}
 HP1 = {**TUNED, "beta": 1.0, "d_highpass": 1.0}
+SMALL = {**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto"}  # `degrade fit --preset small` before texture
 VARIANTS: dict[str, dict] = {
     "s-init": dict(generator="structured", loss={}, max_steps=0),  # the start: light blur + area downscaling
     "paper": dict(generator="paper", loss={}),  # the paper's network (small width) and losses
@@ -116,6 +119,13 @@ VARIANTS: dict[str, dict] = {
     # with `--tone auto`: those targets carried through the LR set's tone map, measured from the training sets
     "tuned-b1-hp1-ld0.5-ex100-tone": dict(
         generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto"}
+    ),
+    # `small` with the real LR's texture statistics as a target (`loss.texture`: weight of their W1 match)
+    "small-tex1": dict(
+        generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto", "texture": 1.0}
+    ),
+    "small-tex3": dict(
+        generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto", "texture": 3.0}
     ),
     # the same with the sensor noise starting higher in its range (noise_init 0.3, not 0.05: a ~ 2e-5, b ~ 3e-6)
     "tuned-b1-hp1-ld0.5-ex100-tone-n0.3": dict(
@@ -248,6 +258,8 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     net_g, net_d, loss = build(spec, seed)
     net_g, net_d = net_g.to(device), net_d.to(device)
     loss = dataclasses.replace(loss, tone_map=(tone.gain, tone.offset))
+    if loss.texture > 0:  # the real LR set's texture quantiles, as `degrade fit` measures them
+        loss = dataclasses.replace(loss, texture_target=measure_texture(real[: texture.IMAGES]))
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
     ema = Ema(net_g, loss.ema) if loss.ema > 0 else None
     gen = torch.Generator().manual_seed(seed)

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,17 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality as bq  # noqa: E402
 
 from degrader.checkpoint import noise_from_seeds  # noqa: E402
-from degrader.gan import luma  # noqa: E402
 from degrader.images import load_rgb, prepare, scan_images, to_tensor  # noqa: E402
 from degrader.realism import (  # noqa: E402
     RealismProbe,
     classifier_two_sample_test,
     image_statistics,
-    texture,
-    texture_swd,
     wasserstein_1d,
 )
 from degrader.structured import StructuredGenerator  # noqa: E402
+from degrader.texture import texture, texture_swd  # noqa: E402
 
 TEST = bq.WEB_TEST  # held-out web faces: the first 1,044 of the fixed shuffle
 N = 500  # images per set for the classifier tests
@@ -63,7 +58,9 @@ def load_web(folder: str, frame: float, cache: Path) -> torch.Tensor:
     if path.exists():
         return load_file(path)["web"]
     rng = random.Random(0)
-    web = torch.stack([to_tensor(prepare(load_rgb(p), 16, "resize", rng, frame=frame)) for p in scan_images(folder).paths])
+    web = torch.stack(
+        [to_tensor(prepare(load_rgb(p), 16, "resize", rng, frame=frame)) for p in scan_images(folder).paths]
+    )
     web = (web * 255).round().to(torch.uint8)
     web = web[torch.randperm(len(web), generator=torch.Generator().manual_seed(1))]
     save_file({"web": web}, path)
@@ -153,8 +150,12 @@ def main() -> None:
     args.splits = str(out / "splits.safetensors")
     splits = _face_splits(bq.load_data(args)) | {f"web{f:g}": load_web(args.lr, f, out) for f in args.frame_list}
     save_file(splits, args.splits)
-    jobs = [(v, f, s, vars(args)) for s in args.seeds.split(",") for v in args.variants.split(",") for f in args.frame_list]
-    jobs = [(v, f, int(s), a) for v, f, s, a in jobs] + [("grey", 1.0, int(s), vars(args)) for s in args.seeds.split(",")]
+    jobs = [
+        (v, f, s, vars(args)) for s in args.seeds.split(",") for v in args.variants.split(",") for f in args.frame_list
+    ]
+    jobs = [(v, f, int(s), a) for v, f, s, a in jobs] + [
+        ("grey", 1.0, int(s), vars(args)) for s in args.seeds.split(",")
+    ]
     rows = []
     import multiprocessing as mp
 

@@ -30,9 +30,18 @@ from degrader.realism import (
     statistics_distances,
 )
 from degrader.scan import Scan, scan_images
+from degrader.texture import texture_swd, texture_two_sample_test
 
 REFERENCE = "bicubic"  # always evaluated: the headline figures are relative to it
-LOWER_IS_BETTER = ("swd", "c2st", *STATISTICS, "fid", "kid")  # the metrics that get a relative figure
+LOWER_IS_BETTER = (
+    "swd",
+    "tex_swd",
+    "c2st",
+    "tex_c2st",
+    *STATISTICS,
+    "fid",
+    "kid",
+)  # the metrics that get a relative figure
 
 
 @dataclass
@@ -162,6 +171,8 @@ def compare(
     metrics = {"swd": sum(per_level) / len(per_level)}
     metrics.update({f"swd_{side >> i}": d for i, d in enumerate(per_level)})
     metrics.update(classifier_two_sample_test(fake, real, seed))
+    metrics["tex_swd"] = texture_swd(fake, real, seed)  # texture alone: each set normalised by its own statistics
+    metrics.update(texture_two_sample_test(fake, real, seed))
     stats = image_statistics(fake)
     metrics.update(statistics_distances(stats, real_stats))
     if features is not None and real_features is not None:

@@ -39,6 +39,7 @@ from torch import nn
 
 from degrader import dist
 from degrader.color import luma
+from degrader.texture import texture_loss
 
 PIXEL_LOSSES = ("rgb", "luma", "luma-lowpass")
 AUGMENTATIONS = ("translation", "cutout", "colour", "dihedral")
@@ -62,9 +63,12 @@ class LossConfig:
     exposure: float = 0.0  # weight of the squared difference of each image's mean luma (output vs target); 0 off
     tone: str = "off"  # "auto": the losses' target takes the real LR set's tone (degrader.tone); "off": the HR's
     tone_map: tuple[float, float] = (1.0, 0.0)  # (gain, offset) on [0, 1] luma, measured before training for "auto"
+    texture: float = 0.0  # weight of the match to the real LR's noise/sharpness/blockiness (degrader.texture); 0 off
+    texture_target: tuple = ()  # their quantiles in the real LR set, measured before training when texture > 0
 
     def __post_init__(self) -> None:
         self.betas, self.tone_map = tuple(self.betas), tuple(self.tone_map)  # lists after a JSON round trip
+        self.texture_target = tuple(tuple(q) for q in self.texture_target)
         if self.tone not in TONES:
             raise ValueError(f"tone {self.tone!r} is not one of {', '.join(TONES)}")
         if self.pixel not in PIXEL_LOSSES:
@@ -74,8 +78,8 @@ class LossConfig:
             raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
-        if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0 or self.exposure < 0:
-            raise ValueError("d_steps must be >= 1, and r1, d_highpass and exposure >= 0")
+        if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0 or self.exposure < 0 or self.texture < 0:
+            raise ValueError("d_steps must be >= 1, and r1, d_highpass, exposure and texture >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay {self.lr_decay} must lie in [0, 1]")
 
@@ -219,6 +223,12 @@ def generator_loss(
         exposure = exposure_loss(fake, target)
         total = total + loss.exposure * exposure
         logs["g_exposure"] = exposure.item()
+    if loss.texture > 0:
+        if not loss.texture_target:
+            raise ValueError("loss.texture > 0 needs loss.texture_target (degrader.texture.measure_texture)")
+        texture = texture_loss((fake + 1) / 2, loss.texture_target)
+        total = total + loss.texture * texture
+        logs["g_texture"] = texture.item()
     return total, logs
 
 

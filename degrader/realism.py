@@ -147,22 +147,6 @@ def swd(fake: torch.Tensor, real: torch.Tensor, seed: int = 0, **kwargs) -> dict
     return out
 
 
-def texture(x: torch.Tensor) -> torch.Tensor:
-    """The grey detail of each image, `luma - box3x3(luma)` (N, 1, H, W): tone, colour and shading out, texture in."""
-    g = (x[:, :1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114) if x.shape[1] == 3 else x
-    return g - F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-
-
-def texture_swd(fake: torch.Tensor, real: torch.Tensor, seed: int = 0, patch: int = 5, **kwargs) -> float:
-    """SWD x 1e3 between the 5x5 patches of both sets' `texture`, each set normalised by its own mean and std
-    (Karras et al.'s normalisation): a distance that sees noise, blocks and sharpness, not tone or colour."""
-    a, b = texture(fake.float()), texture(real.float())
-    a = (a - a.mean()) / a.std().clamp_min(1e-8)
-    b = (b - b.mean()) / b.std().clamp_min(1e-8)
-    ref = SWDReference(b.expand(-1, 3, -1, -1), seed, patch=patch, **kwargs)
-    return ref.distance(a.expand(-1, 3, -1, -1))[0]
-
-
 # ---------------------------------------------------------------------------------------------- C2ST
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from degrader import dist
+from degrader import dist, texture
 from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
@@ -36,6 +36,7 @@ from degrader.run import (
     write_skipped,
 )
 from degrader.structured import StructuredConfig, StructuredGenerator
+from degrader.texture import measure_texture
 from degrader.tone import IMAGES, ToneMap, measure_tone
 from degrader.validation import Validation, ValidationSet, split_validation
 
@@ -155,6 +156,9 @@ def plan_fit(config: FitConfig) -> FitPlan:
     if config.loss.tone == "auto":  # measured again on --resume, to the same map: the same images and draws
         tone = measure_training_tone(config, model, hr, lr)
         config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, tone_map=(tone.gain, tone.offset)))
+    if config.loss.texture > 0:  # likewise the real LR's texture quantiles, the same again on --resume
+        target = measure_texture(training_sample(lr, texture.IMAGES, model.lr_size, config.lr_prep, "texture"))
+        config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, texture_target=target))
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
     dist.check_batch(config.batch_size)
@@ -180,6 +184,13 @@ def input_images(plan: FitPlan) -> dict[str, dict[str, str]]:
         k: {"folder": str(s.root), "images": list_digest(s.root, s.paths)}
         for k, s in (("hr", plan.hr), ("lr", plan.lr))
     }
+
+
+def training_sample(scan: Scan, n: int, size: int, prep: str, tag: str) -> torch.Tensor:
+    """Up to n readable images of a training set (N, 3, size, size), in an order fixed by `tag`, not the seed."""
+    rng = torch.Generator().manual_seed(0)  # random crops, for prep "crop"
+    subset = dataclasses.replace(scan, paths=shuffled(scan.paths, 0, tag))
+    return torch.stack(first_readable(subset, n, size, prep, rng))
 
 
 def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
