@@ -152,6 +152,8 @@ def _check(key: str, value: Any, tp: Any, source: str) -> Any:
             return value
     elif typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)):  # tuple[X, ...]
+            return tuple(_check(f"{key}[{i}]", v, args[0], source) for i, v in enumerate(value))
         if isinstance(value, (list, tuple)) and len(value) == len(args):
             return tuple(_check(f"{key}[{i}]", v, a, source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     elif typing.get_origin(tp) is list:

@@ -16,7 +16,7 @@ import torch
 
 from degrader.files import atomic_path, write_json
 from degrader.grids import numbered, save_grid
-from degrader.realism import STATISTICS
+from degrader.image_stats import STATISTICS
 from degrader.report_page import STYLE, html_table, pyplot, save_figure
 
 GRID_IMAGES = 8  # columns of the sample grid

@@ -19,16 +19,10 @@ import torch
 from degrader.checkpoint import load_degrader
 from degrader.errors import UserError
 from degrader.features import TIMEOUT, FeatureExtractor, fid, kid
+from degrader.image_stats import STATISTICS, image_statistics, statistics_distances
 from degrader.images import draw_images, hash_int
 from degrader.progress import Progress
-from degrader.realism import (
-    STATISTICS,
-    SWDReference,
-    classifier_two_sample_test,
-    image_statistics,
-    relative,
-    statistics_distances,
-)
+from degrader.realism import SWDReference, classifier_two_sample_test, relative
 from degrader.scan import Scan, scan_images
 from degrader.texture import texture_swd, texture_two_sample_test
 

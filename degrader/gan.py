@@ -64,7 +64,7 @@ class LossConfig:
     tone: str = "off"  # "auto": the losses' target takes the real LR set's tone (degrader.tone); "off": the HR's
     tone_map: tuple[float, float] = (1.0, 0.0)  # (gain, offset) on [0, 1] luma, measured before training for "auto"
     texture: float = 0.0  # weight of the match to the real LR's noise/sharpness/blockiness (degrader.texture); 0 off
-    texture_target: tuple = ()  # their quantiles in the real LR set, measured before training when texture > 0
+    texture_target: tuple[tuple[float, ...], ...] = ()  # their quantiles in the real LR, measured when texture > 0
 
     def __post_init__(self) -> None:
         self.betas, self.tone_map = tuple(self.betas), tuple(self.tone_map)  # lists after a JSON round trip

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from degrader.realism import SWDReference, classifier_two_sample_test, image_statistics
+from degrader.image_stats import image_statistics
+from degrader.realism import SWDReference, classifier_two_sample_test
 
 STATISTICS = ("noise", "sharpness", "blockiness")
 POINTS = 32  # quantiles stored per statistic

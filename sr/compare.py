@@ -38,9 +38,10 @@ from degrader.features import FeatureExtractor
 from degrader.files import read_json, sha256_file, write_json
 from degrader.gan import LossConfig
 from degrader.grids import save_grid
+from degrader.image_stats import image_statistics
 from degrader.images import draw_images, load_rgb, to_tensor
 from degrader.progress import Progress
-from degrader.realism import SWDReference, image_statistics, relative
+from degrader.realism import SWDReference, relative
 from degrader.run import STATE_FILE, config_dict
 from degrader.scan import Scan, scan_images
 from sr.compare_report import write_html

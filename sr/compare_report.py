@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from degrader.files import atomic_path
-from degrader.realism import STATISTICS
+from degrader.image_stats import STATISTICS
 from degrader.report_page import STYLE, html_table
 
 FLOOR = "real HR B vs A (floor)"

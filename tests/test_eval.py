@@ -69,7 +69,7 @@ def test_eval_cli_writes_a_self_contained_report_and_the_real_process_beats_bicu
     assert rows["bicubic"]["relative"]["swd"] == pytest.approx(1.0)
     assert rows["blur-bilinear"]["relative"]["swd"] < 0.75  # the process that made the real LR beats bicubic
     assert report["floor"]["swd_16"] < rows["bicubic"]["metrics"]["swd_16"]
-    for name in ("fid", "kid", "c2st", "c2st_low", "sharpness", "noise", "swd_16", "swd_8"):
+    for name in ("fid", "kid", "c2st", "c2st_low", "tex_swd", "tex_c2st", "sharpness", "noise", "swd_16", "swd_8"):
         assert name in report["floor"] and name in rows["bilinear"]["metrics"], name
     assert rows["blur-bilinear"]["metrics"]["fid"] < rows["bicubic"]["metrics"]["fid"]
 
