@@ -38,12 +38,15 @@ Column = tuple[str, str, Callable[[dict, dict], str]]
 
 
 def summary_columns(has_features: bool) -> list[Column]:
-    """The main table: the headline (SWD relative to bicubic), then each metric beside its floor."""
+    """The main table: the headline (SWD relative to bicubic, with colour and on texture alone), then each metric
+    beside its floor."""
     cols: list[Column] = [
         ("realism (SWD rel.)", "rel:swd", lambda m, r: _num(r.get("swd"))),
+        ("texture (SWD rel.)", "rel:tex_swd", lambda m, r: _num(r.get("tex_swd"))),
         ("SWD x1e3", "swd", lambda m, r: _num(m["swd"])),
         ("C2ST acc. [95% CI]", "c2st", lambda m, r: _c2st(m)),
         ("C2ST rel.", "rel:c2st", lambda m, r: _num(r.get("c2st"))),
+        ("texture C2ST acc.", "tex_c2st", lambda m, r: _num(m.get("tex_c2st"))),
     ]
     if has_features:
         cols += [

@@ -112,13 +112,17 @@ def test_eval_is_seeded_and_bad_input_gets_one_line(folders, tmp_path):
 def test_table_marks_the_best_degrader_per_column_and_no_tie():
     from degrader.eval_report import statistics_columns, summary_columns, table
 
-    def row(name: str, swd: float, c2st: float) -> dict:
-        metrics = {"swd": swd, "c2st": c2st, "c2st_low": c2st - 0.05, "c2st_high": c2st + 0.05}
-        return {"name": name, "metrics": metrics, "relative": {"swd": swd / 100, "c2st": c2st}}
+    def row(name: str, swd: float, c2st: float, tex: float) -> dict:
+        metrics = {"swd": swd, "c2st": c2st, "c2st_low": c2st - 0.05, "c2st_high": c2st + 0.05, "tex_swd": tex}
+        return {"name": name, "metrics": metrics, "relative": {"swd": swd / 100, "c2st": c2st, "tex_swd": tex / 40}}
 
-    report = {"floor": row("floor", 10, 0.5)["metrics"], "degraders": [row("bicubic", 100, 0.9), row("run", 50, 0.9)]}
+    rows = [row("bicubic", 100, 0.9, 40), row("run", 50, 0.9, 60)]
+    report = {"floor": row("floor", 10, 0.5, 5)["metrics"], "degraders": rows}
     header, rows, best = table(report, summary_columns(has_features=False))
     assert header[1].endswith("↓") and rows[0][0].endswith("(floor)") and [r[0] for r in rows[1:]] == ["bicubic", "run"]
-    assert best[1] == {2} and best[2] == {2}  # SWD relative and SWD: the run (row 2) is best
-    assert 3 not in best  # C2ST: a tie, nothing highlighted
+    assert header[2].startswith("texture (SWD rel.)")
+    assert best[1] == {2} and best[3] == {2}  # SWD relative and SWD: the run (row 2) is best
+    assert best[2] == {1}  # on texture alone bicubic is closer: the headline pair can disagree, and shows it
+    assert 4 not in best  # C2ST: a tie, nothing highlighted
+    assert rows[1][6] == "–"  # a report without the texture C2ST (written before it existed) still renders
     assert len(statistics_columns()) == 6
