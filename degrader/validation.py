@@ -9,6 +9,10 @@ fidelity of the LR to the HR content. The best weights (by `select`, a step at o
 realism can be won by destroying the images) are kept as `best.safetensors` beside the last ones;
 `Degrader.load(run)` prefers them.
 
+Large photos ("crop" prep of `--lr`): validation counts crops, not files. Whole LR files are held out (training
+never sees them) and each gives several fixed crops, crop k of a file placed by (seed, file name, k); the HR
+side likewise gives fixed crops of a few HR files. So a few dozen photos still make a validation set of `val_n`.
+
 Exact resume: the best weights travel in the training state (as the module "best_g"), and the best score is
 read back from the log, whose lines after the saved step are dropped on resume, so a resumed run keeps the
 same best as an uninterrupted one, file for file.
@@ -19,15 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from degrader import dist
 from degrader.checkpoint import BEST_FILE, Degrader
 from degrader.errors import UserError
-from degrader.images import draw_images, shuffled
+from degrader.images import ImageFolder, draw_images, hash_int, shuffled
 from degrader.model import HighToLowConfig
 from degrader.progress import Progress
 from degrader.realism import RealismProbe, relative
@@ -36,14 +42,17 @@ from degrader.scan import Scan, scan_images
 
 MIN_LR = 16  # held-out real LR images below which validation is off: two halves of 8 images
 HR_SHARE = 4  # the validation HR images leave training only when the HR folder holds this many times as many
+MIN_FILES = 8  # "crop" prep: LR files below which validation is off (whole files are held out)
+MIN_TRAIN_FILES = 4  # "crop" prep: files a validation leaves to training, at least
+CROP_CACHE_MB = 512  # decoded photo kept while its fixed crops are cut (one at a time)
 
 
 @dataclasses.dataclass(frozen=True)
 class ValidationSet:
     """The images validation scores on, fixed before training (part of the `FitPlan`)."""
 
-    hr: list[Path]  # HR images degraded at every validation
-    lr: list[Path]  # held-out real LR images: halves A (the reference) and B (the floor)
+    hr: list[Path]  # HR images degraded at every validation ("crop" prep: one entry per crop, files repeat)
+    lr: list[Path]  # held-out real LR images: halves A (the reference) and B (the floor); per crop likewise
     hr_held_out: bool  # the HR images were removed from training too
     source: str  # where the LR images come from, for the plan summary
 
@@ -58,13 +67,30 @@ def _without(scan: Scan, removed: list[Path]) -> Scan:
     return dataclasses.replace(scan, paths=[p for p in scan.paths if p not in gone])  # training order unchanged
 
 
+def held_files(n: int, val_split: float, cap: int) -> int:
+    """Files a "crop" validation takes from `n`: the `val_split` share, at least 1, at most `cap`, leaving
+    `MIN_TRAIN_FILES` to training (callers check `n >= MIN_FILES` first)."""
+    return min(max(1, round(val_split * n)), n - MIN_TRAIN_FILES, cap)
+
+
+def crop_list(files: list[Path], count: int) -> list[Path]:
+    """`count` crop entries over `files`, interleaved (entry j is a crop of file j % len(files)), so that each
+    half of the list, and any prefix of it, covers the files evenly."""
+    return [files[j % len(files)] for j in range(count)]
+
+
 def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Scan, Scan, ValidationSet | None, str]:
     """Choose the validation images and take them out of training where feasible.
 
-    `config` is a `FitConfig` (`val_lr`, `val_split`, `val_n`, `seed`). The real LR images come from `val_lr`
-    when set, else a seeded random `val_split` share of `lr` (at most 2 x `val_n` images: no more than the probe
-    uses) leaves training. `val_n` HR images are drawn from `hr`; they leave training only when `hr` holds at
-    least `HR_SHARE` times as many, so a small HR folder keeps all its images for training.
+    `config` is a `FitConfig` (`val_lr`, `val_split`, `val_n`, `seed`, `hr_prep`, `lr_prep`). The real LR images
+    come from `val_lr` when set, else a seeded random `val_split` share of `lr` (at most 2 x `val_n` images: no
+    more than the probe uses) leaves training. `val_n` HR images are drawn from `hr`; they leave training only
+    when `hr` holds at least `HR_SHARE` times as many, so a small HR folder keeps all its images for training.
+
+    With `lr_prep` "crop" the unit is the crop: `held_files` whole LR files leave training (validation needs
+    `MIN_FILES`; with `val_lr`, all its files up to 2 x `val_n` serve) and give 2 x `val_n` fixed crops between
+    them. With `hr_prep` "crop", `val_n` fixed crops come from `held_files` HR files, which leave training
+    when at least `MIN_FILES` HR files exist.
 
     Returns:
         The training HR and LR scans, the validation set (None: no validation) and a one-line note on it.
@@ -72,16 +98,29 @@ def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Sca
     Raises:
         UserError: `val_lr` holds too few usable images, or is the `lr` folder itself.
     """
+    lr_crops, hr_crops = config.lr_prep == "crop", config.hr_prep == "crop"
     if config.val_lr:
         val = scan_images(config.val_lr, min_size=lr_size, option="--val-lr")
         if Path(config.val_lr).resolve() == Path(config.lr).resolve():
             raise UserError(f"--val-lr {config.val_lr} is the --lr folder; use val_split to hold out part of it.")
-        if len(val.paths) < MIN_LR:
+        if len(val.paths) < MIN_LR and not lr_crops:  # crops: even one photo gives 2 x val_n of them
             raise UserError(
                 f"--val-lr {config.val_lr}: {len(val.paths)} usable images; validation needs at least {MIN_LR}."
             )
         held = shuffled(val.paths, config.seed, "val-lr")[: 2 * config.val_n]
         source = f"--val-lr {config.val_lr}"
+    elif config.val_split > 0 and lr_crops:
+        n = len(lr.paths)
+        if n < MIN_FILES:
+            note = (
+                f"validation off: --lr holds {n} files, fewer than {MIN_FILES}; with lr_prep crop whole files are "
+                f"held out and {MIN_TRAIN_FILES} must stay for training: give more LR photos or --val-lr DIR"
+            )
+            return hr, lr, None, note
+        k = held_files(n, config.val_split, 2 * config.val_n)
+        held = shuffled(lr.paths, config.seed, "val-lr")[:k]
+        lr = _without(lr, held)
+        source = f"{k} of {n} --lr files held out (val_split {config.val_split})"
     elif config.val_split > 0:
         k = min(round(config.val_split * len(lr.paths)), 2 * config.val_n)
         if k < MIN_LR:
@@ -95,17 +134,54 @@ def split_validation(config: Any, hr: Scan, lr: Scan, lr_size: int) -> tuple[Sca
         source = f"{k} of --lr held out (val_split {config.val_split})"
     else:
         return hr, lr, None, "validation off (val_split 0)"
-    m = min(config.val_n, len(held) // 2, len(hr.paths))
-    val_hr = shuffled(hr.paths, config.seed, "val-hr")[:m]
-    held_out = len(hr.paths) >= HR_SHARE * m
+    m = config.val_n  # crops are as many as asked for; images as many as there are
+    m = m if lr_crops else min(m, len(held) // 2)
+    m = m if hr_crops else min(m, len(hr.paths))
+    lr_part = f"2 x {m} real LR images"
+    if lr_crops:
+        lr_part = f"2 x {m} real LR crops of {_files(len(held))}"
+        held = crop_list(held, 2 * m)
+    if hr_crops:
+        n = len(hr.paths)
+        k = min(max(1, round(config.val_split * n)), m)
+        held_out = n >= MIN_FILES and n - k >= MIN_TRAIN_FILES
+        val_hr = crop_list(shuffled(hr.paths, config.seed, "val-hr")[:k], m)
+        hr_part = f"{m} HR crops of {_files(k)}"
+    else:
+        val_hr = shuffled(hr.paths, config.seed, "val-hr")[:m]
+        held_out = len(hr.paths) >= HR_SHARE * m
+        hr_part = f"{m} HR images"
     if held_out:
         hr = _without(hr, val_hr)
     vset = ValidationSet(val_hr, held[: 2 * m], held_out, source)
     note = (
-        f"validation every {config.eval_every} steps: {m} HR images ({'held out' if held_out else 'also trained on'})"
-        f" against 2 x {m} real LR images ({source})"
+        f"validation every {config.eval_every} steps: {hr_part} ({'held out' if held_out else 'also trained on'})"
+        f" against {lr_part} ({source})"
     )
     return hr, lr, vset, note
+
+
+def _files(n: int) -> str:
+    return f"{n} file{'' if n == 1 else 's'}"
+
+
+def draw_crops(paths: list[Path], size: int, seed: int, tag: str) -> torch.Tensor:
+    """One fixed size x size crop per entry of `paths` (a file may repeat). (len(paths), 3, size, size).
+
+    Crop k of a file is placed by (tag, seed, file name, k), whatever the other entries; each file is decoded
+    once. A file that fails to decode is replaced by the next one, as in `draw_images`.
+    """
+    files = list(dict.fromkeys(paths))
+    index = {p: i for i, p in enumerate(files)}
+    folder = ImageFolder(files, size, "crop", "none", cache_mb=CROP_CACHE_MB)
+    seeds, seen = [], Counter()
+    for p in paths:
+        seeds.append(hash_int(tag, seed, Path(p).name, seen[p]))
+        seen[p] += 1
+    crops: list[torch.Tensor | None] = [None] * len(paths)
+    for j in sorted(range(len(paths)), key=lambda j: index[paths[j]]):  # file by file: one decode each
+        crops[j] = folder[index[paths[j]], seeds[j]]
+    return torch.stack(crops)
 
 
 class Validation:
@@ -126,8 +202,8 @@ class Validation:
         self.probe = None
         if dist.is_main():
             m = vset.n
-            hr = draw_images(vset.hr, m, model.hr_size, config.hr_prep, config.seed, "val-hr")  # (m, 3, H, H)
-            lr = draw_images(vset.lr, 2 * m, model.lr_size, config.lr_prep, config.seed, "val-lr")  # (2m, 3, h, h)
+            hr = _draw(vset.hr, m, model.hr_size, config.hr_prep, config.seed, "val-hr")  # (m, 3, H, H)
+            lr = _draw(vset.lr, 2 * m, model.lr_size, config.lr_prep, config.seed, "val-lr")  # (2m, 3, h, h)
             self.probe = RealismProbe(hr, lr, model.scale, seed=config.seed, tone=config.loss.tone_map)
 
     def __call__(self, step: int, net_g: nn.Module) -> None:
@@ -186,6 +262,13 @@ class Validation:
         best, n = self.best_record, self.probe.hr.shape[0]
         fidelity = best.get("val_fidelity", math.nan), self.min_fidelity  # absent from older logs
         return summarize(self.best_step, best["val_swd"], self.probe.floor, self.probe.bicubic, n, *fidelity)
+
+
+def _draw(paths: list[Path], count: int, size: int, prep: str, seed: int, tag: str) -> torch.Tensor:
+    """The validation images of one side: fixed crops of the listed entries ("crop"), else a seeded draw."""
+    if prep == "crop":
+        return draw_crops(paths[:count], size, seed, tag)
+    return draw_images(paths, count, size, prep, seed, tag)
 
 
 def summarize(
