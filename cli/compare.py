@@ -67,7 +67,7 @@ def print_table(report: dict) -> None:
     "--degrader",
     "degraders",
     multiple=True,
-    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear; repeat for each.  [required]",
+    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, ...; realesrgan and bsrgan are added.  [required]",
 )
 @click.option("--lr", "lr", type=DIR, help="Real LR images without ground truth: realism of the SR outputs.")
 @click.option("--pairs", type=DIR, help="Folder of NAME_HR / NAME_LR image pairs: PSNR and SSIM.")

@@ -39,7 +39,7 @@ def print_tables(report: dict) -> None:
     "degraders",
     multiple=True,
     required=True,
-    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear; repeat to compare several. "
+    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear, realesrgan, bsrgan; repeat. "
     "bicubic is always included as the reference.",
 )
 @click.option("--hr", "hr", type=DIR, required=True, help="Folder of HR images to degrade (recursive).")

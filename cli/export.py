@@ -21,7 +21,7 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
 @click.option(
     "--degrader",
     required=True,
-    help="A `degrade fit` run directory or .safetensors checkpoint, or bicubic, bilinear or blur-bilinear.",
+    help="A `degrade fit` run dir or .safetensors checkpoint, or bicubic, bilinear, blur-bilinear, realesrgan, bsrgan.",
 )
 @click.option(
     "--hr", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of HR images (recursive)."

@@ -12,7 +12,9 @@ from cli.progress import console, user_errors
 
 @click.command("sample")
 @click.option(
-    "--degrader", required=True, help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear."
+    "--degrader",
+    required=True,
+    help="A `degrade fit` run or checkpoint, or bicubic, bilinear, blur-bilinear, realesrgan, bsrgan.",
 )
 @click.option("--hr", "hr", type=DIR, required=True, help="Folder of HR images; the first --n readable ones are rows.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The PNG to write.")

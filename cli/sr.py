@@ -30,7 +30,7 @@ def sr() -> None:
 @click.option("--shards", help="Paired shards: a directory, manifest, glob or brace pattern (local files).")
 @click.option(
     "--degrader",
-    help="Degrade --hr on the fly: a `degrade fit` run directory, or bicubic, bilinear or blur-bilinear.",
+    help="Degrade --hr on the fly: a `degrade fit` run, or bicubic, bilinear, blur-bilinear, realesrgan, bsrgan.",
 )
 @click.option("--hr", "hr", type=DIR, help="Folder of HR images for --degrader (searched recursively).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory to write.  [required]")

@@ -1,4 +1,5 @@
-"""The classical baselines of the paper's Table 1, with the same interface as a learned `Degrader`.
+"""The classical baselines of the paper's Table 1, and the hand-made pipelines users train real-world SR on
+(`realesrgan`, `bsrgan`: `degrader/handmade.py`), with the same interface as a learned `Degrader`.
 
 Each one maps HR images (B, 3, H, W) in [0, 1] and one integer seed per image to LR images
 (B, 3, H/s, W/s) in [0, 1]. The seed fixes whatever randomness the method has, per image, so
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from degrader.errors import UserError
+from degrader.handmade import BSRGAN, HandMade, RealESRGAN
 
 
 class Bicubic:
@@ -89,10 +91,17 @@ class BlurBilinear(Bilinear):
         return self._downsample(torch.cat(blurred)).clamp(0, 1)
 
 
-CLASSICAL: dict[str, type[Bicubic]] = {"bicubic": Bicubic, "bilinear": Bilinear, "blur-bilinear": BlurBilinear}
+CLASSICAL: dict[str, type[Bicubic] | type[HandMade]] = {
+    "bicubic": Bicubic,
+    "bilinear": Bilinear,
+    "blur-bilinear": BlurBilinear,
+    "realesrgan": RealESRGAN,
+    "bsrgan": BSRGAN,
+}
+HANDMADE = ("realesrgan", "bsrgan")  # defined for scale 2 and 4 only
 
 
-def make_classical(name: str, scale: int = 4) -> Bicubic:
+def make_classical(name: str, scale: int = 4) -> Bicubic | HandMade:
     """Build the classical degrader `name` (one of `CLASSICAL`) for an integer `scale` >= 2.
 
     Raises:
@@ -102,4 +111,6 @@ def make_classical(name: str, scale: int = 4) -> Bicubic:
         raise UserError(f"--degrader {name!r} is not a classical degrader; choose one of {', '.join(CLASSICAL)}.")
     if int(scale) < 2:
         raise UserError(f"--scale {scale}: a degrader needs a scale of 2 or more.")
+    if name in HANDMADE and int(scale) not in (2, 4):
+        raise UserError(f"--scale {scale}: the {name} pipeline is defined for scale 2 and 4; pick one of them.")
     return CLASSICAL[name](int(scale))

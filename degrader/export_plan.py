@@ -26,7 +26,7 @@ RUN_ONLY = ("out", "workers", "batch_size", "device", "resume", "overwrite")  # 
 
 @dataclass
 class ExportConfig:
-    degrader: str = "bicubic"  # `degrade fit` run dir or .safetensors checkpoint, or bicubic|bilinear|blur-bilinear
+    degrader: str = "bicubic"  # `degrade fit` run dir or .safetensors, or a `classical.CLASSICAL` name (bicubic...)
     hr: str = ""  # folder of HR images, searched recursively
     out: str = ""  # output folder for shard-NNNNNN.tar and manifest.json
     per_image: int = 1  # K: LR variants per HR crop, each with its own seed

@@ -1,7 +1,8 @@
 """`compare()`: the paper's Table 1 in one call: one SR model per degrader, trained alike, scored side by side.
 
-For each degrader (a `degrade fit` run, or bicubic / bilinear / blur-bilinear) it exports paired shards of the
-same HR images, trains the same SR model on them with the same steps and seed, then scores every model beside
+For each degrader (a `degrade fit` run, or bicubic / bilinear / blur-bilinear / realesrgan / bsrgan; the
+`baselines`, Real-ESRGAN's and BSRGAN's pipelines, are added by default) it exports paired shards of the same
+HR images, trains the same SR model on them with the same steps and seed, then scores every model beside
 plain bicubic upscaling:
 - on paired images (`pairs`): PSNR and SSIM, as `sr eval` measures them;
 - on real LR images without ground truth (`lr`): how real the SR outputs look against the HR set at HR size
@@ -54,6 +55,7 @@ SETTINGS = "settings.json"
 RESULT = "compare.json"
 GRID = "grid.png"
 BICUBIC = "bicubic upscaling"  # the row every model is measured against
+BASELINES = ("realesrgan", "bsrgan")  # the hand-made pipelines users train on instead: rows of every comparison
 RUN_ONLY = ("out", "resume", "device", "workers")  # settings that never change the table
 EXPORT_CROP = {"resize": "center", "crop": "random"}  # --hr-prep -> export --crop: HR crops as `fit` makes them
 GRID_CROP = 32  # LR pixels: pair images are centre-cropped to this for the grid
@@ -62,8 +64,9 @@ GRID_CROP = 32  # LR pixels: pair images are centre-cropped to this for the grid
 @dataclass
 class CompareConfig:
     hr: str  # HR images: every degrader degrades them, and SR outputs are compared with them (realism)
-    degraders: list[str]  # `degrade fit` runs or checkpoints, or bicubic | bilinear | blur-bilinear
+    degraders: list[str]  # `degrade fit` runs or checkpoints, or `classical.CLASSICAL` names
     out: str  # the comparison's folder
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))  # compared after `degraders`; [] for none
     lr: str | None = None  # real LR images without ground truth: realism of the SR outputs
     pairs: str | None = None  # a folder of NAME_HR / NAME_LR image pairs: PSNR and SSIM
     steps: int = 2000  # SR training steps, the same for every degrader
@@ -179,7 +182,7 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     recorded = {k: v for k, v in config_dict(config).items() if k not in RUN_ONLY}
     _check_out(out, recorded, config.resume)
 
-    specs = list(dict.fromkeys(config.degraders))
+    specs = list(dict.fromkeys([*config.degraders, *config.baselines]))
     learned = {s: load_degrader(s, None, config.device) for s in specs if s not in CLASSICAL}
     sizes = {(d.hr_size, d.scale) for d in learned.values()}
     if len(sizes) > 1:

@@ -58,7 +58,7 @@ class SRTrainConfig:
     out: str  # run directory: config, checkpoints, log, sample grids
     shards: str | None = None  # paired shards: directory, manifest, glob or brace pattern (local files)
     verify: bool = True  # compare each shard's sha256 with the manifest before training (a changed shard is refused)
-    degrader: str | None = None  # on the fly: a `degrade fit` run dir / .safetensors, or bicubic|bilinear|blur-bilinear
+    degrader: str | None = None  # on the fly: a `degrade fit` run dir / .safetensors, or a `classical.CLASSICAL` name
     hr: str | None = None  # folder of HR images for on-the-fly data (with `degrader`)
     hr_prep: str = "resize"  # how HR images become hr_size squares: "resize" (face crops) or "crop" (random crops)
     augment: str = "flip"  # HR augmentation for on-the-fly data: "none", "flip" or "paper"

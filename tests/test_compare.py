@@ -56,7 +56,7 @@ def config(data: Path, out: Path, **kw) -> CompareConfig:
     base = dict(
         hr=str(data / "hr"), degraders=["bicubic", str(data / "deg")], out=str(out), lr=str(data / "lr"),
         pairs=str(data / "pairs"), steps=4, preset="tiny", loss=LossConfig(d_steps=1), batch_size=2, n=8,
-        workers=0, device="cpu", checkpoint_every=2, grid_images=3,
+        workers=0, device="cpu", checkpoint_every=2, grid_images=3, baselines=[],
     )  # fmt: skip
     return CompareConfig(**{**base, **kw})
 
@@ -190,6 +190,7 @@ def test_cli_pairs_only_prints_the_table(data, tmp_path):
     args = [
         "--hr", str(data / "hr"), "--degrader", "bicubic", "--pairs", str(data / "pairs"), "--out", str(out),
         "--steps", "2", "--batch-size", "2", "--set", "loss.d_steps=1", "--set", "workers=0", "--device", "cpu",
+        "--set", "baselines=[]",
     ]  # fmt: skip
     dry = CliRunner().invoke(compare_cmd, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
