@@ -2,8 +2,10 @@
 
     python benchmarks/bench_export.py [--images 256] [--per-image 2] [--workers 2] [--degrader small|bicubic]
     python benchmarks/bench_export.py --device cuda --degrader paper --workers 8 --batch-size 256
+    python benchmarks/bench_export.py --degrader realesrgan   # a hand-made pipeline; bsrgan likewise
 
-Generated images only; prints pairs/s for both and their ratio, measured in the same run. With `--device cuda`
+Generated images only; prints pairs/s for both and their ratio, measured in the same run, and the degrader's
+inference rate against bicubic's (`--baseline`) on the same batches. With `--device cuda`
 both run the degrader batched on the GPU (export's `--device cuda`); the ratio then says how much of the GPU's
 rate the CPU side (decode, PNG encode, tar) lets through.
 """
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--degrader", default="small", help="small or paper (untrained learned degrader), bicubic, ...")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the degrader runs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0: default)")
+    parser.add_argument("--baseline", default="bicubic", help="inference measured beside --degrader's ('' skips)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +96,9 @@ def main() -> None:
         write_images(root / "hr", args.images, args.size)
         spec = make_degrader(args.degrader, root, args.hr_size)
         infer = inference_only(spec, root / "hr", args.hr_size, args.per_image, args.batch_size, args.device)
+        base = args.baseline and inference_only(
+            args.baseline, root / "hr", args.hr_size, args.per_image, args.batch_size, args.device
+        )
         config = ExportConfig(
             degrader=spec, hr=str(root / "hr"), out=str(root / "shards"), per_image=args.per_image,
             samples_per_shard=200, hr_size=args.hr_size, workers=args.workers, batch_size=args.batch_size,
@@ -107,6 +113,9 @@ def main() -> None:
     print(f"inference only (decoded beforehand): {infer:9.1f} pairs/s")
     print(f"export_shards (decode+infer+PNG+tar): {export:9.1f} pairs/s")
     print(f"ratio export / inference: {export / infer:.2f}")
+    if base:
+        print(f"{args.baseline} inference only: {base:9.1f} pairs/s")
+        print(f"ratio {args.degrader} / {args.baseline} inference: {infer / base:.4f}")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,13 @@ class _Draw:
         return int(torch.randint(lo, hi + 1, (1,), generator=self.g))
 
     def choice(self, probs: Sequence[float]) -> int:
-        return int(torch.multinomial(torch.tensor(probs, dtype=torch.float64), 1, generator=self.g))
+        """An index drawn with the (unnormalised) probabilities `probs`."""
+        u, acc = self.rand() * sum(probs), 0.0
+        for i, p in enumerate(probs):
+            acc += p
+            if u < acc:
+                return i
+        return len(probs) - 1
 
     def odd(self, sizes: tuple[int, int]) -> int:
         return 2 * self.randint(sizes[0] // 2, sizes[1] // 2) + 1
