@@ -1,4 +1,4 @@
-"""`degrade apply`: degrade whole images of any size with a learned degrader."""
+"""`degrade apply`: degrade whole images of any size with a learned, classical or hand-made degrader."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from cli.progress import console, progress_bar, user_errors
 @click.option(
     "--degrader",
     "run",
-    type=click.Path(exists=True, path_type=Path),
     required=True,
-    help="Run directory or checkpoint.",
+    help="Run directory or checkpoint, or bicubic, bilinear, blur-bilinear, realesrgan, bsrgan (x4).",
 )
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the PNGs.")
@@ -27,7 +26,7 @@ from cli.progress import console, progress_bar, user_errors
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing same-named files.")
 def apply_cmd(
-    run: Path, inputs: tuple[Path, ...], out: Path, seed: int, tile: int, device: str, overwrite: bool
+    run: str, inputs: tuple[Path, ...], out: Path, seed: int, tile: int, device: str, overwrite: bool
 ) -> None:
     """Degrade image files and folders (searched recursively) of any size into PNGs under --out, 1/scale the size.
 
@@ -40,11 +39,10 @@ def apply_cmd(
       degrade apply --degrader runs/degrader photos/ extra.jpg --out photos-lr --seed 0
     """
     from degrader.apply import degrade_files
-    from degrader.checkpoint import Degrader
-    from degrader.device import resolve_device
+    from degrader.checkpoint import load_degrader
 
     with user_errors():
-        degrader = Degrader.load(run, device=resolve_device(device))
+        degrader = load_degrader(run, None, device)
         with progress_bar("degrade apply", None, unit="image") as on_progress:
             written, failed = degrade_files(
                 degrader, inputs, out, seed=seed, tile=tile, overwrite=overwrite, on_progress=on_progress

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from degrader.checkpoint import Degrader, noise_from_seeds
+from degrader.checkpoint import Degrader, DegraderLike, noise_from_seeds
 from degrader.errors import UserError
 from degrader.files import atomic_path, write_json
 from degrader.images import load_rgb, to_tensor
@@ -48,7 +48,7 @@ def margin(config: StructuredConfig) -> int:
 
 
 @torch.no_grad()
-def degrade_image(degrader: Degrader, hr: torch.Tensor, seed: int, tile: int | None = 256) -> torch.Tensor:
+def degrade_image(degrader: DegraderLike, hr: torch.Tensor, seed: int, tile: int | None = 256) -> torch.Tensor:
     """Degrade one HR image of any size: (3, H, W) in [0, 1] -> (3, H // s, W // s), in tiles of `tile` LR px.
 
     H and W are cropped to multiples of the scale. `tile` None (or larger than the image) degrades it in one
@@ -58,6 +58,12 @@ def degrade_image(degrader: Degrader, hr: torch.Tensor, seed: int, tile: int | N
         UserError: the degrader is the paper's network and the image is not its training size, or `tile` is
             not a positive multiple of 16.
     """
+    if not isinstance(degrader, Degrader):  # classical or hand-made (`classical.CLASSICAL`): any size, one pass
+        s = degrader.scale
+        if hr.shape[-2] < s or hr.shape[-1] < s:
+            raise UserError(f"the image is {hr.shape[-1]}x{hr.shape[-2]}, smaller than the scale {s}.")
+        crop = hr[:, : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
+        return degrader.degrade(crop[None], [seed])[0].cpu()
     net, s = degrader.net_g, degrader.scale
     if not isinstance(net, StructuredGenerator):
         size = degrader.hr_size
@@ -91,7 +97,7 @@ def degrade_image(degrader: Degrader, hr: torch.Tensor, seed: int, tile: int | N
 
 
 def degrade_files(
-    degrader: Degrader,
+    degrader: DegraderLike,
     inputs: Sequence[str | Path],
     out: str | Path,
     *,

@@ -5,6 +5,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -219,3 +220,18 @@ def test_sr_compare_adds_both_pipelines_beside_the_named_degraders(tmp_path):
     assert [a.name for a in plan.arms] == ["bicubic", "realesrgan", "bsrgan"]
     plan = plan_compare(CompareConfig(degraders=["bsrgan"], out=str(tmp_path / "b"), baselines=[], **base))
     assert [a.name for a in plan.arms] == ["bsrgan"]
+
+
+def test_degrade_apply_takes_a_pipeline_name_and_any_image_size(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_faces(1, 70, seed=4)[0].crop((0, 0, 70, 50)).save(photos / "a.png")
+    runner = CliRunner()
+    for out in ("one", "two"):
+        args = ["apply", "--degrader", "bsrgan", str(photos), "--out", str(tmp_path / out), "--device", "cpu"]
+        result = runner.invoke(degrade, args)
+        assert result.exit_code == 0, result.output
+    one, two = (np.asarray(Image.open(tmp_path / out / "a.png")) for out in ("one", "two"))
+    assert one.shape == (12, 17, 3) and np.array_equal(one, two)  # cropped to x4, the same from the same seed
+    result = runner.invoke(degrade, ["apply", "--degrader", "nope", str(photos), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "--degrader nope" in result.output
