@@ -26,6 +26,7 @@ from degrader.kernels import (
     shaped_kernel,
     sinc_kernel,
 )
+from degrader.shards import ShardDataset, to_uint8
 from degrader.synthetic import make_faces
 
 HANDMADE = ["realesrgan", "bsrgan"]
@@ -204,6 +205,13 @@ def test_cli_export_verify_and_eval_accept_the_names(tmp_path):
     assert manifest["degrader"]["name"] == "realesrgan" and manifest["totals"]["samples"] == 32
     result = runner.invoke(degrade, ["verify", str(out)])
     assert result.exit_code == 0, result.output
+    # the shards record each sample's seed: the LR regenerates from its HR and seed, bit for bit
+    samples = list(ShardDataset(out))
+    assert len({sample["seed"] for sample in samples}) == 32
+    regenerated = make_classical("realesrgan", 4).degrade(
+        torch.stack([x["gt"] for x in samples]), [x["seed"] for x in samples]
+    )
+    assert np.array_equal(to_uint8(regenerated), to_uint8(torch.stack([x["lq"] for x in samples])))
     args = ["eval", "--degrader", "bsrgan", "--hr", str(tmp_path / "hr"), "--lr", str(tmp_path / "lr")]
     result = runner.invoke(degrade, [*args, "--out", str(tmp_path / "eval"), "--n", "8"])
     assert result.exit_code == 0, result.output
