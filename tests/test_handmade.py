@@ -101,6 +101,19 @@ def test_filter2d_applies_each_images_own_kernel():
     assert torch.allclose(out[1, 2, 4:11, 4:11], k[1].flip(0, 1), atol=1e-7)
 
 
+def test_filter2d_by_fft_on_large_images_equals_the_convolution_and_ignores_the_batch():
+    x = torch.rand(2, 3, 128, 136)
+    k = torch.stack([sinc_kernel(21, 1.0), shaped_kernel(21, covariance(3.0, 1.0, 0.5))])
+    by_fft = filter2d(x, k)  # 21 taps on 128 x 136: the FFT path
+    small = filter2d(x[:, :, :64, :64], k)  # 64 x 64: the direct convolution
+    assert torch.allclose(by_fft[..., 20:44, 20:44], small[..., 20:44, 20:44], atol=1e-5)  # away from the border
+    assert torch.equal(by_fft[1:], filter2d(x[1:2], k[1:2]))
+    impulse = torch.zeros(1, 3, 128, 128)
+    impulse[..., 64, 64] = 1
+    k15 = sinc_kernel(15, 2.0)
+    assert torch.allclose(filter2d(impulse, k15[None])[0, 0, 57:72, 57:72], k15.flip(0, 1), atol=1e-6)
+
+
 def test_gaussian_noise_has_the_requested_sigma_and_grey_noise_is_equal_in_channels():
     flat = torch.full((2, 3, 128, 128), 0.5)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
