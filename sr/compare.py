@@ -188,6 +188,10 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     if len(sizes) > 1:
         raise UserError(f"--degrader: the learned degraders work at different sizes {sorted(sizes)}; compare alike.")
     hr_size, scale = sizes.pop() if sizes else (config.hr_size, config.scale)
+    if scale not in (2, 4) and set(config.baselines) & set(BASELINES):
+        raise UserError(
+            f"scale {scale}: the baselines {', '.join(config.baselines)} take x2 or x4; add --set baselines=[]."
+        )
     try:
         model = LowToHighConfig(lr_size=hr_size // scale, scale=scale, **PRESETS[config.preset])
     except ValueError as e:

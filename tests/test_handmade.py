@@ -235,12 +235,18 @@ def test_sr_compare_adds_both_pipelines_beside_the_named_degraders(tmp_path):
     from sr.compare import CompareConfig, plan_compare
 
     write_faces(tmp_path / "hr", 16, 64, 0)
-    write_faces(tmp_path / "lr", 8, 16, 1)
+    write_faces(tmp_path / "lr", 8, 24, 1)
     base = dict(hr=str(tmp_path / "hr"), lr=str(tmp_path / "lr"), workers=0, device="cpu", n=8)
     plan = plan_compare(CompareConfig(degraders=["bicubic"], out=str(tmp_path / "a"), **base))
     assert [a.name for a in plan.arms] == ["bicubic", "realesrgan", "bsrgan"]
     plan = plan_compare(CompareConfig(degraders=["bsrgan"], out=str(tmp_path / "b"), baselines=[], **base))
     assert [a.name for a in plan.arms] == ["bsrgan"]
+    with pytest.raises(UserError, match=r"scale 3: .*--set baselines=\[\]"):
+        plan_compare(CompareConfig(degraders=["bicubic"], out=str(tmp_path / "c"), scale=3, hr_size=63, **base))
+    plan = plan_compare(
+        CompareConfig(degraders=["bicubic"], out=str(tmp_path / "d"), scale=3, hr_size=63, baselines=[], **base)
+    )
+    assert [a.name for a in plan.arms] == ["bicubic"]
 
 
 def test_degrade_apply_takes_a_pipeline_name_and_any_image_size(tmp_path):
