@@ -3,7 +3,7 @@
     python benchmarks/bench_crops.py [--photos 40] [--width 1500] [--height 1000] [--workers 0] [--export]
 
 Generated PNGs only (smooth colour fields plus sensor-like noise, so they decode like photos). Each row is HR
-crops/s through `degrader.images.make_loader` as `fit` builds it (batch 16, "paper" augmentation), and its
+crops/s through `degrader.loader.make_loader` as `fit` builds it (batch 16, "paper" augmentation), and its
 ratio against the baseline measured in the same run: 64 px face images, `--hr-prep resize`, no cache.
 The "first epoch" row times a fresh loader (worker start-up too) over about one pass: every image decoded once;
 "steady" rows come after that pass, as most of a long fit does. Other rows skip the first batch (start-up).
@@ -27,7 +27,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from degrader.images import CACHE_MB, make_loader  # noqa: E402
+from degrader.images import CACHE_MB  # noqa: E402
+from degrader.loader import make_loader  # noqa: E402
 from degrader.synthetic import make_faces  # noqa: E402
 
 BATCH = 16

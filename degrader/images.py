@@ -1,7 +1,8 @@
-"""Image folders: robust decoding, preparation, augmentation and an infinite, resumable loader (scan: `scan.py`).
+"""Image folders: robust decoding, preparation, augmentation, seeded draws (scan: `scan.py`; the infinite,
+resumable loader over them: `loader.py`).
 
 Every sample is a pure function of `(index, sample_seed)`, so a run gives the same data whatever the number
-of workers, and a resumed run continues the exact stream (`InfiniteSampler(start=...)`).
+of workers.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-import signal
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from degrader.dist import BatchPart
 from degrader.errors import BadImageError, NotRegularFileError, UserError
 from degrader.grids import save_grid as save_grid  # re-exported: grids with captions live in grids.py
 from degrader.scan import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported: callers find the scan here too
@@ -209,6 +208,7 @@ class ImageFolder(torch.utils.data.Dataset):
         augment: str = "none",
         cache_mb: float = 0,
         failed_log: tuple[Path, str] | None = None,  # (file, option): where late decode failures are listed
+        frame: float = 1.0,  # "resize" only: the centre fraction kept (see `prepare`)
     ):
         if prep not in PREP_MODES:
             raise UserError(f"prep mode {prep!r} is not one of {', '.join(PREP_MODES)}.")
@@ -217,14 +217,14 @@ class ImageFolder(torch.utils.data.Dataset):
         if not paths:
             raise UserError("no images to load; the image folder scan found none.")
         self.paths = [Path(p) for p in paths]
-        self.size, self.prep, self.augment = size, prep, augment
+        self.size, self.prep, self.augment, self.frame = size, prep, augment, frame
         self.cache = DecodeCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
         self.failed_log, self._noted = failed_log, set()
 
     def _decoded(self, i: int) -> Image.Image:
         """Image i, decoded; prepared already in "resize" mode, which draws nothing from the seed."""
         if self.prep == "resize":
-            load = lambda: prepare(load_rgb(self.paths[i]), self.size, "resize", random.Random(0))  # noqa: E731
+            load = lambda: prepare(load_rgb(self.paths[i]), self.size, "resize", random.Random(0), self.frame)  # noqa: E731
         else:
             load = lambda: load_rgb(self.paths[i])  # noqa: E731
         return self.cache.get(i, load) if self.cache is not None else load()
@@ -258,14 +258,16 @@ class ImageFolder(torch.utils.data.Dataset):
             f.write(line)
 
 
-def first_readable(scan: Scan, n: int, size: int, prep: str, rng: torch.Generator) -> list[torch.Tensor]:
+def first_readable(
+    scan: Scan, n: int, size: int, prep: str, rng: torch.Generator, frame: float = 1.0
+) -> list[torch.Tensor]:
     """Up to `n` prepared images; files that pass the scan but fail to decode are skipped, as the loader does."""
     images: list[torch.Tensor] = []
     for path in scan.paths:
         if len(images) == n:
             break
         try:
-            images.append(to_tensor(prepare(load_rgb(path), size, prep, rng)))
+            images.append(to_tensor(prepare(load_rgb(path), size, prep, rng, frame)))
         except BadImageError:
             continue
     if not images:
@@ -289,111 +291,24 @@ def shuffled(items: list, seed: int, tag: str) -> list:
 
 
 def draw_images(
-    paths: list, count: int, size: int, prep: str, seed: int, tag: str = "eval", tick: Callable | None = None
+    paths: list,
+    count: int,
+    size: int,
+    prep: str,
+    seed: int,
+    tag: str = "eval",
+    tick: Callable | None = None,
+    frame: float = 1.0,
 ) -> torch.Tensor:
     """`count` images drawn at random and prepared as `fit` prepares them, without augmentation. (count, 3, s, s).
 
     The draw and the crops ("crop" prep) are fixed by (seed, tag); different tags draw independently. A file
     that fails to decode is replaced by the next one, as in `fit`. Also what a `RealismProbe` is built from.
     """
-    folder = ImageFolder(shuffled(paths, seed, tag)[:count], size, prep, "none")
+    folder = ImageFolder(shuffled(paths, seed, tag)[:count], size, prep, "none", frame=frame)
     images = []
     for i in range(count):
         images.append(folder[i, hash_int(tag, seed, i)])
         if tick:
             tick(1)
     return torch.stack(images)
-
-
-class InfiniteSampler(torch.utils.data.Sampler):
-    """Yields `(index, sample_seed)` forever, reproducibly and resumably.
-
-    Position p belongs to epoch p // n, whose order is a permutation seeded by (seed, epoch); the sample
-    seed is a hash of (seed, p). `start` jumps to position `start` directly: with a DataLoader of batch size
-    B, a run resumed after `k` batches passes `start=k * B`.
-    """
-
-    def __init__(self, n: int, seed: int, start: int = 0):
-        if n <= 0:
-            raise UserError("cannot sample from an empty image list.")
-        self.n, self.seed, self.start = n, seed, start
-
-    def _perm(self, epoch: int) -> list[int]:
-        order = list(range(self.n))
-        random.Random(hash_int("perm", self.seed, epoch)).shuffle(order)  # stable across Python versions
-        return order
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        p = self.start
-        while True:
-            epoch, offset = divmod(p, self.n)
-            order = self._perm(epoch)
-            for i in range(offset, self.n):
-                yield order[i], hash_int("sample", self.seed, p)
-                p += 1
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader worker init: leave Ctrl-C to the main process.
-
-    `degrader.run.deferred_interrupt` turns Ctrl-C into a flag checked between steps; the terminal sends it
-    to the workers too, and a worker killed by it would take away the batches the current step still needs.
-    Module-level so that it pickles for spawned workers.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def make_loader(
-    paths: list[Path],
-    size: int,
-    prep: str,
-    augment: str,
-    *,
-    batch_size: int,
-    seed: int,
-    start: int = 0,
-    workers: int = 0,
-    cache_mb: float = 0,
-    rank: int = 0,
-    world: int = 1,
-    failed_log: tuple[Path, str] | None = None,
-) -> Iterator[torch.Tensor]:
-    """An infinite iterator of (batch_size, 3, size, size) batches in [0, 1].
-
-    The batches depend on (paths, size, prep, augment, batch_size, seed, start) only, not on `workers` or
-    `cache_mb` (the decoded-image cache of each worker, see `ImageFolder`).
-    `start` is a sample position (batches consumed x batch_size), for resuming. With `world` > 1 processes,
-    this one gets the `rank`-th slice of each batch (batch_size // world images). `failed_log`: see `ImageFolder`.
-    """
-    dataset = ImageFolder(paths, size, prep, augment, cache_mb, failed_log)
-    return infinite_loader(
-        dataset, batch_size=batch_size, seed=seed, start=start, workers=workers, rank=rank, world=world
-    )
-
-
-def infinite_loader(
-    dataset: torch.utils.data.Dataset,
-    *,
-    batch_size: int,
-    seed: int,
-    start: int = 0,
-    workers: int = 0,
-    rank: int = 0,
-    world: int = 1,
-) -> Iterator:
-    """Endless batches of `dataset` in `InfiniteSampler` order from sample position `start`; workers ignore Ctrl-C.
-
-    With `world` > 1 (DDP), each batch is this rank's contiguous slice of the global batch of `batch_size`
-    (`degrader.dist.BatchPart`): the ranks' batches, concatenated in rank order, are the single-process batch.
-    """
-    sampler = InfiniteSampler(len(dataset), seed, start)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size // world,
-        sampler=sampler if world == 1 else BatchPart(sampler, batch_size, rank, world),
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        worker_init_fn=_ignore_sigint if workers > 0 else None,
-        pin_memory=False,
-    )
-    return iter(loader)

@@ -29,7 +29,8 @@ from degrader import dist
 from degrader.checkpoint import load_checkpoint, pack_state, save_checkpoint, unpack_state
 from degrader.errors import UserError
 from degrader.files import atomic_path, prepare_out_dir, read_json, write_error, write_json
-from degrader.images import Scan, first_readable, make_loader
+from degrader.images import Scan, first_readable
+from degrader.loader import make_loader
 from degrader.progress import Progress
 from degrader.threads import threads_in_use
 
@@ -277,7 +278,7 @@ def unpaired_batches(
     """The HR and real LR batches of an unpaired GAN, from step `step` on (for resume).
 
     Each step takes d_steps + 1 HR batches and d_steps LR batches; `config` has `batch_size`, `loss.d_steps`,
-    `hr_prep`, `lr_prep`, `seed`, `workers` and `cache_mb` (decoded-image cache per worker and folder).
+    `hr_prep`, `lr_prep`, `lr_frame`, `seed`, `workers` and `cache_mb` (decoded-image cache per worker and folder).
     """
     b, k, c = config.batch_size, config.loss.d_steps, config
     kw = dict(batch_size=b, workers=c.workers, cache_mb=c.cache_mb)
@@ -287,7 +288,15 @@ def unpaired_batches(
         hr.paths, hr_size, c.hr_prep, "paper", seed=c.seed, start=step * (k + 1) * b, failed_log=(listed, "--hr"), **kw
     )
     lr_batches = make_loader(
-        lr.paths, lr_size, c.lr_prep, "flip", seed=c.seed + 1, start=step * k * b, failed_log=(listed, "--lr"), **kw
+        lr.paths,
+        lr_size,
+        c.lr_prep,
+        "flip",
+        seed=c.seed + 1,
+        start=step * k * b,
+        failed_log=(listed, "--lr"),
+        **kw,
+        frame=c.lr_frame,
     )
     return hr_batches, lr_batches
 
@@ -298,7 +307,7 @@ def grid_images(
     """The first `n` readable HR and LR images, prepared without augmentation: the same faces in every grid."""
     rng = torch.Generator().manual_seed(0)
     grid_hr = first_readable(hr, n, hr_size, config.hr_prep, rng)
-    grid_lr = first_readable(lr, n, lr_size, config.lr_prep, rng)
+    grid_lr = first_readable(lr, n, lr_size, config.lr_prep, rng, config.lr_frame)
     return torch.stack(grid_hr), torch.stack(grid_lr)
 
 

@@ -51,6 +51,7 @@ class FitConfig:
     out: str  # run directory: config, checkpoints, log, sample grids
     hr_prep: str = "resize"  # "resize": shorter side to hr_size + centre crop (face crops); "crop": random crops
     lr_prep: str = "resize"  # same for the LR folder; "crop" keeps the real noise of large LR photos intact
+    lr_frame: float = 1.0  # "resize": centre fraction of each LR image kept, < 1 to match the HR set's framing
     preset: str = "small"  # "small" (2 CPU cores) or "paper" (the authors'); see degrader.presets.PRESETS
     hr_size: int = 64  # HR crop size; LR size is hr_size // scale
     scale: int = 4  # downscaling factor the degrader learns
@@ -151,13 +152,16 @@ def plan_fit(config: FitConfig) -> FitPlan:
         raise UserError(f"select is {config.select!r}; use swd or mix.")
     if config.min_fidelity < 0:
         raise UserError(f"min_fidelity is {config.min_fidelity}; give 0 (off) or a PSNR in dB, e.g. 24.")
+    if not 0.2 <= config.lr_frame <= 1:
+        raise UserError(f"lr_frame is {config.lr_frame}; give the centre fraction of each LR image kept, in [0.2, 1].")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
     tone = None
     if config.loss.tone == "auto":  # measured again on --resume, to the same map: the same images and draws
         tone = measure_training_tone(config, model, hr, lr)
         config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, tone_map=(tone.gain, tone.offset)))
     if config.loss.texture > 0:  # likewise the real LR's texture quantiles, the same again on --resume
-        target = measure_texture(training_sample(lr, texture.IMAGES, model.lr_size, config.lr_prep, "texture"))
+        sample = training_sample(lr, texture.IMAGES, model.lr_size, config.lr_prep, "texture", config.lr_frame)
+        target = measure_texture(sample)
         config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, texture_target=target))
     dist.init()  # under torchrun: join the process group (and take this rank's GPU)
     device = resolve_device(config.device)
@@ -172,9 +176,12 @@ def measure_training_tone(config: FitConfig, model: HighToLowConfig | Structured
     the seed: the map describes the data, not the run."""
     rng = torch.Generator().manual_seed(0)  # random crops, for prep "crop"
     sets = []
-    for scan, size, prep in ((hr, model.hr_size, config.hr_prep), (lr, model.lr_size, config.lr_prep)):
+    for scan, size, prep, frame in (
+        (hr, model.hr_size, config.hr_prep, 1.0),
+        (lr, model.lr_size, config.lr_prep, config.lr_frame),
+    ):
         subset = dataclasses.replace(scan, paths=shuffled(scan.paths, 0, "tone"))
-        sets.append(torch.stack(first_readable(subset, IMAGES, size, prep, rng)))
+        sets.append(torch.stack(first_readable(subset, IMAGES, size, prep, rng, frame)))
     return measure_tone(*sets, model.scale)
 
 
@@ -186,11 +193,11 @@ def input_images(plan: FitPlan) -> dict[str, dict[str, str]]:
     }
 
 
-def training_sample(scan: Scan, n: int, size: int, prep: str, tag: str) -> torch.Tensor:
+def training_sample(scan: Scan, n: int, size: int, prep: str, tag: str, frame: float = 1.0) -> torch.Tensor:
     """Up to n readable images of a training set (N, 3, size, size), in an order fixed by `tag`, not the seed."""
     rng = torch.Generator().manual_seed(0)  # random crops, for prep "crop"
     subset = dataclasses.replace(scan, paths=shuffled(scan.paths, 0, tag))
-    return torch.stack(first_readable(subset, n, size, prep, rng))
+    return torch.stack(first_readable(subset, n, size, prep, rng, frame))
 
 
 def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:

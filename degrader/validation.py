@@ -203,7 +203,7 @@ class Validation:
         if dist.is_main():
             m = vset.n
             hr = _draw(vset.hr, m, model.hr_size, config.hr_prep, config.seed, "val-hr")  # (m, 3, H, H)
-            lr = _draw(vset.lr, 2 * m, model.lr_size, config.lr_prep, config.seed, "val-lr")  # (2m, 3, h, h)
+            lr = _draw(vset.lr, 2 * m, model.lr_size, config.lr_prep, config.seed, "val-lr", config.lr_frame)
             self.probe = RealismProbe(hr, lr, model.scale, seed=config.seed, tone=config.loss.tone_map)
 
     def __call__(self, step: int, net_g: nn.Module) -> None:
@@ -264,11 +264,11 @@ class Validation:
         return summarize(self.best_step, best["val_swd"], self.probe.floor, self.probe.bicubic, n, *fidelity)
 
 
-def _draw(paths: list[Path], count: int, size: int, prep: str, seed: int, tag: str) -> torch.Tensor:
+def _draw(paths: list[Path], count: int, size: int, prep: str, seed: int, tag: str, frame: float = 1.0) -> torch.Tensor:
     """The validation images of one side: fixed crops of the listed entries ("crop"), else a seeded draw."""
     if prep == "crop":
         return draw_crops(paths[:count], size, seed, tag)
-    return draw_images(paths, count, size, prep, seed, tag)
+    return draw_images(paths, count, size, prep, seed, tag, frame=frame)
 
 
 def summarize(

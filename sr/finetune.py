@@ -49,6 +49,7 @@ class FinetuneConfig:
     out: str  # run directory for the fine-tuned pair: degrader.safetensors and sr.safetensors
     hr_prep: str = "resize"  # "resize" (face crops) or "crop" (random crops), as for `degrade fit`
     lr_prep: str = "resize"  # same for the LR folder
+    lr_frame: float = 1.0  # "resize": centre fraction of each LR image kept, as `degrade fit`'s lr_frame
     steps: int = 2000  # joint generator updates
     batch_size: int = 16
     loss: LossConfig = field(default_factory=LossConfig)  # the same weights and Adam settings for both GANs

@@ -30,11 +30,10 @@ from degrader.images import (
     PREP_MODES,
     Scan,
     first_readable,
-    infinite_loader,
-    make_loader,
     save_grid,
     scan_images,
 )
+from degrader.loader import infinite_loader, make_loader
 from degrader.nets import Discriminator
 from degrader.progress import Progress
 from degrader.run import (

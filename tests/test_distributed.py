@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from degrader import dist
 from degrader.errors import UserError
-from degrader.images import InfiniteSampler, make_loader
+from degrader.loader import InfiniteSampler, make_loader
 from degrader.shards import ShardDataset, shard_urls, tar_samples
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,14 +19,13 @@ from degrader.errors import UserError
 from degrader.images import (
     BadImageError,
     ImageFolder,
-    InfiniteSampler,
     load_rgb,
-    make_loader,
     prepare,
     save_grid,
     scan_images,
     to_tensor,
 )
+from degrader.loader import InfiniteSampler, make_loader
 
 
 def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:

@@ -119,3 +119,38 @@ def test_fit_measures_the_texture_target_records_it_and_resumes_with_it(tmp_path
     resumed = CliRunner().invoke(degrade, ["fit", "--out", str(run), "--resume", "--steps", "2", "--set", "workers=0"])
     assert resumed.exit_code == 0, resumed.output  # measured again, to the same quantiles
     assert json.loads((run / "config.json").read_text())["loss"]["texture_target"] == loss["texture_target"]
+
+
+def test_fit_takes_the_lr_frame_into_training_validation_and_its_measurements(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.degrade import degrade
+    from degrader.run import unpaired_batches
+    from degrader.scan import scan_images
+    from degrader.train import FitConfig, plan_fit
+    from tests.conftest import write_images
+
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    write_images(hr, 12, 64, seed=0)
+    lr.mkdir()
+    for i in range(12):  # wide framing: a white face in the centre half, black around it
+        img = Image.new("RGB", (40, 40), (0, 0, 0))
+        img.paste((235 + i,) * 3, (10, 10, 30, 30))  # distinct images, so that the tone is measured
+        img.save(lr / f"{i:03d}.png")
+    config = FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path / "unused"), lr_frame=0.5, batch_size=4)
+    _, lr_batches = unpaired_batches(config, scan_images(hr), scan_images(lr), 64, 16, 0)
+    assert next(lr_batches).mean() > 0.9  # zoomed to the white centre
+    config.lr_frame = 1.0
+    _, lr_batches = unpaired_batches(config, scan_images(hr), scan_images(lr), 64, 16, 0)
+    assert next(lr_batches).mean() < 0.35
+    with pytest.raises(Exception, match="lr_frame"):
+        plan_fit(FitConfig(hr=str(hr), lr=str(lr), out=str(tmp_path / "bad"), lr_frame=0.1))
+    run = tmp_path / "run"
+    tiny = ["--set=hr_size=32", "--batch-size", "2", "--set=workers=0", "--device", "cpu", "--set=val_split=0"]
+    args = ["fit", "--hr", str(hr), "--lr", str(lr), "--out", str(run), *tiny, "--set", "lr_frame=0.5", "--steps", "1"]
+    result = CliRunner().invoke(degrade, args)
+    assert result.exit_code == 0, result.output
+    config_json = json.loads((run / "config.json").read_text())
+    assert config_json["lr_frame"] == 0.5 and config_json["loss"]["tone_map"][1] > 0.3  # LR measured all white
