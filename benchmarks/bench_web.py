@@ -134,15 +134,19 @@ def main() -> None:
     p.add_argument("--lr", default=str(bq.DATA / "faces-lr-web"))
     p.add_argument("--data", default=None, help="safetensors cache of the prepared images (bench_quality's)")
     p.add_argument("--variants", default="tuned-b1-hp1-ld0.5-ex100-tone")
-    p.add_argument("--frames", default="1,0.7", help="LR framings to fit on (the centre fraction kept)")
+    p.add_argument(
+        "--frames", default="1,0.7", help="LR framings to fit on (the centre fraction kept); scored at 1 too"
+    )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--no-grey", dest="grey", action="store_false", help="skip the bicubic-then-grey rows")
     args = p.parse_args()
     if not Path(args.lr).is_dir() or not Path(args.hr).is_dir():
         sys.exit(f"bench_web: needs the real faces ({args.hr}, {args.lr}); skipped")
-    args.frame_list = sorted({1.0, *(float(f) for f in args.frames.split(","))}, reverse=True)
+    fit_frames = [float(f) for f in args.frames.split(",")]
+    args.frame_list = sorted({1.0, *fit_frames}, reverse=True)  # scored at these; fitted at fit_frames
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -150,12 +154,9 @@ def main() -> None:
     args.splits = str(out / "splits.safetensors")
     splits = _face_splits(bq.load_data(args)) | {f"web{f:g}": load_web(args.lr, f, out) for f in args.frame_list}
     save_file(splits, args.splits)
-    jobs = [
-        (v, f, s, vars(args)) for s in args.seeds.split(",") for v in args.variants.split(",") for f in args.frame_list
-    ]
-    jobs = [(v, f, int(s), a) for v, f, s, a in jobs] + [
-        ("grey", 1.0, int(s), vars(args)) for s in args.seeds.split(",")
-    ]
+    seeds, a = [int(s) for s in args.seeds.split(",")], vars(args)
+    jobs = [(v, f, s, a) for s in seeds for v in args.variants.split(",") for f in fit_frames]
+    jobs += [("grey", 1.0, s, a) for s in seeds if args.grey]
     rows = []
     import multiprocessing as mp
 
