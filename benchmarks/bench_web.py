@@ -125,7 +125,7 @@ def run(job: tuple) -> dict:
         row |= {f"{k}@{f:g}": v for k, v in score(fake, real, seed).items()}
     row["job_s"] = round(time.perf_counter() - t0, 1)
     with open(Path(args.out) / "rows.jsonl", "a") as f:  # by the worker: a row survives a lost parent
-        f.write(json.dumps({k: v for k, v in row.items() if k != "val"}) + "\n")
+        f.write(json.dumps(row) + "\n")  # with the validation history
     return row
 
 
