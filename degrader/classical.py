@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from degrader.errors import UserError
 from degrader.handmade import BSRGAN, HandMade, RealESRGAN
+from degrader.kernels import check_hr_batch
 
 
 class Bicubic:
@@ -30,14 +31,6 @@ class Bicubic:
         self.sha256 = ""  # no weights
         self.hr_size: int | None = None  # any HR size divisible by the scale; runs on its input's device
 
-    def _check(self, hr: torch.Tensor, seeds: Sequence[int]) -> None:
-        if hr.ndim != 4 or hr.shape[1] != 3:
-            raise ValueError(f"expected HR images (B, 3, H, W), got {tuple(hr.shape)}")
-        if hr.shape[-1] % self.scale or hr.shape[-2] % self.scale:
-            raise ValueError(f"HR size {tuple(hr.shape[-2:])} is not divisible by the scale {self.scale}")
-        if len(seeds) != hr.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {hr.shape[0]} images")
-
     def _downsample(self, hr: torch.Tensor) -> torch.Tensor:
         size = (hr.shape[-2] // self.scale, hr.shape[-1] // self.scale)
         return F.interpolate(hr, size=size, mode=self.mode, align_corners=False, antialias=self.antialias)
@@ -45,7 +38,7 @@ class Bicubic:
     @torch.no_grad()
     def degrade(self, hr: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """Degrade (B, 3, H, W) HR images in [0, 1]. Returns (B, 3, H/s, W/s) in [0, 1]."""
-        self._check(hr, seeds)
+        check_hr_batch(hr, seeds, self.scale)
         return self._downsample(hr.float()).clamp(0, 1)
 
 
@@ -79,7 +72,7 @@ class BlurBilinear(Bilinear):
     @torch.no_grad()
     def degrade(self, hr: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """Degrade (B, 3, H, W) HR images in [0, 1]; seed i fixes the blur of image i. Returns (B, 3, H/s, W/s)."""
-        self._check(hr, seeds)
+        check_hr_batch(hr, seeds, self.scale)
         blurred = []
         for img, seed in zip(hr.float(), seeds, strict=True):
             kernel = blur_kernel(seed).to(img.device)

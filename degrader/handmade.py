@@ -21,6 +21,7 @@ import torch
 from degrader.kernels import (
     KINDS,
     RESIZE_MODES,
+    check_hr_batch,
     correlated_noise,
     covariance,
     filter2d,
@@ -307,12 +308,7 @@ class HandMade:
     def degrade(self, hr: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """Degrade (B, 3, H, W) HR images in [0, 1]; seed i fixes every choice for image i. Returns (B, 3, H/s,
         W/s) in [0, 1], on 8-bit levels."""
-        if hr.ndim != 4 or hr.shape[1] != 3:
-            raise ValueError(f"expected HR images (B, 3, H, W), got {tuple(hr.shape)}")
-        if hr.shape[-1] % self.scale or hr.shape[-2] % self.scale:
-            raise ValueError(f"HR size {tuple(hr.shape[-2:])} is not divisible by the scale {self.scale}")
-        if len(seeds) != hr.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {hr.shape[0]} images")
+        check_hr_batch(hr, seeds, self.scale)
         plans, gens = self.plans(seeds, (hr.shape[-2], hr.shape[-1]))
         lr = torch.stack(run_plans(hr.float(), plans, gens))  # (B, 3, H/s, W/s)
         return ((lr.clamp(0, 1) * 255).round() / 255).contiguous()

@@ -23,6 +23,16 @@ RESIZE_MODES = ("area", "bilinear", "bicubic")
 FFT_KERNEL, FFT_PIXELS = 13, 128 * 128  # from this kernel size and image area filter2d uses FFTs (faster there)
 
 
+def check_hr_batch(hr: torch.Tensor, seeds: Sequence[int], scale: int) -> None:
+    """The input every non-learned degrader takes: (B, 3, H, W) with H, W divisible by `scale`, one seed per image."""
+    if hr.ndim != 4 or hr.shape[1] != 3:
+        raise ValueError(f"expected HR images (B, 3, H, W), got {tuple(hr.shape)}")
+    if hr.shape[-1] % scale or hr.shape[-2] % scale:
+        raise ValueError(f"HR size {tuple(hr.shape[-2:])} is not divisible by the scale {scale}")
+    if len(seeds) != hr.shape[0]:
+        raise ValueError(f"got {len(seeds)} seeds for {hr.shape[0]} images")
+
+
 def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel offsets from the centre of an odd (size, size) kernel: x (columns) and y (rows), float64."""
     ax = torch.arange(size, dtype=torch.float64) - size // 2

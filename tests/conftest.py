@@ -41,6 +41,15 @@ def make_images():
 
 
 @pytest.fixture
+def folders(tmp_path: Path, make_images) -> tuple[Path, Path]:
+    """12 HR images (64 px) and 40 real LR images (16 px): enough for a 20-image held-out LR set."""
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    make_images(hr, 12, 64, seed=1)
+    make_images(lr, 40, 16, seed=2)
+    return hr, lr
+
+
+@pytest.fixture
 def tiny_folders(tmp_path: Path) -> tuple[Path, Path]:
     """Two unpaired folders: `hr/` with 6 smooth 64x64 PNGs and `lr/` with 6 smooth 16x16 PNGs."""
     hr, lr = tmp_path / "hr", tmp_path / "lr"

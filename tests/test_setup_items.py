@@ -26,15 +26,6 @@ def tiny_fit(hr: Path, lr: Path, out: Path, **kw) -> FitConfig:
     return FitConfig(hr=str(hr), lr=str(lr), out=str(out), loss=LossConfig(d_steps=1), **kw)
 
 
-@pytest.fixture
-def folders(tmp_path, make_images) -> tuple[Path, Path]:
-    """12 HR images (64 px) and 40 real LR images (16 px): enough for a 20-image held-out LR set."""
-    hr, lr = tmp_path / "hr", tmp_path / "lr"
-    make_images(hr, 12, 64, seed=1)
-    make_images(lr, 40, 16, seed=2)
-    return hr, lr
-
-
 # --- 1. the thread policy reaches library users ---
 
 

@@ -19,15 +19,6 @@ from degrader.train import FitConfig, fit, plan_fit
 from degrader.validation import read_validation_log, summarize, verdict
 
 
-@pytest.fixture
-def folders(tmp_path, make_images) -> tuple[Path, Path]:
-    """12 HR images (64 px) and 40 real LR images (16 px): enough for a 20-image held-out LR set."""
-    hr, lr = tmp_path / "hr", tmp_path / "lr"
-    make_images(hr, 12, 64, seed=1)
-    make_images(lr, 40, 16, seed=2)
-    return hr, lr
-
-
 def tiny(hr: Path, lr: Path, out: Path, **kw) -> FitConfig:
     kw = {"hr_size": 32, "steps": 5, "batch_size": 2, "workers": 0, "log_every": 1, "device": "cpu", **kw}
     kw = {"loss": LossConfig(d_steps=1), "val_split": 0.5, "eval_every": 2, **kw}
