@@ -1,21 +1,21 @@
 """`export_shards`: a degrader x a folder of HR images -> paired WebDataset shards plus `manifest.json`.
 
 The pipeline streams: DataLoader workers decode and crop the HR images and PNG-encode the HR crops; the main
-process runs the degrader on batches; a process pool PNG-encodes the LR images; the main process writes the
-samples in a fixed order. Sample `k` of crop `c` of image `i` always gets the same seed, key and bytes, so
-the output does not depend on worker count or batch size, and a resumed run rewrites exactly what is missing.
+process runs the degrader on batches and hands the samples to writer processes, one shard to each at a time,
+which PNG-encode the LR images and write, fsync and hash the tars (`degrader.export_writers`).
+Sample `k` of crop `c` of image `i` always gets the same seed, key and bytes, so the output does not depend on
+worker count or batch size, and a resumed run rewrites exactly what is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import re
 import signal
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from degrader.checkpoint import DegraderLike
 from degrader.crops import HRCrops, crop_id, grid_boxes
 from degrader.errors import UserError
 from degrader.export_plan import CROPS, ExportConfig, ExportPlan, plan_export
+from degrader.export_writers import Chunk, ShardWriters, in_flight_limit
 from degrader.files import list_digest, prepare_out_dir, read_json, sha256_file, write_json
 from degrader.progress import Progress
 from degrader.shards import (
@@ -35,8 +36,7 @@ from degrader.shards import (
     FORMAT_VERSION,
     MANIFEST,
     MEMBERS,
-    ShardWriter,
-    encode_png,
+    PNG_LEVEL,
     is_shard_name,
     manifest_problem,
     sample_key,
@@ -51,10 +51,6 @@ STATE = ".export-state.json"  # progress of an unfinished export; removed once t
 
 def _identity(x: Any) -> Any:
     return x
-
-
-def _encode_batch(images: np.ndarray) -> list[bytes]:
-    return [encode_png(a) for a in images]
 
 
 def _die_with_parent(*_: Any) -> None:
@@ -276,45 +272,53 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     loader = DataLoader(
         crops, batch_size=None, collate_fn=_identity, num_workers=workers, worker_init_fn=_die_with_parent
     )
-    pool = ProcessPoolExecutor(workers, initializer=_die_with_parent) if workers > 0 else None
-    writer = ShardWriter(
-        out, config.samples_per_shard, first_shard=len(state["shards"]), rank=None if world == 1 else rank
-    )
-    in_flight: deque[tuple[list, Future | list[bytes], list[list[int]]]] = deque()  # (samples, LR PNGs, LR sizes)
+    writers = ShardWriters(out, config.samples_per_shard, None if world == 1 else rank, common, PNG_LEVEL, workers)
+    limit = in_flight_limit(workers, config.samples_per_shard, config.batch_size, recorded["hr_size"])
+    in_flight: deque[tuple[Future, int, list[int]]] = deque()  # (a chunk's shard entry, samples, next position)
+    waiting = 0  # samples in `in_flight`
+    shard, count = len(state["shards"]), 0  # the shard being handed out and its samples so far
     batch: list = []
     failed: list = list(state["failed"])
     state_path = out / _rank_state(rank, world)
 
-    def write_batch(samples: list, lr_pngs: list[bytes], lr_sizes: list[list[int]]) -> None:
-        nonlocal done
-        for (pos, key, meta, hr, hr_png, _), lr_png, lr_hw in zip(samples, lr_pngs, lr_sizes, strict=True):
-            if pos < start:  # written before the resume; degraded again only to form the same batch
-                continue
-            meta = {**meta, **common, "hr_size": list(hr.shape[:2]), "lr_size": lr_hw}
-            members = {"hr.png": hr_png, "lr.png": lr_png, "seed.txt": str(meta["seed"]).encode()}
-            members["json"] = json.dumps(meta, sort_keys=True).encode()
-            entry = writer.write(key, members)
-            done += 1
-            if entry is not None:  # a shard is complete: record where the next one starts
-                state["shards"].append({**entry, "next": [pos[0], pos[1], pos[2] + 1]})
-                state["failed"] = [f for f in failed if f[0] < pos[0]]
-                write_json(state_path, state)
-            if report is not None:  # per sample: a batch may end a shard and start the next
-                report(done, planned, {"shards": float(writer.index), "skipped": float(len(failed))})
+    def collect(most: int) -> None:
+        """Take the writers' results in the order sent, until at most `most` samples wait: shards end in order."""
+        nonlocal done, waiting
+        while waiting > most:
+            job, n, after = in_flight.popleft()
+            entry, waiting = job.result(), waiting - n
+            for i in range(n):
+                done += 1
+                if i == n - 1 and entry is not None:  # a shard is complete: record where the next one starts
+                    state["shards"].append({**entry, "next": after})
+                    state["failed"] = [f for f in failed if f[0] < after[0]]
+                    write_json(state_path, state)
+                if report is not None:  # per sample: a batch may end a shard and start the next
+                    report(done, planned, {"shards": float(len(state["shards"])), "skipped": float(len(failed))})
 
-    def drain(limit: int) -> None:
-        while len(in_flight) > limit:
-            samples, job, lr_sizes = in_flight.popleft()
-            write_batch(samples, job.result() if isinstance(job, Future) else job, lr_sizes)
+    def send(samples: list, lr: np.ndarray) -> None:
+        """Hand samples (all of this run's, in order) to the writers, in chunks that end where shards end."""
+        nonlocal shard, count, waiting
+        at = 0
+        while at < len(samples):
+            n = min(len(samples) - at, config.samples_per_shard - count)
+            part = samples[at : at + n]
+            metas = [{**s[2], "hr_size": list(s[3].shape[:2])} for s in part]
+            chunk = Chunk(shard, [s[1] for s in part], metas, [s[4] for s in part], lr[at : at + n])
+            pos = part[-1][0]
+            in_flight.append((writers.write(chunk), n, [pos[0], pos[1], pos[2] + 1]))
+            waiting, at, count = waiting + n, at + n, count + n
+            if count == config.samples_per_shard:
+                shard, count = shard + 1, 0
+        collect(limit)  # bounded: memory stays flat
 
     def flush() -> None:
         hr = torch.stack([torch.from_numpy(s[3]).permute(2, 0, 1) for s in batch]).float().div_(255)  # (B,3,H,W)
         with torch.inference_mode():
             lr = to_uint8(degrader.degrade(hr, [s[2]["seed"] for s in batch]))  # (B, H/s, W/s, 3)
-        job = pool.submit(_encode_batch, lr) if pool is not None else _encode_batch(lr)
-        in_flight.append((list(batch), job, [list(a.shape[:2]) for a in lr]))
+        skip = sum(s[0] < start for s in batch)  # written before the resume; degraded again only to form the batch
+        send(batch[skip:], lr[skip:])
         batch.clear()
-        drain(2 * workers + 1)  # bounded: memory stays flat
 
     try:
         for sample in _samples(iter(loader), first, start, failed, config):
@@ -323,19 +327,18 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
             batch.append(sample)
         if batch:
             flush()
-        drain(0)
-        entry = writer.finish_shard()
+        collect(0)
+        entry = writers.finish(shard) if count else None
         if entry is not None:
             state["shards"].append({**entry, "next": [hi, 0, 0]})
         if world > 1:  # this rank is done: a resume skips its part
             state["failed"] = failed
             write_json(state_path, state)
     except BaseException:
-        writer.abort()
+        writers.abort([job for job, _, _ in in_flight])
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        writers.close()
 
     parts = dist.gather_to_main((state["shards"], failed))  # every rank's shards and failures, in rank order
     manifest = dist.on_main(lambda: _write_manifest(out, plan, parts))

@@ -86,31 +86,38 @@ def on_progress(step, total, logs):
     if step >= kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 config = ExportConfig(degrader="blur-bilinear", hr=sys.argv[2], out=sys.argv[3], per_image=2, samples_per_shard=5,
-                      hr_size=32, workers=1, batch_size=2, resume=sys.argv[4] == "resume")
+                      hr_size=32, workers=int(sys.argv[5]), batch_size=2, resume=sys.argv[4] == "resume")
 export_shards(plan_export(config), on_progress)
 """
 
 
-def killed_run(hr, out, kill_at, resume):
+def killed_run(hr, out, kill_at, resume, workers):
+    """Kill -9 an export once it reports `kill_at` pairs written; the shards its progress file records."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-c", KILL_SCRIPT, str(kill_at), str(hr), str(out), "resume" if resume else "fresh"]
+    fresh = "resume" if resume else "fresh"
+    args = [sys.executable, "-c", KILL_SCRIPT, str(kill_at), str(hr), str(out), fresh, str(workers)]
     proc = subprocess.run(args, env=env, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     for shard in Path(out).glob("shard-*.tar"):  # a final name always holds a complete shard
         assert len(index_shard(shard)) == 5
     assert not (Path(out) / "manifest.json").exists()
+    recorded = [s["name"] for s in json.loads((Path(out) / ".export-state.json").read_text())["shards"]]
+    assert {p.name for p in Path(out).glob("shard-*.tar")} >= set(recorded)  # recorded only once renamed
+    return recorded
 
 
-def test_killed_at_several_points_then_resumed_equals_uninterrupted(hr, reference, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: two writer processes write shards 0 and 1 at once
+def test_killed_at_several_points_then_resumed_equals_uninterrupted(hr, reference, tmp_path, workers):
     out = tmp_path / "out"
-    killed_run(hr, out, 3, resume=False)  # inside the first shard: nothing final yet
-    assert not list(out.glob("shard-*.tar"))
-    killed_run(hr, out, 9, resume=True)  # inside the second shard
-    assert [p.name for p in out.glob("shard-*.tar")] == ["shard-000000.tar"]
-    killed_run(hr, out, 14, resume=True)  # every sample written, the last shard and manifest not yet
+    # The writers may run ahead of the progress reports: a shard not yet recorded may be complete on disk, and a
+    # resume writes it again.
+    assert killed_run(hr, out, 3, False, workers) == []  # inside the first shard: nothing recorded yet
+    assert killed_run(hr, out, 9, True, workers) == ["shard-000000.tar"]  # inside the second shard
+    assert killed_run(hr, out, 14, True, workers) == ["shard-000000.tar", "shard-000001.tar"]  # the last one not yet
+    assert not (out / "shard-000002.tar").exists()  # the last, short shard is closed only after every report
     with pytest.raises(UserError, match="not empty"):
         export_shards(plan_export(config(hr, out)))
-    manifest = export_shards(plan_export(config(hr, out, resume=True, workers=2)))
+    manifest = export_shards(plan_export(config(hr, out, resume=True, workers=workers)))
     assert files(out) == files(reference[0]) and manifest == reference[1]
     assert (
         export_shards(plan_export(config(hr, out, resume=True))) == manifest

@@ -79,10 +79,10 @@ def check_complete(url: str, key: str, extensions: Any) -> None:
         raise ShardError(f"{url}: {key}: missing {', '.join(missing)}; re-export the shard.")
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless PNG of a (H, W, 3) uint8 array, byte-identical for the same pixels."""
+def encode_png(image: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """Lossless PNG of a (H, W, 3) uint8 array at zlib `level` (0-9), byte-identical for the same pixels."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=PNG_LEVEL)
+    Image.fromarray(image).save(buf, format="PNG", compress_level=level)
     return buf.getvalue()
 
 
