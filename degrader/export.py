@@ -273,6 +273,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         crops, batch_size=None, collate_fn=_identity, num_workers=workers, worker_init_fn=_die_with_parent
     )
     writers = ShardWriters(out, config.samples_per_shard, None if world == 1 else rank, common, PNG_LEVEL, workers)
+    per_chunk = config.batch_size if workers else 1  # samples a chunk; in this process, sample by sample as reported
     limit = in_flight_limit(workers, config.samples_per_shard, config.batch_size, recorded["hr_size"])
     in_flight: deque[tuple[Future, int, list[int]]] = deque()  # (a chunk's shard entry, samples, next position)
     waiting = 0  # samples in `in_flight`
@@ -282,9 +283,10 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     state_path = out / _rank_state(rank, world)
 
     def collect(most: int) -> None:
-        """Take the writers' results in the order sent, until at most `most` samples wait: shards end in order."""
+        """Take the writers' results in the order sent, those done and until at most `most` samples wait (so shards
+        are recorded in order, and a writer's error surfaces at once)."""
         nonlocal done, waiting
-        while waiting > most:
+        while in_flight and (waiting > most or in_flight[0][0].done()):
             job, n, after = in_flight.popleft()
             entry, waiting = job.result(), waiting - n
             for i in range(n):
@@ -301,7 +303,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         nonlocal shard, count, waiting
         at = 0
         while at < len(samples):
-            n = min(len(samples) - at, config.samples_per_shard - count)
+            n = min(len(samples) - at, config.samples_per_shard - count, per_chunk)
             part = samples[at : at + n]
             metas = [{**s[2], "hr_size": list(s[3].shape[:2])} for s in part]
             chunk = Chunk(shard, [s[1] for s in part], metas, [s[4] for s in part], lr[at : at + n])
@@ -310,7 +312,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
             waiting, at, count = waiting + n, at + n, count + n
             if count == config.samples_per_shard:
                 shard, count = shard + 1, 0
-        collect(limit)  # bounded: memory stays flat
+            collect(limit)  # bounded: memory stays flat
 
     def flush() -> None:
         hr = torch.stack([torch.from_numpy(s[3]).permute(2, 0, 1) for s in batch]).float().div_(255)  # (B,3,H,W)
