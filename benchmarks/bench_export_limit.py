@@ -55,9 +55,13 @@ def lr_arrays(spec: str, hr_dir: Path, hr_size: int, per_image: int, batch_size:
     return out
 
 
-def bare_work(part: list[int], hr_dir: str, hr_size: int, lrs: dict, per_shard: int, out: str, tag: int) -> int:
-    """The CPU work of the pairs of images `part`, in this process: decode + crop + HR PNG, LR PNG, tar, sha256."""
+def bare_work(
+    part: list[int], hr_dir: str, hr_size: int, lrs: dict, per_shard: int, out: str, tag: int
+) -> tuple[int, float]:
+    """The CPU work of the pairs of images `part`, in this process: decode + crop + HR PNG, LR PNG, tar, sha256.
+    Returns the pairs and the CPU seconds they took."""
     torch.set_num_threads(1)
+    cpu = time.process_time()
     scan = scan_images(hr_dir, min_size=hr_size)
     crops = HRCrops([scan.paths[i] for i in part], scan.root, hr_size, "center", 0)
     writer, n = ShardWriter(out, per_shard, rank=tag), 0
@@ -72,11 +76,12 @@ def bare_work(part: list[int], hr_dir: str, hr_size: int, lrs: dict, per_shard: 
             writer.write(sample_key(image_id, 0, k), members)
             n += 1
     writer.finish_shard()
-    return n
+    return n, time.process_time() - cpu
 
 
-def bare_rate(processes: int, hr_dir: Path, hr_size: int, lrs: dict, per_shard: int, root: Path) -> float:
-    """Pairs/s of the bare CPU work with the images split over `processes` processes that share nothing."""
+def bare_rate(processes: int, hr_dir: Path, hr_size: int, lrs: dict, per_shard: int, root: Path) -> tuple[float, float]:
+    """Pairs/s of the bare CPU work with the images split over `processes` processes that share nothing, and its
+    CPU milliseconds per pair."""
     n_images = len(lrs)
     parts = [list(range(n_images))[p::processes] for p in range(processes)]
     out = root / f"bare{processes}"
@@ -85,14 +90,18 @@ def bare_rate(processes: int, hr_dir: Path, hr_size: int, lrs: dict, per_shard: 
     with mp.get_context("fork").Pool(processes) as pool:  # started before the clock: a pool's start is not work
         pool.apply(os.getpid)
         start = time.perf_counter()
-        pairs = sum(pool.starmap(bare_work, args))
-    return pairs / (time.perf_counter() - start)
+        done = pool.starmap(bare_work, args)
+        wall = time.perf_counter() - start
+    pairs = sum(n for n, _ in done)
+    return pairs / wall, 1000 * sum(cpu for _, cpu in done) / pairs
 
 
-def export_rate(config: ExportConfig, profile: bool) -> tuple[float, dict, str]:
-    """Pairs/s of `export_shards`, its manifest and (with `profile`) the main process's top functions."""
+def export_rate(config: ExportConfig, profile: bool) -> tuple[float, dict, str, tuple[float, float]]:
+    """Pairs/s of `export_shards`, its manifest, (with `profile`) the main process's top functions, and the CPU
+    milliseconds per pair of the main process and of its workers (loader and writers, counted once ended)."""
     plan = plan_export(config)
-    profiler = cProfile.Profile() if profile else None
+    profiler = cProfile.Profile(time.process_time) if profile else None  # CPU time, not waits
+    before = os.times()
     start = time.perf_counter()
     if profiler:
         profiler.enable()
@@ -100,12 +109,15 @@ def export_rate(config: ExportConfig, profile: bool) -> tuple[float, dict, str]:
     if profiler:
         profiler.disable()
     rate = manifest["totals"]["samples"] / (time.perf_counter() - start)
+    after, pairs = os.times(), manifest["totals"]["samples"]
+    main_cpu = (after.user + after.system - before.user - before.system) * 1000 / pairs
+    children = after.children_user + after.children_system - before.children_user - before.children_system
     text = ""
     if profiler:
         buf = io.StringIO()
         pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(18)
         text = buf.getvalue()
-    return rate, manifest, text
+    return rate, manifest, text, (main_cpu, children * 1000 / pairs)
 
 
 def shard_bytes(out: Path, manifest: dict) -> float:
@@ -138,18 +150,23 @@ def main() -> None:
         base = dict(degrader=spec, hr=str(root / "hr"), per_image=args.per_image, hr_size=args.hr_size)
         base.update(samples_per_shard=args.samples_per_shard, batch_size=args.batch_size, device=args.device)
         b1 = bn = export = 0.0
+        profile = ""
         for r in range(args.repeat):
-            b1 = max(b1, bare_rate(1, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"r{r}"))
-            n = args.workers
-            bn = max(bn, bare_rate(n, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"s{r}"))
+            rate, b1_cpu = bare_rate(1, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"r{r}")
+            b1 = max(b1, rate)
+            rate, _ = bare_rate(args.workers, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"s{r}")
+            bn = max(bn, rate)
             config = ExportConfig(**base, out=str(root / f"out{r}"), workers=args.workers)
-            rate, manifest, profile = export_rate(config, args.profile and r == 0)
+            rate, manifest, text, cpu = export_rate(config, args.profile and r == 0)
+            profile = profile or text
             export = max(export, rate)
             size = shard_bytes(root / f"out{r}", manifest)
         levels = []
         for level in [int(x) for x in args.png_levels.split(",") if x]:
             out = root / f"level{level}"
-            rate, m, _ = export_rate(ExportConfig(**base, out=str(out), workers=args.workers, png_level=level), False)
+            rate, m, _, _ = export_rate(
+                ExportConfig(**base, out=str(out), workers=args.workers, png_level=level), False
+            )
             levels.append((level, rate, shard_bytes(out, m)))
     where = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     print(f"degrader {args.degrader} on {where}, {manifest['totals']['samples']} pairs, {args.hr_size}px HR, x4, "
@@ -161,6 +178,8 @@ def main() -> None:
     print(f"(c) export_shards:               {export:9.1f} pairs/s, {size:.0f} bytes/pair")
     print(f"c/a {export / infer:.2f}   c/min(a, b_{args.workers}) {export / min(infer, bn):.2f}   "
           f"c/b_{args.workers} {export / bn:.2f}   b_{args.workers}/b_1 {bn / b1:.2f}")  # fmt: skip
+    print(f"CPU per pair: bare work {b1_cpu:.2f} ms; export {cpu[0]:.2f} ms in the main process + {cpu[1]:.2f} ms "
+          f"in its workers = {sum(cpu):.2f} ms")  # fmt: skip
     for level, rate, size in levels:
         print(
             f"png_level {level}: export {rate:9.1f} pairs/s, {size:8.0f} bytes/pair, c/b_{args.workers} {rate / bn:.2f}"

@@ -2,17 +2,14 @@
 
 The pipeline streams: DataLoader workers decode and crop the HR images and PNG-encode the HR crops; the main
 process runs the degrader on batches and hands the samples to writer processes, one shard to each at a time,
-which PNG-encode the LR images and write, fsync and hash the tars (`degrader.export_writers`).
+which PNG-encode the LR images and write, fsync and hash the tars (`degrader.export_workers`).
 Sample `k` of crop `c` of image `i` always gets the same seed, key and bytes, so the output does not depend on
 worker count or batch size, and a resumed run rewrites exactly what is missing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import re
-import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -28,7 +25,7 @@ from degrader.checkpoint import DegraderLike
 from degrader.crops import HRCrops, crop_id, grid_boxes
 from degrader.errors import UserError
 from degrader.export_plan import CROPS, ExportConfig, ExportPlan, plan_export
-from degrader.export_writers import Chunk, ShardWriters, in_flight_limit
+from degrader.export_workers import Chunk, Groups, ShardWriters, die_with_parent, identity, in_flight_limit
 from degrader.files import list_digest, prepare_out_dir, read_json, sha256_file, write_json
 from degrader.progress import Progress
 from degrader.shards import (
@@ -47,16 +44,6 @@ from degrader.shards import (
 from degrader.threads import threads_in_use
 
 STATE = ".export-state.json"  # progress of an unfinished export; removed once the manifest is written
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-def _die_with_parent(*_: Any) -> None:
-    """Workers end at once when the exporting process is killed, instead of lingering as orphans (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _hr_images(plan: ExportPlan) -> str:
@@ -85,13 +72,13 @@ def _rank_state(rank: int, world: int) -> str:
     return STATE if world == 1 else f".export-state-r{rank:04d}.json"
 
 
-def _check_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any] | None:
+def _check_resume(out: Path, plan: ExportPlan, resume: bool, images: str) -> dict[str, Any] | None:
     """Rank 0: a finished export's manifest, or None after checking that an unfinished one in `out` is this one.
 
     Under torchrun, STATE records the number of processes: each rank resumes its own part, so an export is
     resumed by as many processes as started it.
     """
-    described = {"config": plan.recorded, "degrader": _describe(plan.degrader), "hr_images": _hr_images(plan)}
+    described = {"config": plan.recorded, "degrader": _describe(plan.degrader), "hr_images": images}
     state_path, manifest_path, world = out / STATE, out / MANIFEST, dist.world()
     saved = None
     if resume and manifest_path.exists():
@@ -126,10 +113,11 @@ def _check_resume(out: Path, plan: ExportPlan, resume: bool) -> dict[str, Any] |
     return None
 
 
-def _start_or_resume(out: Path, plan: ExportPlan, resume: bool, images: tuple[int, int]) -> dict[str, Any]:
-    """This rank's saved progress (its intact shards, in order), or a fresh state for `images` [lo, hi)."""
+def _start_or_resume(out: Path, plan: ExportPlan, resume: bool, images: tuple[int, int], digest: str) -> dict[str, Any]:
+    """This rank's saved progress (its intact shards, in order), or a fresh state for `images` [lo, hi);
+    `digest` is `_hr_images(plan)`."""
     rank, world = dist.rank(), dist.world()
-    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "hr_images": _hr_images(plan)}
+    fresh = {"config": plan.recorded, "degrader": _describe(plan.degrader), "hr_images": digest}
     fresh.update(shards=[], failed=[])
     if world > 1:
         fresh.update(rank=rank, processes=world, images=list(images))
@@ -241,9 +229,11 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     dist.barrier()  # every rank's plan has checked `out` before rank 0 writes there
     threads_in_use(None)  # the thread policy, as the CLI applies it (a count chosen before is kept)
 
+    digest = _hr_images(plan)  # a stat of every image: once
+
     def check() -> tuple[Path, dict[str, Any] | None]:
         out = prepare_out_dir(config.out, resume=config.resume, overwrite=config.overwrite, option="--out")
-        return out, _check_resume(out, plan, config.resume)
+        return out, _check_resume(out, plan, config.resume, digest)
 
     out, finished = dist.on_main(check)
     if finished is not None:
@@ -251,7 +241,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
             (out / STATE).unlink(missing_ok=True)
         return finished
     lo, hi = rank_images(len(scan.paths), block_size(config), rank, world)
-    state = _start_or_resume(out, plan, config.resume, (lo, hi))
+    state = _start_or_resume(out, plan, config.resume, (lo, hi), digest)
     start = tuple(state["shards"][-1]["next"]) if state["shards"] else (lo, 0, 0)
     first = start[0] // block_size(config) * block_size(config)  # the block's first image: the same batches
     done = sum(e["samples"] for e in state["shards"])
@@ -269,8 +259,13 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         config.crops_per_image,
     )
     workers = config.workers
+    group = 1 if config.crop == "grid" else max(1, 8 // config.crops_per_image)  # grid: an image may give 1000s
     loader = DataLoader(
-        crops, batch_size=None, collate_fn=_identity, num_workers=workers, worker_init_fn=_die_with_parent
+        Groups(crops, group),
+        batch_size=None,
+        collate_fn=identity,
+        num_workers=workers,
+        worker_init_fn=die_with_parent,
     )
     writers = ShardWriters(out, config.samples_per_shard, None if world == 1 else rank, common, PNG_LEVEL, workers)
     per_chunk = config.batch_size if workers else 1  # samples a chunk; in this process, sample by sample as reported
@@ -323,7 +318,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         batch.clear()
 
     try:
-        for sample in _samples(iter(loader), first, start, failed, config):
+        for sample in _samples((image for items in loader for image in items), first, start, failed, config):
             if batch and sample[5] != batch[-1][5]:
                 flush()
             batch.append(sample)

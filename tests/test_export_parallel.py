@@ -138,7 +138,7 @@ def test_a_crash_in_the_main_process_stops_the_writers_cleanly(hr, tmp_path):
 
 
 def test_in_flight_limit_keeps_memory_flat():
-    from degrader.export_writers import MEMORY, in_flight_limit
+    from degrader.export_workers import MEMORY, in_flight_limit
 
     assert in_flight_limit(2, 1000, 32, 64) == 2032  # a shard per writer: every writer busy
     big = in_flight_limit(16, 1000, 32, 512)  # 16 shards of 512 px pairs would need 13 GB

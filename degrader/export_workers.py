@@ -1,5 +1,6 @@
-"""The export's shard writers: processes that PNG-encode the LR images, build each sample's members, and write,
-fsync and hash the tar, one shard at a time each, so that different shards are written at once.
+"""The export's worker processes: the loader's groups of images, and the shard writers, processes that PNG-encode
+the LR images, build each sample's members, and write, fsync and hash the tar, one shard at a time each, so that
+different shards are written at once.
 
 The main process only degrades and dispatches. It hands the samples of shard `s` to writer `s % n` in chunks
 (`Chunk`: the LR images as one uint8 array, the HR PNG bytes its loader workers made, keys and metadata) and
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from torch.utils.data import Dataset
 
+from degrader.crops import HRCrops
 from degrader.shards import ShardWriter, encode_png
 
 MEMORY = 1 << 30  # bytes of pairs that may wait for the writers; past it, fewer shards are written at once
@@ -70,14 +73,37 @@ class ChunkWriter:
         self.open.clear()
 
 
+def identity(x: Any) -> Any:
+    return x
+
+
+def die_with_parent(*_: Any) -> None:
+    """Workers end at once when the exporting process is killed, instead of lingering as orphans (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Groups(Dataset):
+    """`size` consecutive images of `crops` as one loader item: the loader's own cost per item (a queue round
+    trip, pickling) is paid once per group."""
+
+    def __init__(self, crops: HRCrops, size: int):
+        self.crops, self.size = crops, size
+
+    def __len__(self) -> int:
+        return -(-len(self.crops) // self.size)
+
+    def __getitem__(self, j: int) -> list:
+        return [self.crops[i] for i in range(j * self.size, min(len(self.crops), (j + 1) * self.size))]
+
+
 _WRITER: ChunkWriter | None = None  # a writer process's own
 
 
 def _start(*args: Any) -> None:
-    """A writer process: it ends with the exporting process (Linux), and leaves Ctrl-C to it, which aborts it."""
+    """A writer process: it ends with the exporting process, and leaves Ctrl-C to it, which aborts it."""
     global _WRITER
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WRITER = ChunkWriter(*args)
 
