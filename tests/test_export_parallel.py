@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from degrader.errors import UserError
 from degrader.export import ExportConfig, export_shards, plan_export
 from degrader.files import sha256_file
 from degrader.images import scan_images
-from degrader.shards import ShardWriter, encode_png, sample_key, sample_seed, to_uint8
+from degrader.shards import MEMBERS, ShardWriter, encode_png, sample_key, sample_seed, to_uint8
 from tests.test_export import files, make_images
 
 PER_SHARD = 3
@@ -144,3 +145,38 @@ def test_in_flight_limit_keeps_memory_flat():
     big = in_flight_limit(16, 1000, 32, 512)  # 16 shards of 512 px pairs would need 13 GB
     assert big * 512 * 512 * 3 <= MEMORY and big >= 64
     assert in_flight_limit(1, 1, 8, 4096) == 16  # never below two batches
+
+
+def tarfile_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """A shard as `tarfile` writes it with ShardWriter's fixed fields (how ShardWriter wrote shards before)."""
+    import io
+    import tarfile
+
+    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("records", [1, 7, 40])
+def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path, records):
+    rng = np.random.default_rng(records)
+    keys = ["a", "faces_0001-3f2a9c81d0e4-c0000-k002", "x" * 91, "é-ünïcode", "d" * 60 + "/" + "y" * 70]  # 5: prefix
+    samples = []
+    for i in range(records):
+        sizes = rng.choice([0, 1, 511, 512, 513, 1024, 5000, 70000], size=4)
+        members = {
+            ext: rng.integers(0, 256, n, dtype=np.uint8).tobytes() for ext, n in zip(MEMBERS, sizes, strict=True)
+        }
+        samples.append((keys[i % len(keys)], members))  # x * 91: a 100-byte name
+    writer = ShardWriter(tmp_path, samples_per_shard=records)
+    entry = None
+    for key, members in samples:
+        entry = writer.write(key, members)
+    tarfile_shard(tmp_path / "reference.tar", samples)
+    written = (tmp_path / "shard-000000.tar").read_bytes()
+    assert written == (tmp_path / "reference.tar").read_bytes()
+    assert len(written) % 10240 == 0 and entry["sha256"] == sha256_file(tmp_path / "shard-000000.tar")
