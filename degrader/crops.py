@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from degrader.errors import UserError
 from degrader.images import load_rgb, prepare
-from degrader.shards import encode_png, sample_seed
+from degrader.shards import PNG_LEVEL, encode_png, sample_seed
 
 
 def grid_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
@@ -32,9 +32,18 @@ def crop_id(image_id: str, crop: int, mode: str) -> str:
 class HRCrops(Dataset):
     """Image i -> (i, image id, [(top, left) or None, HR uint8 (H, W, 3), HR PNG bytes], failure reason)."""
 
-    def __init__(self, paths: list[Path], root: Path, size: int, mode: str, seed: int, random_crops: int = 1):
+    def __init__(
+        self,
+        paths: list[Path],
+        root: Path,
+        size: int,
+        mode: str,
+        seed: int,
+        random_crops: int = 1,
+        level: int = PNG_LEVEL,
+    ):
         self.paths, self.root, self.size, self.mode, self.seed = paths, root, size, mode, seed
-        self.random_crops = random_crops
+        self.random_crops, self.level = random_crops, level  # level: the HR PNG's zlib level
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,4 +62,4 @@ class HRCrops(Dataset):
                 crops = [((y, x), a[y : y + s, x : x + s].copy()) for y, x in grid_boxes(img.width, img.height, s)]
         except UserError as e:
             return i, image_id, [], str(e).removeprefix(f"{self.paths[i]}: ")
-        return i, image_id, [(box, a, encode_png(a)) for box, a in crops], None
+        return i, image_id, [(box, a, encode_png(a, self.level)) for box, a in crops], None

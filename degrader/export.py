@@ -33,7 +33,6 @@ from degrader.shards import (
     FORMAT_VERSION,
     MANIFEST,
     MEMBERS,
-    PNG_LEVEL,
     is_shard_name,
     manifest_problem,
     sample_key,
@@ -257,6 +256,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         config.crop,
         config.seed,
         config.crops_per_image,
+        config.png_level,
     )
     workers = config.workers
     group = 1 if config.crop == "grid" else max(1, 8 // config.crops_per_image)  # grid: an image may give 1000s
@@ -267,7 +267,9 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         num_workers=workers,
         worker_init_fn=die_with_parent,
     )
-    writers = ShardWriters(out, config.samples_per_shard, None if world == 1 else rank, common, PNG_LEVEL, workers)
+    writers = ShardWriters(
+        out, config.samples_per_shard, None if world == 1 else rank, common, config.png_level, workers
+    )
     per_chunk = config.batch_size if workers else 1  # samples a chunk; in this process, sample by sample as reported
     limit = in_flight_limit(workers, config.samples_per_shard, config.batch_size, recorded["hr_size"])
     in_flight: deque[tuple[Future, int, list[int]]] = deque()  # (a chunk's shard entry, samples, next position)

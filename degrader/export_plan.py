@@ -19,6 +19,7 @@ from degrader.crops import grid_boxes
 from degrader.errors import UserError
 from degrader.files import check_out_dir, check_out_outside
 from degrader.images import Scan, scan_images
+from degrader.shards import PNG_LEVEL
 
 CROPS = ("center", "random", "grid")
 RUN_ONLY = ("out", "workers", "batch_size", "device", "resume", "overwrite")  # never change the output bytes
@@ -37,6 +38,7 @@ class ExportConfig:
     crops_per_image: int = 1  # random: seeded crops per image, all cut from one decode (large photos)
     hr_size: int | None = None  # HR crop side; None takes the learned degrader's (64 for classical ones)
     scale: int | None = None  # classical degraders only (default 4); a learned degrader has its own
+    png_level: int = PNG_LEVEL  # zlib level of the HR and LR PNGs, 0 (stored: fastest, largest) to 9; lossless
     workers: int = 2  # decode and PNG-encode processes; 0 does everything in this process
     batch_size: int = 32  # crops per degrader call
     device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
@@ -71,6 +73,8 @@ def plan_export(config: ExportConfig) -> ExportPlan:
     for name in ("per_image", "samples_per_shard", "batch_size", "crops_per_image"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+    if not 0 <= config.png_level <= 9:
+        raise UserError(f"png_level {config.png_level}: a zlib level is 0 (stored) to 9.")
     if config.crops_per_image > 1 and config.crop != "random":
         raise UserError(f"--crops-per-image is for --crop random; --crop {config.crop} takes its crops itself.")
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
@@ -95,5 +99,7 @@ def plan_export(config: ExportConfig) -> ExportPlan:
     recorded = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
     if config.crops_per_image == 1:  # as manifests recorded before the option, so their exports still resume
         del recorded["crops_per_image"]
+    if config.png_level == PNG_LEVEL:  # likewise: the default's manifest is the one recorded before the option
+        del recorded["png_level"]
     recorded.update(hr=str(Path(config.hr).resolve()), hr_size=size, scale=degrader.scale)
     return ExportPlan(config, degrader, scan, recorded, crops, samples, -(-samples // config.samples_per_shard))

@@ -17,7 +17,7 @@ from degrader.errors import UserError
 from degrader.export import ExportConfig, export_shards, plan_export
 from degrader.files import sha256_file
 from degrader.images import scan_images
-from degrader.shards import MEMBERS, ShardWriter, encode_png, sample_key, sample_seed, to_uint8
+from degrader.shards import MEMBERS, ShardWriter, encode_png, index_shard, sample_key, sample_seed, to_uint8
 from tests.test_export import files, make_images
 
 PER_SHARD = 3
@@ -180,3 +180,29 @@ def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path, records):
     written = (tmp_path / "shard-000000.tar").read_bytes()
     assert written == (tmp_path / "reference.tar").read_bytes()
     assert len(written) % 10240 == 0 and entry["sha256"] == sha256_file(tmp_path / "shard-000000.tar")
+
+
+def test_png_level_changes_the_bytes_not_the_pixels(tmp_path):
+    import webdataset as wds
+    from PIL import Image
+
+    from degrader.shards import ShardDataset
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    ramp = np.linspace(0, 255, 48)[None, :, None] * np.ones((40, 1, 3))  # smooth: compresses, as photos do
+    for i in range(7):
+        Image.fromarray((ramp * (i + 1) / 7).astype(np.uint8)).save(hr / f"{i}.png")
+
+    default = export_shards(plan_export(config(hr, tmp_path / "l3", workers=2)))
+    stored = export_shards(plan_export(config(hr, tmp_path / "l0", workers=2, png_level=0)))
+    assert "png_level" not in default["config"] and stored["config"]["png_level"] == 0  # default: as before
+    size = lambda out: sum(m[1] for p in out.glob("shard-*.tar") for _, s in index_shard(p) for m in s.values())  # noqa: E731
+    assert size(tmp_path / "l0") > 2 * size(tmp_path / "l3")
+    for a, b in zip(ShardDataset(tmp_path / "l3"), ShardDataset(tmp_path / "l0"), strict=True):
+        assert a["key"] == b["key"] and a["lq"].equal(b["lq"]) and a["gt"].equal(b["gt"])
+    urls = [str(tmp_path / "l0" / s["name"]) for s in stored["shards"]]
+    stock = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))  # stock WebDataset reads it
+    assert len(stock) == 14 and stock[0]["lr.png"].shape == (8, 8, 3)
+    with pytest.raises(UserError, match="png_level 10"):
+        plan_export(config(hr, tmp_path / "bad", png_level=10))
