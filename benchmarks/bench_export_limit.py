@@ -126,7 +126,7 @@ def shard_bytes(out: Path, manifest: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--per-image", type=int, default=2)
     parser.add_argument("--size", type=int, default=80, help="generated image side (centre-cropped to --hr-size)")
     parser.add_argument("--hr-size", type=int, default=64)

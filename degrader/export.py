@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from degrader import __version__, dist
 from degrader.checkpoint import DegraderLike
-from degrader.crops import HRCrops, crop_id, grid_boxes
+from degrader.crops import HRCrops, grid_boxes
 from degrader.errors import UserError
 from degrader.export_plan import CROPS, ExportConfig, ExportPlan, plan_export
 from degrader.export_workers import Chunk, Groups, ShardWriters, die_with_parent, identity, in_flight_limit
@@ -35,8 +35,6 @@ from degrader.shards import (
     MEMBERS,
     is_shard_name,
     manifest_problem,
-    sample_key,
-    sample_seed,
     shard_name,
     to_uint8,
 )
@@ -187,9 +185,9 @@ def _samples(
     image (a resumed run, a rank) forms the same batches as any other, and the learned degrader's float
     rounding, which can depend on the batch, is the same. Failures before `start` are recorded already.
     """
-    block, mode, seed = block_size(config), config.crop, config.seed
+    block = block_size(config)
     current, n = -1, 0  # the block being read, samples in it so far
-    for i, image_id, crops, reason in loader:
+    for i, image_id, crops, reason, names in loader:  # names: (key, seed) of each crop's variants (`Groups`)
         i += first
         if i // block != current:
             current, n = i // block, 0
@@ -198,10 +196,9 @@ def _samples(
                 failed.append([i, image_id, reason])
             continue
         for c, (box, hr, hr_png) in enumerate(crops):
-            for k in range(config.per_image):
-                s = sample_seed(seed, crop_id(image_id, c, mode), k)
+            for k, (key, s) in enumerate(names[c]):
                 meta = {"seed": s, "source": image_id, "crop": c, "box": list(box) if box else None, "k": k}
-                yield (i, c, k), sample_key(image_id, c, k), meta, hr, hr_png, (current, n // config.batch_size)
+                yield (i, c, k), key, meta, hr, hr_png, (current, n // config.batch_size)
                 n += 1
 
 
@@ -261,7 +258,7 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
     workers = config.workers
     group = 1 if config.crop == "grid" else max(1, 8 // config.crops_per_image)  # grid: an image may give 1000s
     loader = DataLoader(
-        Groups(crops, group),
+        Groups(crops, group, config.per_image),
         batch_size=None,
         collate_fn=identity,
         num_workers=workers,

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from degrader.crops import HRCrops
-from degrader.shards import ShardWriter, encode_png
+from degrader.crops import HRCrops, crop_id
+from degrader.shards import ShardWriter, encode_png, sample_key, sample_seed
 
 MEMORY = 1 << 30  # bytes of pairs that may wait for the writers; past it, fewer shards are written at once
 
@@ -84,17 +84,25 @@ def die_with_parent(*_: Any) -> None:
 
 
 class Groups(Dataset):
-    """`size` consecutive images of `crops` as one loader item: the loader's own cost per item (a queue round
-    trip, pickling) is paid once per group."""
+    """`size` consecutive images of `crops` as one loader item, each with the (key, seed) of its samples: the
+    loader's own cost per item (a queue round trip, pickling) is paid once per group, and the hashing that keys
+    and seeds cost is done in the loader's workers, not in the main process."""
 
-    def __init__(self, crops: HRCrops, size: int):
-        self.crops, self.size = crops, size
+    def __init__(self, crops: HRCrops, size: int, per_image: int):
+        self.crops, self.size, self.per_image = crops, size, per_image
 
     def __len__(self) -> int:
         return -(-len(self.crops) // self.size)
 
     def __getitem__(self, j: int) -> list:
-        return [self.crops[i] for i in range(j * self.size, min(len(self.crops), (j + 1) * self.size))]
+        items = []
+        for i in range(j * self.size, min(len(self.crops), (j + 1) * self.size)):
+            i, image_id, crops, reason = self.crops[i]
+            seed, mode, ks = self.crops.seed, self.crops.mode, range(self.per_image)
+            names = [[(sample_key(image_id, c, k), sample_seed(seed, crop_id(image_id, c, mode), k)) for k in ks]
+                     for c in range(len(crops))]  # fmt: skip
+            items.append((i, image_id, crops, reason, names))
+        return items
 
 
 _WRITER: ChunkWriter | None = None  # a writer process's own
