@@ -25,7 +25,7 @@ from degrader.checkpoint import DegraderLike
 from degrader.crops import HRCrops, grid_boxes
 from degrader.errors import UserError
 from degrader.export_plan import CROPS, ExportConfig, ExportPlan, plan_export
-from degrader.export_workers import Chunk, Groups, ShardWriters, die_with_parent, identity, in_flight_limit
+from degrader.export_workers import Chunk, Groups, ShardWriters, die_with_parent, frozen_heap, identity, in_flight_limit
 from degrader.files import list_digest, prepare_out_dir, read_json, sha256_file, write_json
 from degrader.progress import Progress
 from degrader.shards import (
@@ -264,77 +264,79 @@ def export_shards(plan: ExportPlan, on_progress: Progress | None = None) -> dict
         num_workers=workers,
         worker_init_fn=die_with_parent,
     )
-    writers = ShardWriters(
-        out, config.samples_per_shard, None if world == 1 else rank, common, config.png_level, workers
-    )
-    per_chunk = config.batch_size if workers else 1  # samples a chunk; in this process, sample by sample as reported
-    limit = in_flight_limit(workers, config.samples_per_shard, config.batch_size, recorded["hr_size"])
-    in_flight: deque[tuple[Future, int, list[int]]] = deque()  # (a chunk's shard entry, samples, next position)
-    waiting = 0  # samples in `in_flight`
-    shard, count = len(state["shards"]), 0  # the shard being handed out and its samples so far
-    batch: list = []
-    failed: list = list(state["failed"])
-    state_path = out / _rank_state(rank, world)
+    with frozen_heap():  # the heap as it is now is left out of garbage collection while exporting
+        writers = ShardWriters(
+            out, config.samples_per_shard, None if world == 1 else rank, common, config.png_level, workers
+        )
+        per_chunk = config.batch_size if workers else 1  # in this process: sample by sample, as reported
+        limit = in_flight_limit(workers, config.samples_per_shard, config.batch_size, recorded["hr_size"])
+        in_flight: deque[tuple[Future, int, list[int]]] = deque()  # (a chunk's shard entry, samples, next position)
+        waiting = 0  # samples in `in_flight`
+        shard, count = len(state["shards"]), 0  # the shard being handed out and its samples so far
+        batch: list = []
+        failed: list = list(state["failed"])
+        state_path = out / _rank_state(rank, world)
 
-    def collect(most: int) -> None:
-        """Take the writers' results in the order sent, those done and until at most `most` samples wait (so shards
-        are recorded in order, and a writer's error surfaces at once)."""
-        nonlocal done, waiting
-        while in_flight and (waiting > most or in_flight[0][0].done()):
-            job, n, after = in_flight.popleft()
-            entry, waiting = job.result(), waiting - n
-            for i in range(n):
-                done += 1
-                if i == n - 1 and entry is not None:  # a shard is complete: record where the next one starts
-                    state["shards"].append({**entry, "next": after})
-                    state["failed"] = [f for f in failed if f[0] < after[0]]
-                    write_json(state_path, state)
-                if report is not None:  # per sample: a batch may end a shard and start the next
-                    report(done, planned, {"shards": float(len(state["shards"])), "skipped": float(len(failed))})
+        def collect(most: int) -> None:
+            """Take the writers' results in the order sent, those done and until at most `most` samples wait (so shards
+            are recorded in order, and a writer's error surfaces at once)."""
+            nonlocal done, waiting
+            while in_flight and (waiting > most or in_flight[0][0].done()):
+                job, n, after = in_flight.popleft()
+                entry, waiting = job.result(), waiting - n
+                for i in range(n):
+                    done += 1
+                    if i == n - 1 and entry is not None:  # a shard is complete: record where the next one starts
+                        state["shards"].append({**entry, "next": after})
+                        state["failed"] = [f for f in failed if f[0] < after[0]]
+                        write_json(state_path, state)
+                    if report is not None:  # per sample: a batch may end a shard and start the next
+                        report(done, planned, {"shards": float(len(state["shards"])), "skipped": float(len(failed))})
 
-    def send(samples: list, lr: np.ndarray) -> None:
-        """Hand samples (all of this run's, in order) to the writers, in chunks that end where shards end."""
-        nonlocal shard, count, waiting
-        at = 0
-        while at < len(samples):
-            n = min(len(samples) - at, config.samples_per_shard - count, per_chunk)
-            part = samples[at : at + n]
-            metas = [{**s[2], "hr_size": list(s[3].shape[:2])} for s in part]
-            chunk = Chunk(shard, [s[1] for s in part], metas, [s[4] for s in part], lr[at : at + n])
-            pos = part[-1][0]
-            in_flight.append((writers.write(chunk), n, [pos[0], pos[1], pos[2] + 1]))
-            waiting, at, count = waiting + n, at + n, count + n
-            if count == config.samples_per_shard:
-                shard, count = shard + 1, 0
-            collect(limit)  # bounded: memory stays flat
+        def send(samples: list, lr: np.ndarray) -> None:
+            """Hand samples (all of this run's, in order) to the writers, in chunks that end where shards end."""
+            nonlocal shard, count, waiting
+            at = 0
+            while at < len(samples):
+                n = min(len(samples) - at, config.samples_per_shard - count, per_chunk)
+                part = samples[at : at + n]
+                metas = [{**s[2], "hr_size": list(s[3].shape[:2])} for s in part]
+                chunk = Chunk(shard, [s[1] for s in part], metas, [s[4] for s in part], lr[at : at + n])
+                pos = part[-1][0]
+                in_flight.append((writers.write(chunk), n, [pos[0], pos[1], pos[2] + 1]))
+                waiting, at, count = waiting + n, at + n, count + n
+                if count == config.samples_per_shard:
+                    shard, count = shard + 1, 0
+                collect(limit)  # bounded: memory stays flat
 
-    def flush() -> None:
-        hr = torch.stack([torch.from_numpy(s[3]).permute(2, 0, 1) for s in batch]).float().div_(255)  # (B,3,H,W)
-        with torch.inference_mode():
-            lr = to_uint8(degrader.degrade(hr, [s[2]["seed"] for s in batch]))  # (B, H/s, W/s, 3)
-        skip = sum(s[0] < start for s in batch)  # written before the resume; degraded again only to form the batch
-        send(batch[skip:], lr[skip:])
-        batch.clear()
+        def flush() -> None:
+            hr = torch.from_numpy(np.stack([s[3] for s in batch])).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8, a view
+            hr = hr.contiguous().float().div_(255)
+            with torch.inference_mode():
+                lr = to_uint8(degrader.degrade(hr, [s[2]["seed"] for s in batch]))  # (B, H/s, W/s, 3)
+            skip = sum(s[0] < start for s in batch)  # written before the resume; degraded again only to form the batch
+            send(batch[skip:], lr[skip:])
+            batch.clear()
 
-    try:
-        for sample in _samples((image for items in loader for image in items), first, start, failed, config):
-            if batch and sample[5] != batch[-1][5]:
+        try:
+            for sample in _samples((image for items in loader for image in items), first, start, failed, config):
+                if batch and sample[5] != batch[-1][5]:
+                    flush()
+                batch.append(sample)
+            if batch:
                 flush()
-            batch.append(sample)
-        if batch:
-            flush()
-        collect(0)
-        entry = writers.finish(shard) if count else None
-        if entry is not None:
-            state["shards"].append({**entry, "next": [hi, 0, 0]})
-        if world > 1:  # this rank is done: a resume skips its part
-            state["failed"] = failed
-            write_json(state_path, state)
-    except BaseException:
-        writers.abort([job for job, _, _ in in_flight])
-        raise
-    finally:
-        writers.close()
+            collect(0)
+            entry = writers.finish(shard) if count else None
+            if entry is not None:
+                state["shards"].append({**entry, "next": [hi, 0, 0]})
+            if world > 1:  # this rank is done: a resume skips its part
+                state["failed"] = failed
+                write_json(state_path, state)
+        except BaseException:
+            writers.abort([job for job, _, _ in in_flight])
+            raise
+        finally:
+            writers.close()
 
     parts = dist.gather_to_main((state["shards"], failed))  # every rank's shards and failures, in rank order
     manifest = dist.on_main(lambda: _write_manifest(out, plan, parts))
