@@ -2,14 +2,16 @@
 and `export_shards` itself (c); prints c/a and c/min(a, b_N).
 
     python benchmarks/bench_export_limit.py --degrader bicubic --workers 2           # the CPU side alone
-    python benchmarks/bench_export_limit.py --device cuda --degrader paper --workers 16 --batch-size 256
+    python benchmarks/bench_export_limit.py --device cuda --degrader paper --workers 8 --batch-size 256 --images 8192
     python benchmarks/bench_export_limit.py --degrader bicubic --profile             # cProfile of export's main process
     python benchmarks/bench_export_limit.py --degrader bicubic --png-levels 3,1,0    # shard bytes and rate per level
 
 (b) is what a pair costs on the CPU whoever does it: decode and crop the HR image and PNG-encode it (the export's
 own `HRCrops`), PNG-encode the LR (computed beforehand), the members, the tar, fsync and sha256 (`ShardWriter`),
-with the images split over N processes that share nothing. An export that reaches b_N has no bound of its own;
-one that reaches a has the degrader as its bound. Generated images only.
+with the images split over N processes that share nothing (`--processes`, all cores by default). An export that
+reaches b_N has no bound of its own; one that reaches a has the degrader as its bound. The CPU milliseconds per
+pair (export's main process and its workers, against the bare work's) say what the export adds, whatever else
+the machine runs. Generated images only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,18 +43,21 @@ from degrader.images import scan_images  # noqa: E402
 from degrader.shards import ShardWriter, encode_png, sample_key, sample_seed, to_uint8  # noqa: E402
 
 
-def lr_arrays(spec: str, hr_dir: Path, hr_size: int, per_image: int, batch_size: int) -> dict[str, list]:
+def lr_arrays(spec: str, hr_dir: Path, hr_size: int, per_image: int, batch_size: int, device: str) -> dict[str, list]:
     """Each image's LR uint8 arrays (one per variant), made beforehand so that (b) times only the CPU work."""
-    degrader = load_degrader(spec, None, "cpu")
+    degrader = load_degrader(spec, None, device)
     scan = scan_images(hr_dir, min_size=hr_size)
     crops = HRCrops(scan.paths, scan.root, hr_size, "center", 0)
-    out = {}
-    for i in range(len(crops)):
-        _, image_id, items, _ = crops[i]
-        hr = torch.from_numpy(items[0][1]).permute(2, 0, 1)[None].float().div(255)
-        seeds = [sample_seed(0, image_id, k) for k in range(per_image)]
+    items = [crops[i] for i in range(len(crops))]
+    pairs = [(image_id, k, c[0][1]) for _, image_id, c, _ in items for k in range(per_image)]
+    out: dict[str, list] = {image_id: [] for _, image_id, _, _ in items}
+    for at in range(0, len(pairs), batch_size):
+        part = pairs[at : at + batch_size]
+        hr = torch.from_numpy(np.stack([a for _, _, a in part])).permute(0, 3, 1, 2).float().div(255)
         with torch.inference_mode():
-            out[image_id] = list(to_uint8(degrader.degrade(hr.expand(per_image, -1, -1, -1), seeds)))
+            lr = to_uint8(degrader.degrade(hr, [sample_seed(0, image_id, k) for image_id, k, _ in part]))
+        for (image_id, _, _), a in zip(part, lr, strict=True):
+            out[image_id].append(a)
     return out
 
 
@@ -130,7 +136,8 @@ def main() -> None:
     parser.add_argument("--per-image", type=int, default=2)
     parser.add_argument("--size", type=int, default=80, help="generated image side (centre-cropped to --hr-size)")
     parser.add_argument("--hr-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="export's --workers, and N of b_N")
+    parser.add_argument("--workers", type=int, default=2, help="export's --workers (loader and writer processes each)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count(), help="N of b_N [all cores]")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples-per-shard", type=int, default=200)
     parser.add_argument("--degrader", default="bicubic", help="bicubic (the CPU side alone), small, paper, ...")
@@ -146,7 +153,7 @@ def main() -> None:
         write_images(root / "hr", args.images, args.size)
         spec = make_degrader(args.degrader, root, args.hr_size)
         infer = inference_only(spec, root / "hr", args.hr_size, args.per_image, args.batch_size, args.device)
-        lrs = lr_arrays(spec, root / "hr", args.hr_size, args.per_image, args.batch_size)
+        lrs = lr_arrays(spec, root / "hr", args.hr_size, args.per_image, args.batch_size, args.device)
         base = dict(degrader=spec, hr=str(root / "hr"), per_image=args.per_image, hr_size=args.hr_size)
         base.update(samples_per_shard=args.samples_per_shard, batch_size=args.batch_size, device=args.device)
         b1 = bn = export = 0.0
@@ -154,7 +161,7 @@ def main() -> None:
         for r in range(args.repeat):
             rate, b1_cpu = bare_rate(1, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"r{r}")
             b1 = max(b1, rate)
-            rate, _ = bare_rate(args.workers, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"s{r}")
+            rate, _ = bare_rate(args.processes, root / "hr", args.hr_size, lrs, args.samples_per_shard, root / f"s{r}")
             bn = max(bn, rate)
             config = ExportConfig(**base, out=str(root / f"out{r}"), workers=args.workers)
             rate, manifest, text, cpu = export_rate(config, args.profile and r == 0)
@@ -174,16 +181,15 @@ def main() -> None:
           f"main threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"(a) inference alone:             {infer:9.1f} pairs/s")
     print(f"(b) bare CPU work, 1 process:    {b1:9.1f} pairs/s")
-    print(f"(b) bare CPU work, {args.workers} processes:  {bn:9.1f} pairs/s")
+    print(f"(b) bare CPU work, {args.processes} processes:  {bn:9.1f} pairs/s")
     print(f"(c) export_shards:               {export:9.1f} pairs/s, {size:.0f} bytes/pair")
-    print(f"c/a {export / infer:.2f}   c/min(a, b_{args.workers}) {export / min(infer, bn):.2f}   "
-          f"c/b_{args.workers} {export / bn:.2f}   b_{args.workers}/b_1 {bn / b1:.2f}")  # fmt: skip
+    n = args.processes
+    print(f"c/a {export / infer:.2f}   c/min(a, b_{n}) {export / min(infer, bn):.2f}   c/b_{n} {export / bn:.2f}   "
+          f"b_{n}/b_1 {bn / b1:.2f}")  # fmt: skip
     print(f"CPU per pair: bare work {b1_cpu:.2f} ms; export {cpu[0]:.2f} ms in the main process + {cpu[1]:.2f} ms "
-          f"in its workers = {sum(cpu):.2f} ms")  # fmt: skip
+          f"in its workers = {sum(cpu):.2f} ms; bare / export {b1_cpu / sum(cpu):.2f}")  # fmt: skip
     for level, rate, size in levels:
-        print(
-            f"png_level {level}: export {rate:9.1f} pairs/s, {size:8.0f} bytes/pair, c/b_{args.workers} {rate / bn:.2f}"
-        )
+        print(f"png_level {level}: export {rate:9.1f} pairs/s, {size:8.0f} bytes/pair, c/b_{n} {rate / bn:.2f}")
     if profile:
         print(profile)
 

@@ -47,10 +47,11 @@ torch.cuda.is_available() and torch.cuda.get_device_name()); import webdataset, 
 
 if python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
     step test_cuda 60 python3 -m pytest tests/test_cuda.py -q -rs -k "not compiled"
+    # (a) inference, (b) bare CPU work on 1 and all cores, (c) export_shards (8 loaders + 8 writers), in one run
+    step bench_export_limit 75 python3 benchmarks/bench_export_limit.py --device cuda --degrader paper \
+        --images 8192 --per-image 2 --workers 8 --batch-size 256 --samples-per-shard 1000 --threads 4
     step bench_fit 40 python3 benchmarks/bench_fit.py --device cuda --variants fp32,bf16,cl,bf16+cl
     step bench_sr 35 python3 benchmarks/bench_sr.py --device cuda --iters 10 --variants fp32,bf16,cl,bf16+cl
-    step bench_export 30 python3 benchmarks/bench_export.py --device cuda --degrader paper --images 1024 \
-        --per-image 2 --workers 8 --batch-size 256
     step bench_reader 35 python3 benchmarks/bench_reader.py --pairs 3000 --hr-size 64 --workers 8 --epochs 2 \
         --cache warm --consumer cuda --bf16
     step test_cuda_compile 70 python3 -m pytest tests/test_cuda.py -q -rs -k "compiled"
@@ -65,7 +66,7 @@ else
         --cpu-variants fp32,cl
     step bench_sr 40 python3 benchmarks/bench_sr.py --device cpu --presets small --batch-size 4 --iters 1 \
         --variants fp32,cl
-    step bench_export 30 python3 benchmarks/bench_export.py --images 32 --workers 1
+    step bench_export_limit 40 python3 benchmarks/bench_export_limit.py --images 64 --workers 1
     step bench_reader 45 python3 benchmarks/bench_reader.py --pairs 64 --hr-size 64 --epochs 1 --cache warm \
         --workers 1 --consumer cpu
 fi
