@@ -39,7 +39,7 @@ class ExportConfig:
     hr_size: int | None = None  # HR crop side; None takes the learned degrader's (64 for classical ones)
     scale: int | None = None  # classical degraders only (default 4); a learned degrader has its own
     png_level: int = PNG_LEVEL  # zlib level of the HR and LR PNGs, 0 (stored: fastest, largest) to 9; lossless
-    workers: int = 2  # decode and PNG-encode processes; 0 does everything in this process
+    workers: int = 2  # loader processes (decode, crop, HR PNG) and as many shard writers (LR PNG, tar, sha256); 0: none
     batch_size: int = 32  # crops per degrader call
     device: str = "auto"  # where a learned degrader runs: auto (CUDA if available), cpu or cuda
     resume: bool = False  # continue an interrupted export in `out`
