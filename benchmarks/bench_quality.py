@@ -15,6 +15,8 @@ Reported per variant and seed:
     syn_rel   SWD relative to bicubic on the held-out camera-degraded faces (1 = bicubic, 0 = real as real)
     syn_mix   the mean of that and the per-image statistics' relative figures (`RealismProbe`'s val_mix)
     syn_c2st  accuracy of a small classifier telling its LR from real (0.5: indistinguishable)
+    syn_tex_c2st
+              the same classifier shown only texture (grey x - box3x3(x): tone and colour out)
     web_rel   the same SWD figure for a second fit against the real web faces (`faces-lr-web`, held-out part)
     web_fine, web_coarse
               the relative SWD of the finest and of the coarsest pyramid level alone: the finest sees blur, noise
@@ -30,6 +32,9 @@ Reported per variant and seed:
     psnr      PSNR (Y, dB) on the test pairs of one small SR model trained `--sr-steps` pixel-only steps on
               pairs the degrader makes on the fly; the rows `bicubic` and `oracle` (true camera pairs) train the
               same model on bicubic and on the true process; closure = (psnr - bicubic) / (oracle - bicubic)
+    realesrgan, bsrgan
+              rows without a fit: the hand-made pipelines (`degrader.handmade`), scored as the learned rows
+              (syn_*, web_*) and with SR on their pairs made on the fly (psnr, closure)
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --out runs/bench-quality --seconds 60 --jobs 2 \
         --variants paper,structured,tuned-b1-hp1-ld0.5-ex100-tone --seeds 0,1,2
@@ -62,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from degrader import texture  # noqa: E402
 from degrader.checkpoint import Degrader, noise_from_seeds  # noqa: E402
+from degrader.classical import HANDMADE, make_classical  # noqa: E402
 from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, set_lr, update  # noqa: E402
 from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
 from degrader.model import HighToLowConfig, HighToLowGenerator  # noqa: E402
@@ -153,8 +159,9 @@ VARIANTS: dict[str, dict] = {
     "tuned-b1-noise": dict(generator="structured", loss={**TUNED, "beta": 1.0}, net=dict(noise_init=0.5)),
     "tuned-b0.2-h30": dict(generator="structured", loss={**TUNED, "beta": 0.2}, net=dict(head_lr_mult=30.0)),
 }
-REFERENCES = ("bicubic", "oracle", "grey", "grey-tone")  # rows without a fit: SR on bicubic and true pairs; web:
-# grey bicubic, and grey bicubic in the web faces' measured tone
+REFERENCES = ("bicubic", "oracle", "grey", "grey-tone", *HANDMADE)  # rows without a fit: SR on bicubic and true
+# pairs; web: grey bicubic, and grey bicubic in the web faces' measured tone; the hand-made pipelines: everything
+SR_REFS = ("bicubic", "oracle")  # the ends of the SR gap; every other row with SR has a gap closed
 OTHER = {"val_swd_rel": "val_mix", "val_mix": "val_swd_rel"}  # --compare-selection
 
 
@@ -325,10 +332,12 @@ def realism(degrade, probe_hr: torch.Tensor, real_test: torch.Tensor, seed: int)
     fake = degrade(probe.hr, probe.seeds)
     scores = probe.score(lambda hr, seeds: fake)  # the probe degrades exactly these: one pass for every figure
     c2st = classifier_two_sample_test(fake, real_test[: len(fake)], seed=seed)["c2st"]
+    tex_c2st = texture.texture_two_sample_test(fake, real_test[: len(fake)], seed=seed)["tex_c2st"]
     fine, *_, coarse = scores["val_swd_rel_levels"]
     return {"rel": scores["val_swd_rel"], "mix": scores["val_mix"], "c2st": c2st, "fid": scores["val_fidelity"]} | {
         "fine": fine,  # the finest pyramid level's relative SWD: blur, noise, JPEG
         "coarse": coarse,  # the coarsest: tone and layout (the content, where the HR and web faces differ)
+        "tex_c2st": tex_c2st,  # the same classifier shown only texture (grey x - box3x3): tone and colour out
     }
 
 
@@ -381,6 +390,14 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
             tone = measure_tone(hr, s["web_train"][VAL:], 4)
             toned = lambda x, _: (tone.gain * _grey(_bicubic(x)) + tone.offset).clamp(0, 1)  # noqa: E731
             row |= {f"web_{k}": v for k, v in realism(toned, probe_hr, s["web_test"], seed).items()}
+    elif name in HANDMADE:  # no fit: realism as the learned rows', SR on its pairs made on the fly
+        deg = make_classical(name, 4)
+        for target, real in (("synthetic", s["test_lr"]), ("web", s["web_test"])):
+            if target in args.targets:
+                row |= {f"{target[:3]}_{k}": v for k, v in realism(deg.degrade, probe_hr, real, seed).items()}
+        if args.sr_steps:  # fresh seeds per drawn sample from the SR run's generator, as the learned rows draw them
+            draw = lambda i, g: deg.degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist())  # noqa: E731
+            row["psnr"] = train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
     elif name == "bicubic":
         row["psnr"] = train_sr(lambda i, g: _bicubic(hr[i]), hr, s["test_hr"], s["test_lr"], args, seed)
     elif name == "oracle":
@@ -496,11 +513,11 @@ def _fmt(column: str) -> str:
 
 
 def summarise(rows: list[dict]) -> tuple[list[dict], str]:
-    ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in ("bicubic", "oracle")}
+    ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in SR_REFS}
     bic, ora = (statistics.mean(v) if v else math.nan for v in ref.values())
     table, names = [], list(dict.fromkeys(r["variant"] for r in rows))
-    cols = ("syn_rel", "syn_mix", "syn_c2st", "syn_fid", "web_rel", "web_fine", "web_coarse", "web_mix", "web_c2st")
-    cols += ("web_fid", "psnr", "closure", "steps", "fit_s")
+    cols = ("syn_rel", "syn_mix", "syn_c2st", "syn_tex_c2st", "syn_fid", "web_rel", "web_fine", "web_coarse")
+    cols += ("web_mix", "web_c2st", "web_tex_c2st", "web_fid", "psnr", "closure", "steps", "fit_s")
     alt_cols = ("syn_rel_alt", "syn_c2st_alt", "syn_fid_alt", "web_rel_alt", "web_fine_alt", "web_coarse_alt")
     alt_cols += ("web_mix_alt", "web_c2st_alt", "web_fid_alt", "psnr_alt", "closure_alt")
     noblur_cols = ("web_rel_noblur", "web_fine_noblur", "web_coarse_noblur", "web_c2st_noblur", "web_fid_noblur")
@@ -510,7 +527,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
         for r in mine:
             for c in ("", "_alt"):
                 r["closure" + c] = (
-                    (r["psnr" + c] - bic) / (ora - bic) if "psnr" + c in r and name not in REFERENCES else math.nan
+                    (r["psnr" + c] - bic) / (ora - bic) if "psnr" + c in r and name not in SR_REFS else math.nan
                 )
         entry = {"variant": name, "seeds": len(mine)}
         for c in cols:
@@ -519,11 +536,11 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
                 entry[c] = statistics.mean(vals)
                 entry[c + "_min"], entry[c + "_max"] = min(vals), max(vals)
         table.append(entry)
-    head = "| variant | seeds | syn rel SWD | syn mix | syn C2ST | syn fidelity (dB) | web rel SWD | web fine |"
-    head += " web coarse | web mix | web C2ST | web fidelity (dB) | SR PSNR (dB) | gap closed | steps | fit s |"
-    lines = [head, "|" + "---|" * 16]
+    head = "| variant | seeds | syn rel SWD | syn mix | syn C2ST | syn texture C2ST | syn fidelity (dB) | web rel SWD |"
+    head += " web fine | web coarse | web mix | web C2ST | web texture C2ST | web fidelity (dB) | SR PSNR (dB) |"
+    lines = [head + " gap closed | steps | fit s |", "|" + "---|" * 18]
     for e in table:
-        cells = [_cell(e, c, _fmt(c)) for c in cols[:14]]
+        cells = [_cell(e, c, _fmt(c)) for c in cols[:16]]
         lines.append(f"| {e['variant']} | {e['seeds']} | " + " | ".join(cells) + " |")
     alt = [e for e in table if any(c in e for c in alt_cols)]
     if alt:  # --compare-selection
@@ -568,9 +585,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--targets", default="synthetic,web")
     p.add_argument(
-        "--references", default="bicubic,oracle,grey,grey-tone",
+        "--references", default="bicubic,oracle,grey,grey-tone,realesrgan,bsrgan",
         help="rows without a fit ('' for none): SR on bicubic and on true pairs; grey bicubic on the web faces, "
-        "and in their measured tone (grey-tone)",
+        "and in their measured tone (grey-tone); the hand-made pipelines (realesrgan, bsrgan): realism and SR",
     )  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--sr-device", choices=("cpu", "cuda"), default=None, help="where SR trains (default: --device)")
@@ -592,7 +609,7 @@ def main() -> None:
         help="also score the checkpoint the other --select figure keeps: held-out realism and SR (*_alt)",
     )  # fmt: skip
     args = p.parse_args()
-    names = args.variants.split(",")
+    names = [n for n in args.variants.split(",") if n]  # '' for the reference rows alone
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
