@@ -14,7 +14,8 @@ centre fraction of each LR image kept before it is resized to 16 px (1: as `degr
     fid       fidelity: PSNR-Y (dB) against bicubic LR of the same HR in the fit's tone map
     final_rel the same `rel` for the final weights (drift: final - best)
 and the fingerprint over 256 seeds: median and 10-90% spread of JPEG quality, noise std at mid-grey (/255),
-blur sigma (HR px). Rows `grey` (bicubic then grey, no learning) are the baseline to beat.
+blur sigma (HR px). Rows `grey` (bicubic then grey, no learning) are the baseline to beat; rows `realesrgan` and
+`bsrgan` (`--handmade`: the hand-made pipelines users train real-world SR on, no fit) the baselines users pick.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_web.py --out runs/bench-web --steps 2000 --seeds 0,1,2 --jobs 2
 """
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality as bq  # noqa: E402
 
 from degrader.checkpoint import noise_from_seeds  # noqa: E402
+from degrader.classical import HANDMADE, make_classical  # noqa: E402
 from degrader.images import load_rgb, prepare, scan_images, to_tensor  # noqa: E402
 from degrader.realism import (  # noqa: E402
     RealismProbe,
@@ -100,6 +102,9 @@ def run(job: tuple) -> dict:
     if name == "grey":
         probe = RealismProbe(probe_hr, test[1.0], 4, seed=seed)
         fake = bq._grey(bq._bicubic(probe.hr))
+    elif name in HANDMADE:  # no fit: the pipeline's own seeds from the probe, as a learned degrader gets them
+        probe = RealismProbe(probe_hr, test[1.0], 4, seed=seed)
+        fake = make_classical(name, 4).degrade(probe.hr, probe.seeds)
     else:
         spec = bq.VARIANTS[name]
         tone = bq.training_tone(spec, hr, train[bq.VAL :])
@@ -135,7 +140,7 @@ def main() -> None:
     p.add_argument("--hr", default=str(bq.DATA / "faces-hr"))
     p.add_argument("--lr", default=str(bq.DATA / "faces-lr-web"))
     p.add_argument("--data", default=None, help="safetensors cache of the prepared images (bench_quality's)")
-    p.add_argument("--variants", default="tuned-b1-hp1-ld0.5-ex100-tone")
+    p.add_argument("--variants", default="tuned-b1-hp1-ld0.5-ex100-tone", help="'' for the reference rows alone")
     p.add_argument(
         "--frames", default="1,0.7", help="LR framings to fit on (the centre fraction kept); scored at 1 too"
     )
@@ -144,7 +149,14 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-grey", dest="grey", action="store_false", help="skip the bicubic-then-grey rows")
+    p.add_argument(
+        "--handmade", default=",".join(HANDMADE), help="hand-made pipelines scored without a fit ('' for none)"
+    )
     args = p.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    handmade = [h for h in args.handmade.split(",") if h]
+    if unknown := [n for n in variants if n not in bq.VARIANTS] + [h for h in handmade if h not in HANDMADE]:
+        p.error(f"unknown {', '.join(unknown)}: --variants from {', '.join(bq.VARIANTS)}, --handmade from {HANDMADE}")
     if not Path(args.lr).is_dir() or not Path(args.hr).is_dir():
         sys.exit(f"bench_web: needs the real faces ({args.hr}, {args.lr}); skipped")
     fit_frames = [float(f) for f in args.frames.split(",")]
@@ -157,8 +169,9 @@ def main() -> None:
     splits = _face_splits(bq.load_data(args)) | {f"web{f:g}": load_web(args.lr, f, out) for f in args.frame_list}
     save_file(splits, args.splits)
     seeds, a = [int(s) for s in args.seeds.split(",")], vars(args)
-    jobs = [(v, f, s, a) for s in seeds for v in args.variants.split(",") for f in fit_frames]
+    jobs = [(v, f, s, a) for s in seeds for v in variants for f in fit_frames]
     jobs += [("grey", 1.0, s, a) for s in seeds if args.grey]
+    jobs += [(h, 1.0, s, a) for s in seeds for h in handmade]
     rows = []
     import multiprocessing as mp
 
