@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +35,50 @@ def test_bench_library_threads_runs_and_prints_the_ratio():
     ).stdout  # fmt: skip
     assert re.search(r"^cli\s+[0-9.]+\s+1\.00x$", out, re.M)
     assert re.search(r"^library\s+[0-9.]+\s+[0-9.]+x$", out, re.M)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _uint8(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return (torch.rand(*shape, generator=gen) * 255).to(torch.uint8)
+
+
+def test_bench_quality_handmade_rows_score_realism_and_sr_reproducibly(tmp_path):
+    bq = _script("bench_quality")
+    g = torch.Generator().manual_seed(0)
+    splits = {"hr": _uint8(g, 8, 3, 64, 64), "test_hr": _uint8(g, 8, 3, 64, 64)}
+    splits |= {"test_lr": _uint8(g, 8, 3, 16, 16), "web_test": _uint8(g, 8, 3, 16, 16)}
+    save_file(splits, tmp_path / "splits.safetensors")
+    argv = dict(threads=1, splits=str(tmp_path / "splits.safetensors"), device="cpu", sr_device=None)
+    argv |= dict(targets="synthetic,web", sr_steps=2, batch=2)
+    rows = [bq._run_job(name, 0, {}, argv) for name in ("realesrgan", "realesrgan", "bsrgan")]
+    for row in rows:
+        for key in ("syn_c2st", "syn_tex_c2st", "web_c2st", "web_tex_c2st"):
+            assert 0 <= row[key] <= 1
+        assert math.isfinite(row["psnr"]) and math.isfinite(row["syn_rel"])
+    same = [{k: v for k, v in r.items() if k != "job_s"} for r in rows]
+    assert same[0] == same[1]  # the same seed: the same LR, classifier and SR model
+    assert same[0]["syn_rel"] != same[2]["syn_rel"]  # the other pipeline
+    refs = [{"variant": "bicubic", "seed": 0, "psnr": rows[0]["psnr"] - 1}]
+    refs += [{"variant": "oracle", "seed": 0, "psnr": rows[0]["psnr"] + 1}]
+    table, md = bq.summarise([*refs, rows[0]])
+    assert table[-1]["closure"] == pytest.approx(0.5)  # a hand-made row gets a gap closed
+    assert "| realesrgan | 1 |" in md
+
+
+def test_bench_web_handmade_rows_score_texture_at_every_framing(tmp_path):
+    bw = _script("bench_web")
+    g = torch.Generator().manual_seed(0)
+    splits = {"hr": _uint8(g, 8, 3, 64, 64), "web1": _uint8(g, 16, 3, 16, 16), "web0.7": _uint8(g, 16, 3, 16, 16)}
+    save_file(splits, tmp_path / "splits.safetensors")
+    argv = dict(splits=str(tmp_path / "splits.safetensors"), frame_list=[1.0, 0.7], out=str(tmp_path))
+    row = bw.run(("bsrgan", 1.0, 0, argv))
+    for f in ("1", "0.7"):
+        assert 0 <= row[f"c2st@{f}"] <= 1 and 0 <= row[f"tex_c2st@{f}"] <= 1
+        assert all(math.isfinite(row[f"{k}@{f}"]) for k in ("tex_swd", "w1_noise", "w1_blockiness", "w1_sharpness"))
+    assert json.loads((tmp_path / "rows.jsonl").read_text())["variant"] == "bsrgan"
