@@ -32,6 +32,7 @@ Reported per variant and seed:
     psnr      PSNR (Y, dB) on the test pairs of one small SR model trained `--sr-steps` pixel-only steps on
               pairs the degrader makes on the fly; the rows `bicubic` and `oracle` (true camera pairs) train the
               same model on bicubic and on the true process; closure = (psnr - bicubic) / (oracle - bicubic)
+              (`bicubic` also scores its camera realism, syn_*: rel. SWD 1 by definition, C2ST and texture C2ST)
     realesrgan, bsrgan
               rows without a fit: the hand-made pipelines (`degrader.handmade`), scored as the learned rows
               (syn_*, web_*) and with SR on their pairs made on the fly (psnr, closure)
@@ -398,8 +399,11 @@ def _run_job(name: str, seed: int, spec: dict, argv: dict) -> dict:
         if args.sr_steps:  # fresh seeds per drawn sample from the SR run's generator, as the learned rows draw them
             draw = lambda i, g: deg.degrade(hr[i], torch.randint(2**62, (len(i),), generator=g).tolist())  # noqa: E731
             row["psnr"] = train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
-    elif name == "bicubic":
-        row["psnr"] = train_sr(lambda i, g: _bicubic(hr[i]), hr, s["test_hr"], s["test_lr"], args, seed)
+    elif name == "bicubic":  # the camera realism of plain downscaling too (its relative SWD is 1 by definition)
+        if "synthetic" in args.targets:
+            row |= {f"syn_{k}": v for k, v in realism(lambda x, _: _bicubic(x), probe_hr, s["test_lr"], seed).items()}
+        if args.sr_steps:
+            row["psnr"] = train_sr(lambda i, g: _bicubic(hr[i]), hr, s["test_hr"], s["test_lr"], args, seed)
     elif name == "oracle":
         draw = lambda i, g: s["oracle_lr"][i + len(hr) * torch.randint(2, (len(i),), generator=g)]  # noqa: E731
         row["psnr"] = train_sr(draw, hr, s["test_hr"], s["test_lr"], args, seed)
@@ -513,7 +517,7 @@ def _fmt(column: str) -> str:
 
 
 def summarise(rows: list[dict]) -> tuple[list[dict], str]:
-    ref = {r: [x["psnr"] for x in rows if x["variant"] == r] for r in SR_REFS}
+    ref = {r: [x["psnr"] for x in rows if x["variant"] == r and "psnr" in x] for r in SR_REFS}
     bic, ora = (statistics.mean(v) if v else math.nan for v in ref.values())
     table, names = [], list(dict.fromkeys(r["variant"] for r in rows))
     cols = ("syn_rel", "syn_mix", "syn_c2st", "syn_tex_c2st", "syn_fid", "web_rel", "web_fine", "web_coarse")

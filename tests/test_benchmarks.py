@@ -64,6 +64,9 @@ def test_bench_quality_handmade_rows_score_realism_and_sr_reproducibly(tmp_path)
     same = [{k: v for k, v in r.items() if k != "job_s"} for r in rows]
     assert same[0] == same[1]  # the same seed: the same LR, classifier and SR model
     assert same[0]["syn_rel"] != same[2]["syn_rel"]  # the other pipeline
+    bicubic = bq._run_job("bicubic", 0, {}, argv | {"sr_steps": 0})  # its camera realism, no SR
+    assert bicubic["syn_rel"] == pytest.approx(1) and 0 <= bicubic["syn_tex_c2st"] <= 1 and "psnr" not in bicubic
+    assert "closure" not in bq.summarise([bicubic, rows[0]])[0][-1]  # a bicubic row without SR: no gap to close
     refs = [{"variant": "bicubic", "seed": 0, "psnr": rows[0]["psnr"] - 1}]
     refs += [{"variant": "oracle", "seed": 0, "psnr": rows[0]["psnr"] + 1}]
     table, md = bq.summarise([*refs, rows[0]])
