@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from degrader.crops import grid_boxes  # noqa: E402
 from degrader.images import load_rgb, to_tensor  # noqa: E402
 
-DEGRADERS = ("bicubic", "blur-bilinear", "learned", "true")
+DEGRADERS = ("bicubic", "blur-bilinear", "realesrgan", "bsrgan", "learned", "true")
 SPLIT = (40, 80)  # scenes 1..40 HR, 41..80 real LR, 81.. test pairs
 SPLIT_FILE = "split.json"
 
@@ -155,6 +155,9 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--degraders", nargs="+", default=list(DEGRADERS), choices=DEGRADERS)
     p.add_argument("--split-only", action="store_true", help="build the split and stop")
+    p.add_argument("--fit-set", action="append", default=[], metavar="KEY=VALUE", help="a fit setting, as --set")
+    p.add_argument("--tag", default="", help="names the fit and its learned rows (e.g. a --fit-set variant)")
+    p.add_argument("--lr-dir", type=Path, help="the real LR folder of the fit (default: the split's lr/)")
     args = p.parse_args()
     if args.city100 is None:
         print("skipped: no --city100 given (City100_iPhoneX from github.com/ngchc/CameraSR)")
@@ -171,21 +174,31 @@ def main() -> int:
     if args.split_only:
         return 0
 
+    import dataclasses
+
+    from degrader.config_io import build, merge, parse_sets
     from degrader.export import ExportConfig, export_shards, plan_export
+    from degrader.presets import PRESETS
     from degrader.train import FitConfig, fit, plan_fit
     from sr.evaluate import evaluate_pairs
     from sr.train import SRTrainConfig, plan_train, train
 
     tag = f"s{args.seed}"
-    run = cache / "runs" / f"degrader-{tag}"
-    if not (run / "degrader.safetensors").exists():
+    fit_tag = f"{args.tag}-{tag}" if args.tag else tag
+    run = cache / "runs" / f"degrader-{fit_tag}"
+    if "learned" in args.degraders and not (run / "degrader.safetensors").exists():
         config = FitConfig(
-            hr=str(cache / "hr"), lr=str(cache / "lr"), out=str(run), hr_prep="crop", lr_prep="crop",
+            hr=str(cache / "hr"), lr=str(args.lr_dir or cache / "lr"), out=str(run), hr_prep="crop", lr_prep="crop",
             hr_size=args.hr_size, scale=args.scale, steps=args.fit_steps, seed=args.seed, device=args.device,
             overwrite=True,
         )  # fmt: skip
+        if args.fit_set:  # as `degrade fit --set`: the preset's settings, then these
+            layers = merge(dataclasses.asdict(config), PRESETS["small"].training(), parse_sets(args.fit_set))
+            config = build(FitConfig, {k: v for k, v in layers.items() if v is not None})
         plan = plan_fit(config)
         print(plan.validation_note)
+        if plan.colour:
+            print(f"colour map: {plan.colour.describe()}")
         result = fit(plan)
         from degrader.validation import verdict
 
@@ -193,7 +206,8 @@ def main() -> int:
 
     rows = {"bicubic upscaling": {}}  # filled from any evaluation: each scores bicubic upscaling too
     for name in args.degraders:
-        shards, sr_run = cache / "shards" / f"{name}-{tag}", cache / "runs" / f"sr-{name}-{tag}"
+        own = fit_tag if name == "learned" else tag
+        shards, sr_run = cache / "shards" / f"{name}-{own}", cache / "runs" / f"sr-{name}-{own}"
         if not (shards / "manifest.json").exists():
             spec = str(run) if name == "learned" else "bicubic" if name == "true" else name
             sizes = {} if name == "learned" else {"hr_size": args.hr_size, "scale": args.scale}
@@ -213,15 +227,21 @@ def main() -> int:
         rows[name] = report.mean["model"]
         rows["bicubic upscaling"] = report.mean["bicubic"]
     rows = {k: v for k, v in rows.items() if v}
+    if not rows:
+        return 0
 
     print(f"\nx{args.scale}, seed {args.seed}: SR ({args.sr_steps} steps, pixel loss) on each degrader's shards, "
           f"tested on scenes {args.split[1] + 1}-{max(record['scenes'])}")  # fmt: skip
     print(f"{'trained on':<20} {'PSNR':>7} {'SSIM':>7} {'PSNR-Y':>7} {'SSIM-Y':>7}")
     for name, m in rows.items():
         print(f"{name:<20} {m['psnr']:7.2f} {m['ssim']:7.4f} {m['psnr_y']:7.2f} {m['ssim_y']:7.4f}")
-    (cache / f"results-{tag}.json").write_text(json.dumps(rows, indent=1))
-
-    learned = learned_gains(run)
+    learned = learned_gains(run) if "learned" in args.degraders else None
+    rows["white balance"] = {"real": white_balance(record["gains"])} | (
+        {"learned": white_balance(learned)} if learned else {}
+    )
+    results = cache / f"results-{fit_tag}.json"
+    old = json.loads(results.read_text()) if results.exists() else {}
+    results.write_text(json.dumps(old | rows, indent=1))  # rows of earlier runs with other --degraders stay
     print("\nwhite balance (10th percentile / median / 90th percentile)")
     sets = {"real LR vs its aligned HR": record["gains"], "learned (512 seeds)": learned}
     for label, gains in sets.items():

@@ -87,6 +87,8 @@ def fit(dry_run: bool, **options) -> None:
             console.print(f"tone the losses hold each LR image to: {plan.tone.describe()}")
             if plan.tone.warning:
                 console.print(f"[yellow]warning:[/] {plan.tone.warning}")
+        if plan.colour:
+            console.print(f"colour the losses hold each LR image to: {plan.colour.describe()}")
 
     progress = lambda plan: progress_bar("fit", config.steps)  # noqa: E731
     result = run_planned(plan_fit, fit, config, dry_run, describe=describe, progress=progress, files=FIT_FILES)

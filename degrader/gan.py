@@ -63,11 +63,16 @@ class LossConfig:
     exposure: float = 0.0  # weight of the squared difference of each image's mean luma (output vs target); 0 off
     tone: str = "off"  # "auto": the losses' target takes the real LR set's tone (degrader.tone); "off": the HR's
     tone_map: tuple[float, float] = (1.0, 0.0)  # (gain, offset) on [0, 1] luma, measured before training for "auto"
+    colour: float = 0.0  # weight of the squared difference of each image's mean chroma per channel (vs target); 0 off
+    colour_map: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)  # (saturation, cast R G B) of chroma, measured for "auto"
     texture: float = 0.0  # weight of the match to the real LR's noise/sharpness/blockiness (degrader.texture); 0 off
     texture_target: tuple[tuple[float, ...], ...] = ()  # their quantiles in the real LR, measured when texture > 0
 
     def __post_init__(self) -> None:
         self.betas, self.tone_map = tuple(self.betas), tuple(self.tone_map)  # lists after a JSON round trip
+        self.colour_map = tuple(self.colour_map)
+        if len(self.colour_map) != 4:
+            raise ValueError(f"colour_map {self.colour_map} must be (saturation, cast R, cast G, cast B)")
         self.texture_target = tuple(tuple(q) for q in self.texture_target)
         if self.tone not in TONES:
             raise ValueError(f"tone {self.tone!r} is not one of {', '.join(TONES)}")
@@ -78,8 +83,8 @@ class LossConfig:
             raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
-        if self.d_steps < 1 or self.r1 < 0 or self.d_highpass < 0 or self.exposure < 0 or self.texture < 0:
-            raise ValueError("d_steps must be >= 1, and r1, d_highpass, exposure and texture >= 0")
+        if self.d_steps < 1 or min(self.r1, self.d_highpass, self.exposure, self.colour, self.texture) < 0:
+            raise ValueError("d_steps must be >= 1, and r1, d_highpass, exposure, colour and texture >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay {self.lr_decay} must lie in [0, 1]")
 
@@ -195,6 +200,26 @@ def exposure_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (luma(fake.float()).mean(dim=(1, 2, 3)) - luma(target.float()).mean(dim=(1, 2, 3))).pow(2).mean()
 
 
+def colour_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the squared difference of their mean chroma (image minus its luma), summed over channels."""
+    chroma = lambda x: (x - luma(x)).mean(dim=(2, 3))  # noqa: E731  (B, 3)
+    return (chroma(fake.float()) - chroma(target.float())).pow(2).sum(1).mean()
+
+
+def mapped_target(target: torch.Tensor, loss: LossConfig) -> torch.Tensor:
+    """The HR's average-pooled image (B, 3, h, w) in [-1, 1] carried through the measured tone and colour maps."""
+    gain, offset = loss.tone_map
+    if loss.colour_map == (1.0, 0.0, 0.0, 0.0):
+        if loss.tone_map == (1.0, 0.0):
+            return target
+        # the map on [0, 1], in the networks' [-1, 1]; clipped as the real LR's pixels are
+        return (gain * target + (gain + 2 * offset - 1)).clamp(-1, 1)
+    y = luma(target)  # (B, 1, h, w): the tone map acts on luma, the colour map on chroma
+    saturation, *cast = loss.colour_map
+    cast = torch.tensor(cast, device=target.device, dtype=target.dtype).view(1, 3, 1, 1)
+    return (gain * y + (gain + 2 * offset - 1) + saturation * (target - y) + 2 * cast).clamp(-1, 1)
+
+
 def generator_loss(
     fake: torch.Tensor,
     target: torch.Tensor,
@@ -202,15 +227,12 @@ def generator_loss(
     loss: LossConfig,
     aug_gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * pixel loss(fake, target) + beta * hinge generator loss (+ exposure * exposure loss), `net_d` frozen.
+    """alpha * pixel loss + beta * hinge generator loss (+ exposure, colour and texture losses), `net_d` frozen.
 
     `aug_gen` draws the augmentation when `loss.augment` is set. Returns the loss to back-propagate and its
     parts as floats for the log.
     """
-    if loss.tone_map != (1.0, 0.0):
-        gain, offset = loss.tone_map
-        # the map on [0, 1], in the networks' [-1, 1]; clipped as the real LR's pixels are
-        target = (gain * target + (gain + 2 * offset - 1)).clamp(-1, 1)
+    target = mapped_target(target, loss)
     pixel = pixel_loss(fake, target, loss.pixel)
     if loss.beta > 0:
         with frozen(net_d):
@@ -223,6 +245,10 @@ def generator_loss(
         exposure = exposure_loss(fake, target)
         total = total + loss.exposure * exposure
         logs["g_exposure"] = exposure.item()
+    if loss.colour > 0:
+        colour = colour_loss(fake, target)
+        total = total + loss.colour * colour
+        logs["g_colour"] = colour.item()
     if loss.texture > 0:
         if not loss.texture_target:
             raise ValueError("loss.texture > 0 needs loss.texture_target (degrader.texture.measure_texture)")

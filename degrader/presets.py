@@ -47,6 +47,7 @@ PRESETS = {
             ema=0.99,
             lr_decay=0.5,
             exposure=100.0,
+            colour=100.0,
             tone="auto",
         ),
     ),

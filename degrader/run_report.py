@@ -215,9 +215,14 @@ def _tone_line(config: dict[str, Any]) -> str:
         return ""
     gain, offset = tone
     found = "the sets differ in tone beyond sampling noise" if tone != [1.0, 0.0] else "the identity: no difference"
+    colour = loss.get("colour_map") if (loss.get("colour") or 0) > 0 else None
+    held = ""
+    if isinstance(colour, list) and len(colour) == 4 and all(isinstance(v, (int, float)) for v in colour):
+        cast = " ".join(f"{c * 255:+.1f}" for c in colour[1:])
+        held = f" Colour: LR chroma = {colour[0]:.3f} x HR chroma, cast R G B {cast}/255; each image's mean held to it."
     return (
         f"<p>Tone, measured from the two training sets before training (loss.tone auto): LR luma = {gain:.3f} x HR "
-        f"luma {offset * 255:+.1f}/255 ({found}). The losses held each LR image to its HR's tone through it.</p>"
+        f"luma {offset * 255:+.1f}/255 ({found}). The losses held each LR image to its HR's tone through it.{held}</p>"
     )
 
 

@@ -11,6 +11,15 @@ exposure and pixel losses hold each degraded image to its HR's tone; by default 
 The map matches the mean and the standard deviation of the two sets' coarse luma, where blur, noise and JPEG
 hardly reach. Each of its two parts (brightness and contrast) is kept only where it exceeds `Z` bootstrap
 standard errors, so a set that differs from the HR only by sampling noise gets the identity map, exactly.
+
+Colour gets the same treatment (`measure_colour`, for `LossConfig.colour`): chroma, each pixel minus its
+luma, is mapped as
+
+    LR chroma ~ saturation * HR chroma + cast     (per channel, at the same coarse scale)
+
+where the saturation matches the two sets' RMS chroma (0 for a greyscale LR set) and the cast their mean chroma
+per channel. Left alone, a GAN on two sets of different scenes answers the scenes' colours with a colour cast
+(City100 in docs/results.md); holding each image's mean chroma to the map leaves only the colour the data shows.
 """
 
 from __future__ import annotations
@@ -46,6 +55,28 @@ class ToneMap:
             return f"the HR's own (sets differ by {self.shift_z:+.1f} SE in brightness, {self.gain_z:+.1f} in contrast)"
         z = f"z {self.shift_z:+.1f} and {self.gain_z:+.1f}"
         return f"LR luma = {self.gain:.3f} x HR luma {self.offset * 255:+.1f}/255 (brightness and contrast {z})"
+
+
+@dataclass(frozen=True)
+class ColourMap:
+    """LR chroma ~ saturation * HR chroma + cast (per channel, on [0, 1]); the `_z` fields as in `ToneMap`."""
+
+    saturation: float = 1.0
+    cast: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    saturation_z: float = 0.0  # the difference of the RMS chroma ratio from 1, in bootstrap standard errors
+    cast_z: tuple[float, float, float] = (0.0, 0.0, 0.0)  # each channel's mean chroma difference, in SEs
+
+    @property
+    def parts(self) -> tuple[float, float, float, float]:
+        """(saturation, cast R, cast G, cast B): what `LossConfig.colour_map` holds."""
+        return (self.saturation, *self.cast)
+
+    def describe(self) -> str:
+        z = f"{self.saturation_z:+.1f} SE in saturation, " + " ".join(f"{c:+.1f}" for c in self.cast_z)
+        if self.parts == (1.0, 0.0, 0.0, 0.0):
+            return f"the HR's own (sets differ by {z} in cast R G B)"
+        cast = " ".join(f"{c * 255:+.1f}" for c in self.cast)
+        return f"LR chroma = {self.saturation:.3f} x HR chroma, cast R G B {cast}/255 (z {z})"
 
 
 def _sums(x: torch.Tensor, pool: int) -> torch.Tensor:
@@ -90,3 +121,39 @@ def measure_tone(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) 
     gain = float(sd_b / sd_a) if abs(gain_z) > Z else 1.0
     target_mean = float(mean_b) if abs(shift_z) > Z else float(mean_a)
     return ToneMap(gain, target_mean - gain * float(mean_a), shift_z, gain_z)  # neither part: exactly (1.0, 0.0)
+
+
+def _chroma_sums(x: torch.Tensor, pool: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 5): per image, the count, the sums of its coarse chroma per channel and of its squared
+    norm."""
+    x = F.avg_pool2d(x.double(), pool)
+    c = (x - luma(x)).flatten(2)  # (N, 3, H/pool * W/pool): each pixel minus its luma
+    count = torch.full_like(c[:, 0, 0], c.shape[2])
+    return torch.cat([count[:, None], c.sum(2), c.pow(2).sum((1, 2))[:, None]], dim=1)
+
+
+def _chroma_moments(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., N, 5) per-image sums -> the mean chroma per channel (..., 3) and the RMS chroma (...)."""
+    total = sums.sum(-2)
+    return total[..., 1:4] / total[..., :1], (total[..., 4] / total[..., 0]).sqrt()
+
+
+def measure_colour(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) -> ColourMap:
+    """The chroma map from the HR set's colour to the LR set's (module docstring); each part is kept only where it
+    exceeds `Z` bootstrap standard errors. Arguments as `measure_tone`; too few distinct images give the identity."""
+    pool = max(1, min(COARSE, *lr.shape[-2:]))
+    a, b = _chroma_sums(hr, scale * pool), _chroma_sums(lr, pool)  # (N, 5), (M, 5)
+    if min(len(torch.unique(a, dim=0)), len(torch.unique(b, dim=0))) < MIN_DISTINCT:
+        return ColourMap()
+    gen = torch.Generator().manual_seed(seed)
+    boot_a = a[torch.randint(len(a), (BOOTSTRAP, len(a)), generator=gen)]  # (BOOTSTRAP, N, 5)
+    boot_b = b[torch.randint(len(b), (BOOTSTRAP, len(b)), generator=gen)]
+    (mean_a, rms_a), (mean_b, rms_b) = _chroma_moments(a), _chroma_moments(b)
+    (boot_mean_a, boot_rms_a), (boot_mean_b, boot_rms_b) = _chroma_moments(boot_a), _chroma_moments(boot_b)
+    ratio, boot_ratio = rms_b / rms_a.clamp_min(1e-12), boot_rms_b / boot_rms_a.clamp_min(1e-12)
+    saturation_z = float(((ratio - 1) / boot_ratio.std().clamp_min(1e-12)).clamp(-999, 999))  # 0 is reachable
+    saturation = float(ratio) if abs(saturation_z) > Z else 1.0
+    diff = mean_b - saturation * mean_a  # (3,): the mean chroma the saturation does not explain
+    cast_z = (diff / (boot_mean_b - saturation * boot_mean_a).std(0).clamp_min(1e-12)).clamp(-999, 999)
+    cast = tuple(float(d) if abs(z) > Z else 0.0 for d, z in zip(diff, cast_z, strict=True))
+    return ColourMap(saturation, cast, saturation_z, tuple(float(z) for z in cast_z))

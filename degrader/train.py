@@ -37,7 +37,7 @@ from degrader.run import (
 )
 from degrader.structured import StructuredConfig, StructuredGenerator
 from degrader.texture import measure_texture
-from degrader.tone import IMAGES, ToneMap, measure_tone
+from degrader.tone import IMAGES, ColourMap, ToneMap, measure_colour, measure_tone
 from degrader.validation import Validation, ValidationSet, split_validation
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
@@ -121,6 +121,7 @@ class FitPlan:
     validation: ValidationSet | None = None  # the held-out images validation scores on; None: no validation
     validation_note: str = ""  # one line on the validation set, or why there is none
     tone: ToneMap | None = None  # the LR set's tone map for `loss.tone = "auto"` (also in config.loss.tone_map)
+    colour: ColourMap | None = None  # its colour map, for tone "auto" with `loss.colour` (config.loss.colour_map)
 
 
 @dataclass
@@ -155,10 +156,13 @@ def plan_fit(config: FitConfig) -> FitPlan:
     if not 0.2 <= config.lr_frame <= 1:
         raise UserError(f"lr_frame is {config.lr_frame}; give the centre fraction of each LR image kept, in [0.2, 1].")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
-    tone = None
+    tone = colour = None
     if config.loss.tone == "auto":  # measured again on --resume, to the same map: the same images and draws
-        tone = measure_training_tone(config, model, hr, lr)
-        config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, tone_map=(tone.gain, tone.offset)))
+        sets = tone_sets(config, model, hr, lr)
+        tone = measure_tone(*sets, model.scale)
+        colour = measure_colour(*sets, model.scale) if config.loss.colour > 0 and not tone.warning else None
+        maps = {"tone_map": (tone.gain, tone.offset)} | ({"colour_map": colour.parts} if colour else {})
+        config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, **maps))
     if config.loss.texture > 0:  # likewise the real LR's texture quantiles, the same again on --resume
         sample = training_sample(lr, texture.IMAGES, model.lr_size, config.lr_prep, "texture", config.lr_frame)
         target = measure_texture(sample)
@@ -168,12 +172,14 @@ def plan_fit(config: FitConfig) -> FitPlan:
     dist.check_batch(config.batch_size)
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note, tone)
+    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note, tone, colour)
 
 
-def measure_training_tone(config: FitConfig, model: HighToLowConfig | StructuredConfig, hr: Scan, lr: Scan) -> ToneMap:
-    """`degrader.tone.measure_tone` on up to `tone.IMAGES` images of each training set, drawn independently of
-    the seed: the map describes the data, not the run."""
+def tone_sets(
+    config: FitConfig, model: HighToLowConfig | StructuredConfig, hr: Scan, lr: Scan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `tone.IMAGES` images of each training set for `degrader.tone`'s measurements, drawn independently of
+    the seed: the maps describe the data, not the run."""
     rng = torch.Generator().manual_seed(0)  # random crops, for prep "crop"
     sets = []
     for scan, size, prep, frame in (
@@ -182,7 +188,7 @@ def measure_training_tone(config: FitConfig, model: HighToLowConfig | Structured
     ):
         subset = dataclasses.replace(scan, paths=shuffled(scan.paths, 0, "tone"))
         sets.append(torch.stack(first_readable(subset, IMAGES, size, prep, rng, frame)))
-    return measure_tone(*sets, model.scale)
+    return sets[0], sets[1]
 
 
 def input_images(plan: FitPlan) -> dict[str, dict[str, str]]:
