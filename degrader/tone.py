@@ -17,8 +17,8 @@ luma, is mapped as
 
     LR chroma ~ saturation * HR chroma + cast     (per channel, at the same coarse scale)
 
-where the saturation matches the two sets' RMS chroma (0 for a greyscale LR set) and the cast their mean chroma
-per channel. Left alone, a GAN on two sets of different scenes answers the scenes' colours with a colour cast
+where the saturation matches the spread of the two sets' chroma about its mean (0 for a greyscale LR set) and
+the cast their mean chroma per channel. Left alone, a GAN on two sets of different scenes answers the scenes' colours with a colour cast
 (City100 in docs/results.md); holding each image's mean chroma to the map leaves only the colour the data shows.
 """
 
@@ -133,9 +133,11 @@ def _chroma_sums(x: torch.Tensor, pool: int) -> torch.Tensor:
 
 
 def _chroma_moments(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., N, 5) per-image sums -> the mean chroma per channel (..., 3) and the RMS chroma (...)."""
+    """(..., N, 5) per-image sums -> the mean chroma per channel (..., 3) and the RMS chroma about it (...): the
+    spread of the colours, which a cast leaves alone."""
     total = sums.sum(-2)
-    return total[..., 1:4] / total[..., :1], (total[..., 4] / total[..., 0]).sqrt()
+    mean = total[..., 1:4] / total[..., :1]
+    return mean, (total[..., 4] / total[..., 0] - mean.pow(2).sum(-1)).clamp_min(0).sqrt()
 
 
 def measure_colour(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) -> ColourMap:
@@ -143,7 +145,8 @@ def measure_colour(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0
     exceeds `Z` bootstrap standard errors. Arguments as `measure_tone`; too few distinct images give the identity."""
     pool = max(1, min(COARSE, *lr.shape[-2:]))
     a, b = _chroma_sums(hr, scale * pool), _chroma_sums(lr, pool)  # (N, 5), (M, 5)
-    if min(len(torch.unique(a, dim=0)), len(torch.unique(b, dim=0))) < MIN_DISTINCT:
+    distinct = [len(torch.unique(_sums(x, p), dim=0)) for x, p in ((hr, scale * pool), (lr, pool))]  # by luma:
+    if min(distinct) < MIN_DISTINCT:  # every grey image has the same chroma sums
         return ColourMap()
     gen = torch.Generator().manual_seed(seed)
     boot_a = a[torch.randint(len(a), (BOOTSTRAP, len(a)), generator=gen)]  # (BOOTSTRAP, N, 5)
@@ -152,8 +155,8 @@ def measure_colour(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0
     (boot_mean_a, boot_rms_a), (boot_mean_b, boot_rms_b) = _chroma_moments(boot_a), _chroma_moments(boot_b)
     ratio, boot_ratio = rms_b / rms_a.clamp_min(1e-12), boot_rms_b / boot_rms_a.clamp_min(1e-12)
     saturation_z = float(((ratio - 1) / boot_ratio.std().clamp_min(1e-12)).clamp(-999, 999))  # 0 is reachable
-    saturation = float(ratio) if abs(saturation_z) > Z else 1.0
+    saturation = round(float(ratio), 6) if abs(saturation_z) > Z else 1.0  # rounded: a grey set's 4e-16 is 0
     diff = mean_b - saturation * mean_a  # (3,): the mean chroma the saturation does not explain
     cast_z = (diff / (boot_mean_b - saturation * boot_mean_a).std(0).clamp_min(1e-12)).clamp(-999, 999)
-    cast = tuple(float(d) if abs(z) > Z else 0.0 for d, z in zip(diff, cast_z, strict=True))
+    cast = tuple(round(float(d), 6) if abs(z) > Z else 0.0 for d, z in zip(diff, cast_z, strict=True))
     return ColourMap(saturation, cast, saturation_z, tuple(float(z) for z in cast_z))
