@@ -18,8 +18,9 @@ luma, is mapped as
     LR chroma ~ saturation * HR chroma + cast     (per channel, at the same coarse scale)
 
 where the saturation matches the spread of the two sets' chroma about its mean (0 for a greyscale LR set) and
-the cast their mean chroma per channel. Left alone, a GAN on two sets of different scenes answers the scenes' colours with a colour cast
-(City100 in docs/results.md); holding each image's mean chroma to the map leaves only the colour the data shows.
+the cast their mean chroma per channel. Left alone, a GAN on two sets of different scenes answers the scenes'
+colours with a colour cast (City100 in docs/results.md); holding each image's mean chroma to the map leaves only
+the colour the data shows.
 """
 
 from __future__ import annotations
