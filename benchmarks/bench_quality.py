@@ -78,7 +78,7 @@ from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E
 from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
 from degrader.synthetic import camera_degrade  # noqa: E402
 from degrader.texture import measure_texture  # noqa: E402
-from degrader.tone import ToneMap, measure_tone  # noqa: E402
+from degrader.tone import ToneMap, measure_colour, measure_tone  # noqa: E402
 from sr.metrics import psnr  # noqa: E402
 from sr.model import PRESETS as SR_PRESETS  # noqa: E402
 from sr.model import LowToHighConfig, LowToHighGenerator  # noqa: E402
@@ -134,6 +134,8 @@ VARIANTS: dict[str, dict] = {
     "small-tex3": dict(
         generator="structured", loss={**HP1, "lr_decay": 0.5, "exposure": 100.0, "tone": "auto", "texture": 3.0}
     ),
+    # `small` today: also each image's mean chroma held to the LR set's measured colour map (`loss.colour`)
+    "small-colour": dict(generator="structured", loss={**SMALL, "colour": 100.0}),
     # the same with the sensor noise starting higher in its range (noise_init 0.3, not 0.05: a ~ 2e-5, b ~ 3e-6)
     "tuned-b1-hp1-ld0.5-ex100-tone-n0.3": dict(
         generator="structured",
@@ -266,6 +268,8 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     net_g, net_d, loss = build(spec, seed)
     net_g, net_d = net_g.to(device), net_d.to(device)
     loss = dataclasses.replace(loss, tone_map=(tone.gain, tone.offset))
+    if loss.colour > 0 and loss.tone == "auto":  # the real LR set's colour map, as `degrade fit` measures it
+        loss = dataclasses.replace(loss, colour_map=measure_colour(hr, real, 4).parts)
     if loss.texture > 0:  # the real LR set's texture quantiles, as `degrade fit` measures them
         loss = dataclasses.replace(loss, texture_target=measure_texture(real[: texture.IMAGES]))
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
