@@ -63,7 +63,7 @@ class LossConfig:
     exposure: float = 0.0  # weight of the squared difference of each image's mean luma (output vs target); 0 off
     tone: str = "off"  # "auto": the losses' target takes the real LR set's tone (degrader.tone); "off": the HR's
     tone_map: tuple[float, float] = (1.0, 0.0)  # (gain, offset) on [0, 1] luma, measured before training for "auto"
-    colour: float = 0.0  # weight of the squared difference of each image's mean chroma per channel (vs target); 0 off
+    colour: float = 0.0  # weight of each image's mean chroma's distance from what colour_map allows (colour_loss)
     colour_map: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)  # (saturation, cast R G B) of chroma, measured for "auto"
     texture: float = 0.0  # weight of the match to the real LR's noise/sharpness/blockiness (degrader.texture); 0 off
     texture_target: tuple[tuple[float, ...], ...] = ()  # their quantiles in the real LR, measured when texture > 0
@@ -200,10 +200,26 @@ def exposure_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (luma(fake.float()).mean(dim=(1, 2, 3)) - luma(target.float()).mean(dim=(1, 2, 3))).pow(2).mean()
 
 
-def colour_loss(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over images of the squared difference of their mean chroma (image minus its luma), summed over channels."""
+def saturation_range(saturation: float) -> tuple[float, float]:
+    """The saturations, relative to its HR, that an image may take when the LR set's measured one is `saturation`:
+    exactly that where the set shows no change (1) or no colour (0); any loss of colour where it shows some
+    (sets mix colour and grey images); up to it where the set is more colourful."""
+    if saturation in (0.0, 1.0):
+        return saturation, saturation
+    return (0.0, 1.0) if saturation < 1 else (1.0, saturation)
+
+
+def colour_loss(
+    fake: torch.Tensor, target: torch.Tensor, colour_map: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)
+) -> torch.Tensor:
+    """Mean over images of the squared distance of each image's mean chroma (image minus its luma) from what the
+    colour map allows: its HR's mean chroma times a saturation in `saturation_range`, plus the map's cast."""
     chroma = lambda x: (x - luma(x)).mean(dim=(2, 3))  # noqa: E731  (B, 3)
-    return (chroma(fake.float()) - chroma(target.float())).pow(2).sum(1).mean()
+    fake_c, hr_c = chroma(fake.float()), chroma(target.float())
+    lo, hi = saturation_range(colour_map[0])
+    rest = fake_c - 2 * torch.tensor(colour_map[1:], device=fake.device)  # the cast in [-1, 1] units
+    t = ((rest * hr_c).sum(1) / hr_c.pow(2).sum(1).clamp_min(1e-12)).clamp(lo, hi)  # the closest allowed saturation
+    return (rest - t[:, None] * hr_c).pow(2).sum(1).mean()
 
 
 def mapped_target(target: torch.Tensor, loss: LossConfig) -> torch.Tensor:
@@ -232,7 +248,7 @@ def generator_loss(
     `aug_gen` draws the augmentation when `loss.augment` is set. Returns the loss to back-propagate and its
     parts as floats for the log.
     """
-    target = mapped_target(target, loss)
+    hr_target, target = target, mapped_target(target, loss)
     pixel = pixel_loss(fake, target, loss.pixel)
     if loss.beta > 0:
         with frozen(net_d):
@@ -246,7 +262,7 @@ def generator_loss(
         total = total + loss.exposure * exposure
         logs["g_exposure"] = exposure.item()
     if loss.colour > 0:
-        colour = colour_loss(fake, target)
+        colour = colour_loss(fake, hr_target, loss.colour_map)
         total = total + loss.colour * colour
         logs["g_colour"] = colour.item()
     if loss.texture > 0:

@@ -19,8 +19,9 @@ luma, is mapped as
 
 where the saturation matches the spread of the two sets' chroma about its mean (0 for a greyscale LR set) and
 the cast their mean chroma per channel. Left alone, a GAN on two sets of different scenes answers the scenes'
-colours with a colour cast (City100 in docs/results.md); holding each image's mean chroma to the map leaves only
-the colour the data shows.
+colours with a colour cast (City100 in docs/results.md). `degrader.gan.colour_loss` holds each image's mean
+chroma to its HR's, scaled within `degrader.gan.saturation_range` of the measured saturation, plus the cast: so
+the degrader takes on only the colour the data shows (and a set that mixes grey and colour images keeps both).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from degrader.color import luma
-from degrader.gan import LossConfig, colour_loss, generator_loss, mapped_target
+from degrader.gan import LossConfig, colour_loss, generator_loss, mapped_target, saturation_range
 from degrader.nets import Discriminator, DiscriminatorConfig
 from degrader.tone import measure_colour
 from tests.test_tone import faces, write_set
@@ -38,6 +38,25 @@ def test_the_colour_loss_sees_a_cast_and_not_a_change_of_luma():
     assert colour_loss(target, target) == 0
     assert colour_loss(target + 0.05, target) < 1e-10  # brighter by the same amount in R, G and B: no colour change
     assert colour_loss(target + torch.tensor([0.1, 0.0, 0.0]).view(1, 3, 1, 1), target) > 1e-3
+
+
+def test_a_set_that_loses_colour_lets_each_image_lose_any_amount_and_gain_none():
+    target = faces(4, 3)[:, :, :16, :16] * 2 - 1
+    grey = luma(target)
+    scaled = lambda t: grey + t * (target - grey)  # noqa: E731  the image at saturation t
+    assert saturation_range(0.4) == (0.0, 1.0) and saturation_range(1.0) == (1.0, 1.0)
+    mixed = (0.4, 0.0, 0.0, 0.0)  # measured on a set of grey and colour images
+    assert colour_loss(scaled(0.0), target, mixed) < 1e-12 and colour_loss(scaled(0.7), target, mixed) < 1e-12
+    assert colour_loss(scaled(1.5), target, mixed) > 1e-4  # more colourful than its HR: a colour it never had
+    cast = torch.tensor([0.0, 0.1, -0.1]).view(1, 3, 1, 1)
+    assert colour_loss(scaled(0.7) + cast, target, mixed) > 1e-3
+    assert colour_loss(scaled(0.7), target) > 1e-4  # a set of unchanged colour: each image keeps its own
+    vivid = (1.3, 0.0, 0.0, 0.0)
+    assert colour_loss(scaled(1.2), target, vivid) < 1e-12 and colour_loss(scaled(0.8), target, vivid) > 1e-4
+    v = torch.tensor([0.1, 0.0, -0.1]).view(1, 3, 1, 1)
+    shift = v - luma(v)  # a chroma shift: no change of luma
+    shifted = (1.0, *(shift.flatten() / 2).tolist())  # the measured cast is allowed, in [0, 1] units
+    assert colour_loss(target + shift, target, shifted) < 1e-12 < 1e-4 < colour_loss(target + shift, target)
 
 
 def test_the_mapped_target_takes_the_colour_and_keeps_the_tone():
