@@ -207,7 +207,7 @@ def main() -> int:
     rows = {"bicubic upscaling": {}}  # filled from any evaluation: each scores bicubic upscaling too
     for name in args.degraders:
         own = fit_tag if name == "learned" else tag
-        shards, sr_run = cache / "shards" / f"{name}-{own}", cache / "runs" / f"sr-{name}-{own}"
+        shards, sr_run = cache / "shards" / f"{name}-{own}", cache / "runs" / f"sr-{name}-{own}-{args.sr_steps}"
         if not (shards / "manifest.json").exists():
             spec = str(run) if name == "learned" else "bicubic" if name == "true" else name
             sizes = {} if name == "learned" else {"hr_size": args.hr_size, "scale": args.scale}
@@ -239,7 +239,7 @@ def main() -> int:
     rows["white balance"] = {"real": white_balance(record["gains"])} | (
         {"learned": white_balance(learned)} if learned else {}
     )
-    results = cache / f"results-{fit_tag}.json"
+    results = cache / f"results-{fit_tag}-sr{args.sr_steps}.json"
     old = json.loads(results.read_text()) if results.exists() else {}
     results.write_text(json.dumps(old | rows, indent=1))  # rows of earlier runs with other --degraders stay
     print("\nwhite balance (10th percentile / median / 90th percentile)")
