@@ -121,6 +121,23 @@ class TrueDegrader:
         return torch.stack([self.table[_key(c)] for c in crops])
 
 
+def effective_gains(run: Path, hr_dir: Path, scale: int, seeds: int = 4) -> list[list[float]]:
+    """`channel_gains` of the learned LR against its own HR photo: what the degrader does to each photo's colour
+    (whatever mix of gains, offsets and saturation does it), `seeds` draws per photo."""
+    from degrader.checkpoint import Degrader
+
+    degrader, gains = Degrader.load(run), []
+    for i, path in enumerate(sorted(hr_dir.iterdir())):
+        hr = mod_crop(Image.open(path).convert("RGB"), scale)
+        x = to_tensor(hr)[None].expand(seeds, -1, -1, -1)  # (seeds, 3, H, W)
+        with torch.no_grad():
+            lr = degrader.degrade(x, [1000 * i + k for k in range(seeds)])  # (seeds, 3, H/scale, W/scale)
+        for image in lr:
+            pixels = image.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+            gains.append(channel_gains(Image.fromarray(pixels), hr))
+    return gains
+
+
 def white_balance(gains: list[list[float]]) -> dict[str, tuple[float, float, float]]:
     """R/G and B/G of per-image gains: (10th percentile, median, 90th percentile)."""
     out = {}
@@ -236,14 +253,16 @@ def main() -> int:
     for name, m in rows.items():
         print(f"{name:<20} {m['psnr']:7.2f} {m['ssim']:7.4f} {m['psnr_y']:7.2f} {m['ssim_y']:7.4f}")
     learned = learned_gains(run) if "learned" in args.degraders else None
-    rows["white balance"] = {"real": white_balance(record["gains"])} | (
-        {"learned": white_balance(learned)} if learned else {}
-    )
+    rows["white balance"] = {"real": white_balance(record["gains"])}
+    sets = {"real LR vs its aligned HR": record["gains"], "learned (512 seeds)": learned}
+    if learned:
+        effective = effective_gains(run, cache / "hr", args.scale)
+        rows["white balance"] |= {"learned": white_balance(learned), "learned, effective": white_balance(effective)}
+        sets["learned LR vs its HR photo"] = effective
     results = cache / f"results-{fit_tag}-sr{args.sr_steps}.json"
     old = json.loads(results.read_text()) if results.exists() else {}
     results.write_text(json.dumps(old | rows, indent=1))  # rows of earlier runs with other --degraders stay
     print("\nwhite balance (10th percentile / median / 90th percentile)")
-    sets = {"real LR vs its aligned HR": record["gains"], "learned (512 seeds)": learned}
     for label, gains in sets.items():
         if not gains:
             print(f"{label:<28} (the paper's generator draws no gains)")
