@@ -55,6 +55,13 @@ SOURCE_HELP = "SHARDS is a shard directory, a glob, a brace pattern (shard-{0000
     "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Decode / PNG-encode processes."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Crops per call.")
+@click.option(
+    "--png-level",
+    type=click.IntRange(0, 9),
+    default=3,
+    show_default=True,
+    help="zlib level of the PNGs (lossless either way): 0 writes fastest, 46% more bytes (benchmarks/README.md).",
+)
 @click.option("--device", type=DEVICES, default="auto", show_default=True, help=DEVICE_HELP)
 @threads_option(record=False)
 @click.option("--resume", is_flag=True, help="Continue an interrupted export in --out.")

@@ -206,3 +206,16 @@ def test_png_level_changes_the_bytes_not_the_pixels(tmp_path):
     assert len(stock) == 14 and stock[0]["lr.png"].shape == (8, 8, 3)
     with pytest.raises(UserError, match="png_level 10"):
         plan_export(config(hr, tmp_path / "bad", png_level=10))
+
+
+def test_export_shards_cli_takes_the_png_level(tmp_path, hr):
+    from click.testing import CliRunner
+
+    from cli.degrade import degrade
+
+    args = ["export-shards", "--degrader", "bicubic", "--hr", str(hr), "--hr-size", "32", "--workers", "0"]
+    result = CliRunner().invoke(degrade, [*args, "--out", str(tmp_path / "l0"), "--png-level", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "l0" / "manifest.json").read_text())["config"]["png_level"] == 0
+    bad = CliRunner().invoke(degrade, [*args, "--out", str(tmp_path / "bad"), "--png-level", "10"])
+    assert bad.exit_code == 2 and "--png-level" in bad.output and "Traceback" not in bad.output
