@@ -121,12 +121,10 @@ class TrueDegrader:
         return torch.stack([self.table[_key(c)] for c in crops])
 
 
-def effective_gains(run: Path, hr_dir: Path, scale: int, seeds: int = 4) -> list[list[float]]:
-    """`channel_gains` of the learned LR against its own HR photo: what the degrader does to each photo's colour
-    (whatever mix of gains, offsets and saturation does it), `seeds` draws per photo."""
-    from degrader.checkpoint import Degrader
-
-    degrader, gains = Degrader.load(run), []
+def effective_gains(degrader, hr_dir: Path, scale: int, seeds: int = 4) -> list[list[float]]:
+    """`channel_gains` of a degrader's LR against its own HR photo: what it does to each photo's colour (whatever
+    mix of gains, offsets and saturation does it), `seeds` draws per photo."""
+    gains = []
     for i, path in enumerate(sorted(hr_dir.iterdir())):
         hr = mod_crop(Image.open(path).convert("RGB"), scale)
         x = to_tensor(hr)[None].expand(seeds, -1, -1, -1)  # (seeds, 3, H, W)
@@ -148,11 +146,11 @@ def white_balance(gains: list[list[float]]) -> dict[str, tuple[float, float, flo
     return out
 
 
-def learned_gains(run: Path, seeds: int = 512) -> list[list[float]] | None:
+def learned_gains(degrader, seeds: int = 512) -> list[list[float]] | None:
     """The white-balance gains a structured degrader draws for seeds 0..n-1; None for the paper's network."""
-    from degrader.checkpoint import Degrader, noise_from_seeds
+    from degrader.checkpoint import noise_from_seeds
 
-    net = Degrader.load(run).net_g
+    net = degrader.net_g
     if not hasattr(net, "params"):
         return None
     with torch.no_grad():
@@ -193,6 +191,7 @@ def main() -> int:
 
     import dataclasses
 
+    from degrader.checkpoint import Degrader
     from degrader.config_io import build, merge, parse_sets
     from degrader.export import ExportConfig, export_shards, plan_export
     from degrader.presets import PRESETS
@@ -252,11 +251,12 @@ def main() -> int:
     print(f"{'trained on':<20} {'PSNR':>7} {'SSIM':>7} {'PSNR-Y':>7} {'SSIM-Y':>7}")
     for name, m in rows.items():
         print(f"{name:<20} {m['psnr']:7.2f} {m['ssim']:7.4f} {m['psnr_y']:7.2f} {m['ssim_y']:7.4f}")
-    learned = learned_gains(run) if "learned" in args.degraders else None
+    degrader = Degrader.load(run) if "learned" in args.degraders else None
+    learned = learned_gains(degrader) if degrader else None
     rows["white balance"] = {"real": white_balance(record["gains"])}
     sets = {"real LR vs its aligned HR": record["gains"], "learned (512 seeds)": learned}
     if learned:
-        effective = effective_gains(run, cache / "hr", args.scale)
+        effective = effective_gains(degrader, cache / "hr", args.scale)
         rows["white balance"] |= {"learned": white_balance(learned), "learned, effective": white_balance(effective)}
         sets["learned LR vs its HR photo"] = effective
     results = cache / f"results-{fit_tag}-sr{args.sr_steps}.json"

@@ -87,6 +87,12 @@ def _sums(x: torch.Tensor, pool: int) -> torch.Tensor:
     return torch.stack([torch.full_like(y[:, 0], y.shape[1]), y.sum(1), y.pow(2).sum(1)], dim=1)
 
 
+def _resampled(a: torch.Tensor, b: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`BOOTSTRAP` resamples of each set's per-image rows: (N, K), (M, K) -> (BOOTSTRAP, N, K), (BOOTSTRAP, M, K)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (x[torch.randint(len(x), (BOOTSTRAP, len(x)), generator=gen)] for x in (a, b))  # a's draws first
+
+
 def _moments(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., N, 3) per-image sums -> the mean and standard deviation of all their pixels together."""
     n, s1, s2 = sums.sum(-2).unbind(-1)
@@ -112,9 +118,7 @@ def measure_tone(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) 
     if few:
         sets = " and ".join(f"the {name} set {n} distinct image{'s' * (n != 1)}" for name, n in few.items())
         return ToneMap(warning=f"tone auto: {sets}, fewer than {MIN_DISTINCT}; the tone map is the identity.")
-    gen = torch.Generator().manual_seed(seed)
-    boot_a = a[torch.randint(len(a), (BOOTSTRAP, len(a)), generator=gen)]  # (BOOTSTRAP, N, 3)
-    boot_b = b[torch.randint(len(b), (BOOTSTRAP, len(b)), generator=gen)]
+    boot_a, boot_b = _resampled(a, b, seed)
     (mean_a, sd_a), (mean_b, sd_b) = _moments(a), _moments(b)
     (boot_mean_a, boot_sd_a), (boot_mean_b, boot_sd_b) = _moments(boot_a), _moments(boot_b)
     shift_z = float((mean_b - mean_a) / (boot_mean_b - boot_mean_a).std().clamp_min(1e-12))
@@ -150,9 +154,7 @@ def measure_colour(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0
     distinct = [len(torch.unique(_sums(x, p), dim=0)) for x, p in ((hr, scale * pool), (lr, pool))]  # by luma:
     if min(distinct) < MIN_DISTINCT:  # every grey image has the same chroma sums
         return ColourMap()
-    gen = torch.Generator().manual_seed(seed)
-    boot_a = a[torch.randint(len(a), (BOOTSTRAP, len(a)), generator=gen)]  # (BOOTSTRAP, N, 5)
-    boot_b = b[torch.randint(len(b), (BOOTSTRAP, len(b)), generator=gen)]
+    boot_a, boot_b = _resampled(a, b, seed)
     (mean_a, rms_a), (mean_b, rms_b) = _chroma_moments(a), _chroma_moments(b)
     (boot_mean_a, boot_rms_a), (boot_mean_b, boot_rms_b) = _chroma_moments(boot_a), _chroma_moments(boot_b)
     ratio, boot_ratio = rms_b / rms_a.clamp_min(1e-12), boot_rms_b / boot_rms_a.clamp_min(1e-12)
