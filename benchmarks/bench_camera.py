@@ -215,6 +215,8 @@ def main() -> int:
         print(plan.validation_note)
         if plan.colour:
             print(f"colour map: {plan.colour.describe()}")
+        if plan.noise:
+            print(f"noise allowed: {plan.noise.describe()}")
         result = fit(plan)
         from degrader.validation import verdict
 

@@ -69,7 +69,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from degrader import texture  # noqa: E402
 from degrader.checkpoint import Degrader, noise_from_seeds  # noqa: E402
 from degrader.classical import HANDMADE, make_classical  # noqa: E402
-from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, luma, set_lr, update  # noqa: E402
+from degrader.gan import (  # noqa: E402
+    Ema,
+    LossConfig,
+    adam,
+    discriminator_loss,
+    generator_loss,
+    luma,
+    noise_loss,
+    set_lr,
+    update,
+)
 from degrader.images import load_rgb, prepare, save_grid, scan_images, to_tensor  # noqa: E402
 from degrader.model import HighToLowConfig, HighToLowGenerator  # noqa: E402
 from degrader.nets import Discriminator  # noqa: E402
@@ -78,7 +88,7 @@ from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E
 from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
 from degrader.synthetic import camera_degrade  # noqa: E402
 from degrader.texture import measure_texture  # noqa: E402
-from degrader.tone import ToneMap, measure_colour, measure_tone  # noqa: E402
+from degrader.tone import ToneMap, measure_colour, measure_noise, measure_tone  # noqa: E402
 from sr.metrics import psnr  # noqa: E402
 from sr.model import PRESETS as SR_PRESETS  # noqa: E402
 from sr.model import LowToHighConfig, LowToHighGenerator  # noqa: E402
@@ -136,6 +146,12 @@ VARIANTS: dict[str, dict] = {
     ),
     # `small` today: also each image's mean chroma held to the LR set's measured colour map (`loss.colour`)
     "small-colour": dict(generator="structured", loss={**SMALL, "colour": 100.0}),
+    # and a camera's sharpening after the noise (an unsharp mask of amount up to 2: `--set sharpen=2`)
+    "small-sharp": dict(generator="structured", loss={**SMALL, "colour": 100.0}, net=dict(sharpen_max=2.0)),
+    # and the chain's noise held at or below what the real LR's flattest images show (`--set loss.noise=1`)
+    "small-sharp-noise": dict(
+        generator="structured", loss={**SMALL, "colour": 100.0, "noise": 1.0}, net=dict(sharpen_max=2.0)
+    ),
     # the same with the sensor noise starting higher in its range (noise_init 0.3, not 0.05: a ~ 2e-5, b ~ 3e-6)
     "tuned-b1-hp1-ld0.5-ex100-tone-n0.3": dict(
         generator="structured",
@@ -270,6 +286,8 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
     loss = dataclasses.replace(loss, tone_map=(tone.gain, tone.offset))
     if loss.colour > 0 and loss.tone == "auto":  # the real LR set's colour map, as `degrade fit` measures it
         loss = dataclasses.replace(loss, colour_map=measure_colour(hr, real, 4).parts)
+    if loss.noise > 0:  # the noise the real LR set shows, as `degrade fit` measures it
+        loss = dataclasses.replace(loss, noise_allowed=measure_noise(hr[:1000], real[:1000], 4).excess)
     if loss.texture > 0:  # the real LR set's texture quantiles, as `degrade fit` measures them
         loss = dataclasses.replace(loss, texture_target=measure_texture(real[: texture.IMAGES]))
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
@@ -298,9 +316,11 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
         # the share of the budget spent: steps, or seconds, whichever runs out first
         set_lr(opt_g, opt_d, loss, max(step / (args.max_steps or math.inf), elapsed / (args.seconds or math.inf)))
         # G step, D frozen
-        hr_b = batch(hr)
-        fake = net_g(hr_b, noise())
+        hr_b, z = batch(hr), noise()
+        fake = net_g(hr_b, z)
         g_loss, _ = generator_loss(fake, F.avg_pool2d(hr_b, scale), net_d, loss, gen)
+        if loss.noise > 0 and hasattr(net_g, "noise_std"):
+            g_loss = g_loss + loss.noise * noise_loss(net_g.noise_std(z), loss.noise_allowed)
         update(opt_g, g_loss)
         if ema:
             ema.update(net_g)

@@ -85,7 +85,8 @@ def fingerprint(net: StructuredGenerator) -> dict[str, list[float]]:
     p = net.params(noise_from_seeds(range(256), net.config.z_dim))
     noise = (p["shot"] * 0.5 + p["read"]).sqrt() * 255  # std at mid-grey, /255
     q = lambda t: [round(float(t.quantile(v)), 3) for v in (0.1, 0.5, 0.9)]  # noqa: E731
-    return {"quality": q(p["quality"]), "noise": q(noise), "sigma": q(p["sigma"].amax(-1).amax(-1))}
+    out = {"quality": q(p["quality"]), "noise": q(noise), "sigma": q(p["sigma"].amax(-1).amax(-1))}
+    return out | ({"sharpen": q(p["sharpen"])} if "sharpen" in p else {})
 
 
 def run(job: tuple) -> dict:

@@ -38,13 +38,14 @@ def margin(config: StructuredConfig) -> int:
     """LR pixels of context a tile needs on each side, a whole number of blocks.
 
     The kept pixels read the JPEG output up to `residual` + `chroma` px away; the blocks holding those pixels
-    must be coded from exact inputs, which read the HR blur's reach beyond the blocks.
+    must be coded from exact inputs, which read the sharpening's and the HR blur's reach beyond the blocks.
     """
     blur = math.ceil((config.kernel_size // 2) / config.scale)  # the HR blur, in LR px
     chroma = 1  # bilinear upsampling of 4:2:0 chroma reads one neighbour
     residual = 3 if config.residual_width > 0 else 0  # three 3x3 convolutions
+    sharpen = 3 if config.sharpen_max > 0 else 0  # the unsharp mask's 7x7 Gaussian, before the JPEG
     coded = BLOCK * math.ceil((residual + chroma) / BLOCK)  # whole blocks around the kept region
-    return BLOCK * math.ceil((coded + blur) / BLOCK)
+    return BLOCK * math.ceil((coded + sharpen + blur) / BLOCK)
 
 
 @torch.no_grad()

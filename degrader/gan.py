@@ -65,6 +65,8 @@ class LossConfig:
     tone_map: tuple[float, float] = (1.0, 0.0)  # (gain, offset) on [0, 1] luma, measured before training for "auto"
     colour: float = 0.0  # weight of each image's mean chroma's distance from what colour_map allows (colour_loss)
     colour_map: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)  # (saturation, cast R G B) of chroma, measured for "auto"
+    noise: float = 0.0  # weight of the penalty on the chain's noise std above noise_allowed (/255 units); 0 off
+    noise_allowed: float = 0.0  # std (/255 at mid-grey) the real LR shows above clean downscaling, measured (tone)
     texture: float = 0.0  # weight of the match to the real LR's noise/sharpness/blockiness (degrader.texture); 0 off
     texture_target: tuple[tuple[float, ...], ...] = ()  # their quantiles in the real LR, measured when texture > 0
 
@@ -83,8 +85,8 @@ class LossConfig:
             raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
-        if self.d_steps < 1 or min(self.r1, self.d_highpass, self.exposure, self.colour, self.texture) < 0:
-            raise ValueError("d_steps must be >= 1, and r1, d_highpass, exposure, colour and texture >= 0")
+        if self.d_steps < 1 or min(self.r1, self.d_highpass, self.exposure, self.colour, self.texture, self.noise) < 0:
+            raise ValueError("d_steps must be >= 1, and r1, d_highpass, exposure, colour, texture and noise >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay {self.lr_decay} must lie in [0, 1]")
 
@@ -234,6 +236,11 @@ def mapped_target(target: torch.Tensor, loss: LossConfig) -> torch.Tensor:
     saturation, *cast = loss.colour_map
     cast = torch.tensor(cast, device=target.device, dtype=target.dtype).view(1, 3, 1, 1)
     return (gain * y + (gain + 2 * offset - 1) + saturation * (target - y) + 2 * cast).clamp(-1, 1)
+
+
+def noise_loss(noise_std: torch.Tensor, allowed: float) -> torch.Tensor:
+    """Mean over images of the squared excess (in /255) of the chain's noise std (B,) in [0, 1] units over `allowed`."""
+    return F.relu(noise_std.float() * 255 - allowed).pow(2).mean()
 
 
 def generator_loss(

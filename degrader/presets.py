@@ -17,6 +17,7 @@ class Preset:
     residual: bool  # paper generator: a residual over average pooling instead of plain tanh output
     d_width: int  # discriminator width (both generators)
     loss: LossConfig  # losses, optimiser and stabilisers
+    sharpen: float = 0.0  # structured generator: the strongest unsharp-mask amount it may learn; 0 no such step
 
     def network(self) -> dict[str, Any]:
         """The `HighToLowConfig` fields this preset sets."""
@@ -24,7 +25,7 @@ class Preset:
 
     def training(self) -> dict[str, Any]:
         """The `FitConfig` fields this preset sets, as plain data (`loss` a fresh dict)."""
-        return {"generator": self.generator, "loss": dataclasses.asdict(self.loss)}
+        return {"generator": self.generator, "sharpen": self.sharpen, "loss": dataclasses.asdict(self.loss)}
 
 
 # `paper`: the authors' setup; `small`: fast on 2 CPU cores, what won benchmarks/bench_quality.py (docs/results.md).

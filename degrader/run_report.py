@@ -170,6 +170,8 @@ def fingerprint(net_g, n: int = FINGERPRINT_SEEDS) -> dict[str, torch.Tensor]:
     }
     if "subsampled" in p:
         values["4:2:0 chroma weight"] = p["subsampled"]
+    if "sharpen" in p:
+        values["sharpening amount"] = p["sharpen"]
     return {k: v.float().cpu() for k, v in values.items()} | {"kernel": p["kernel"].float().cpu()}
 
 

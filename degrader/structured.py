@@ -1,7 +1,8 @@
 """The structured High-to-Low generator: z drives a chain of physical, differentiable degradation steps.
 
     HR -> blur (per-image kernel) -> area downsampling -> colour (gains, black level, saturation)
-       -> sensor noise (Poisson-Gaussian) -> JPEG (per-image quality) -> free-form residual -> LR
+       -> sensor noise (Poisson-Gaussian) -> sharpening (unsharp mask, when `sharpen_max` > 0)
+       -> JPEG (per-image quality) -> free-form residual -> LR
 
 A small MLP embeds z; every step reads the parameters of its image from that embedding through its own head,
 so z sets global per-image parameters only and the generator works on images of any size. It starts as
@@ -12,105 +13,20 @@ Every random choice is a function of z: the noise images are drawn from a genera
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from degrader.color import LUMA
-from degrader.errors import UserError
-from degrader.jpeg import ROUNDINGS, diff_round, jpeg
-from degrader.nets import DiscriminatorConfig, config_from_dict
+from degrader.jpeg import diff_round, jpeg
+from degrader.structured_config import StructuredConfig
+
+__all__ = ["NOISE_CHANNELS", "StructuredConfig", "StructuredGenerator", "blur", "gaussian_kernels", "noise_images"]
 
 NOISE_CHANNELS = 4  # per pixel: one normal per colour channel and one shared by all three (grey noise)
-
-
-@dataclass
-class StructuredConfig:
-    hr_size: int = 64  # HR training crop; the generator itself takes any size divisible by `scale`
-    scale: int = 4  # HR size / LR size
-    z_dim: int = 64  # noise vector length; z only sets per-image parameters (and seeds the noise images)
-    hidden: int = 64  # width of the MLP that embeds z
-    head_init: float = 0.1  # scale of the heads' initial weights: how much images differ at step 0
-    head_lr_mult: float = 100.0  # the heads learn this many times faster than the rest (equalised lr)
-    # blur: a mixture of anisotropic Gaussians in HR pixels
-    kernel_size: int = 13  # odd; covers sigma up to about kernel_size / 6
-    gaussians: int = 2  # mixture components
-    sigma_min: float = 0.2  # HR px; 0.2 is a delta to within 1e-4
-    sigma_max: float = 2.5
-    sigma_init: float = 0.7  # between area downscaling (a delta) and bicubic's wider kernel
-    # colour, applied after downsampling
-    max_log_gain: float = 0.4  # white-balance gains within exp(+-0.4) = 0.67..1.49
-    max_offset: float = 0.15  # black level per channel, in [0, 1] units
-    max_saturation: float = 1.5  # 0 is grey, 1 unchanged
-    # sensor noise: variance a * x + b for x in [0, 1]; a, b log-uniform in their ranges
-    shot_range: tuple[float, float] = (1e-6, 3e-2)  # a
-    read_range: tuple[float, float] = (1e-7, 1e-2)  # b
-    noise_init: float = 0.05  # initial position of log a and log b in their ranges (near the low end)
-    # JPEG
-    quality_min: float = 10.0
-    quality_max: float = 100.0
-    quality_init: float = 95.0
-    subsample: bool = True  # learn a per-image mix of 4:4:4 and 4:2:0 chroma (most encoders' default)
-    subsample_init: float = 0.1  # initial weight of the 4:2:0 decode
-    rounding: str = "ste"  # "ste" or "cubic" rounding of DCT coefficients
-    # free-form residual on the LR output (the paper's network's role), zero-initialised
-    residual_width: int = 32  # 0 turns it off
-    residual_max: float = 0.1  # bound on its change per pixel ([0, 1] units), so it cannot replace the chain
-    round_output: bool = True  # quantise to 8 bits (straight-through), as every real image is
-    d_width: int = 32  # discriminator width
-    d_patch: int = 0  # 0: the paper's ResNet discriminator; N > 0: a patch discriminator of N blocks
-
-    def __post_init__(self) -> None:
-        self.shot_range, self.read_range = tuple(self.shot_range), tuple(self.read_range)  # lists from JSON
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        if self.rounding not in ROUNDINGS:
-            raise ValueError(f"rounding {self.rounding!r} is not one of {', '.join(ROUNDINGS)}")
-        if not self.sigma_min < self.sigma_init < self.sigma_max:
-            raise ValueError(f"sigma_init {self.sigma_init} must lie in ({self.sigma_min}, {self.sigma_max})")
-        if not 1 <= self.quality_min < self.quality_init < self.quality_max <= 100:
-            raise ValueError("need 1 <= quality_min < quality_init < quality_max <= 100")
-
-    @property
-    def lr_size(self) -> int:
-        return self.hr_size // self.scale
-
-    def discriminator(self) -> DiscriminatorConfig:
-        return DiscriminatorConfig(in_size=self.lr_size, width=self.d_width, patch_blocks=self.d_patch)
-
-    @classmethod
-    def from_dict(cls, d: Any, source: str) -> StructuredConfig:
-        """The config a checkpoint stores, type- and range-checked before a network is built from it.
-
-        Raises:
-            UserError: a field of the wrong type, out of range or unknown; the message starts with `source`.
-        """
-        ranges = {"hr_size": (4, 4096), "scale": (1, 64), "z_dim": (1, 512), "hidden": (1, 1024)}
-        ranges |= {"kernel_size": (1, 63), "gaussians": (1, 16), "residual_width": (0, 512), "d_width": (1, 512)}
-        ranges |= {"d_patch": (0, 16)}
-        pairs = {}  # (low, high) float fields, which config_from_dict does not type-check
-        for name in ("shot_range", "read_range"):
-            value = d.get(name) if isinstance(d, dict) else None
-            if value is None:
-                continue
-            ok = isinstance(value, list | tuple) and len(value) == 2
-            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            if not ok or not 0 < value[0] < value[1] <= 1:
-                raise UserError(f"{source}: model config field {name!r} is {value!r:.40}, expected [lo, hi] in (0, 1].")
-            pairs[name] = tuple(float(v) for v in value)
-        if isinstance(d, dict) and not isinstance(d.get("rounding", "ste"), str):
-            raise UserError(f"{source}: model config field 'rounding' is not a string.")
-        rest = {k: v for k, v in d.items() if k not in pairs} if isinstance(d, dict) else d
-        try:
-            return dataclasses.replace(config_from_dict(cls, rest, source, ranges), **pairs)
-        except ValueError as e:
-            raise UserError(f"{source}: unusable model config ({e}).") from None
 
 
 def _logit(p: float) -> float:
@@ -279,6 +195,37 @@ class SensorNoise(nn.Module):
         return x + (shot * x.clamp(0, 1) + read).sqrt() * unit
 
 
+# ----------------------------------------------------------------------------------------------- sharpening
+
+
+class Sharpen(nn.Module):
+    """The camera's sharpening at the output resolution: an unsharp mask, x + amount * (x - Gaussian(x)).
+
+    A blur followed by sharpening is how phone and web pipelines render detail: the kernel it makes has
+    negative side lobes, which no blur alone can give (a real camera's LR, docs/results.md).
+    """
+
+    def __init__(self, hidden: int, cfg: StructuredConfig):
+        super().__init__()
+        self.cfg = cfg
+        frac = (cfg.sharpen_sigma - 0.5) / 1.0  # the mask's width starts at sharpen_sigma within 0.5..1.5 LR px
+        self.head = Head(hidden, [_logit(cfg.sharpen_init / cfg.sharpen_max), _logit(frac)], cfg)
+
+    def params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.head(h)
+        return {
+            "sharpen": _in_range(raw[:, 0], 0.0, self.cfg.sharpen_max),  # (B,) amount; 0 leaves the image as it is
+            "sharpen_sigma": _in_range(raw[:, 1], 0.5, 1.5),  # (B,) width of the mask's blur, LR px
+        }
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        p = self.params(h)
+        sigma = p["sharpen_sigma"][:, None].expand(-1, 2)  # (B, 2): isotropic
+        size = min(7, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)  # radius 3 covers sigma 1.5; reflect needs < side
+        low = blur(x, gaussian_kernels(sigma, torch.zeros_like(sigma[:, 0]), size))
+        return x + p["sharpen"].view(-1, 1, 1, 1) * (x - low)
+
+
 # ----------------------------------------------------------------------------------------------- JPEG
 
 
@@ -357,6 +304,7 @@ class StructuredGenerator(nn.Module):
         self.blur = Blur(cfg.hidden, cfg)
         self.colour = Colour(cfg.hidden, cfg)
         self.noise = SensorNoise(cfg.hidden, cfg)
+        self.sharpen = Sharpen(cfg.hidden, cfg) if cfg.sharpen_max > 0 else None
         self.jpeg = Jpeg(cfg.hidden, cfg)
         self.residual = Residual(cfg.hidden, cfg) if cfg.residual_width > 0 else None
 
@@ -372,6 +320,8 @@ class StructuredGenerator(nn.Module):
         x = self.blur(x, h)  # blurred and area-downsampled: (B, 3, H/s, W/s)
         x = self.colour(x, h)
         x = self.noise(x, h, noise).clamp(0, 1)  # the sensor clips
+        if self.sharpen is not None:
+            x = self.sharpen(x, h).clamp(0, 1)  # halos clip at white and black, as in an 8-bit pipeline
         x = self.jpeg(x, h)
         if self.residual is not None:
             x = self.residual(x, h, noise)
@@ -380,18 +330,25 @@ class StructuredGenerator(nn.Module):
             x = diff_round(x * 255) / 255
         return x * 2 - 1
 
+    def noise_std(self, z: torch.Tensor) -> torch.Tensor:
+        """(B,) the std of the sensor noise's luma at mid-grey on [0, 1], differentiable (`degrader.gan.noise_loss`).
+
+        Luma, as `degrader.image_stats` measures noise: the grey share passes whole, the per-channel rest shrinks
+        by the norm of the luma weights.
+        """
+        shot, read, angle = self.noise._split(self.embed(z))
+        grey = torch.cos(angle) ** 2
+        return ((shot * 0.5 + read) * (grey + (1 - grey) * sum(c * c for c in LUMA))).sqrt()
+
     @torch.no_grad()
     def params(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-image parameters z selects, in physical units (the degrader's "fingerprint").
 
         Keys: kernel (B, k, k), sigma (B, G, 2) in HR px, angle (B, G), mix (B, G), gains (B, 3),
         offset (B, 3), saturation (B,), shot and read (B,) (noise variance a * x + b on [0, 1]),
-        grey_noise (B,), quality (B,), subsampled (B,) (weight of 4:2:0 chroma; absent without `subsample`).
+        grey_noise (B,), quality (B,), subsampled (B,) (weight of 4:2:0 chroma; absent without `subsample`),
+        sharpen and sharpen_sigma (B,) (the unsharp mask's amount and width in LR px; absent without the step).
         """
         h = self.embed(z)
-        return {
-            **self.blur.params(h),
-            **self.colour.params(h),
-            **self.noise.params(h),
-            **self.jpeg.params(h),
-        }
+        steps = [self.blur, self.colour, self.noise, self.jpeg] + ([self.sharpen] if self.sharpen is not None else [])
+        return {k: v for step in steps for k, v in step.params(h).items()}

@@ -22,6 +22,11 @@ the cast their mean chroma per channel. Left alone, a GAN on two sets of differe
 colours with a colour cast (City100 in docs/results.md). `degrader.gan.colour_loss` holds each image's mean
 chroma to its HR's, scaled within `degrader.gan.saturation_range` of the measured saturation, plus the cast: so
 the degrader takes on only the colour the data shows (and a set that mixes grey and colour images keeps both).
+
+Noise too (`measure_noise`, for `LossConfig.noise`): the sensor noise the real LR shows above clean area
+downscaling, read off the flattest tenth of each set's images (Immerkaer's estimate, where scene texture
+reaches least), a lower bound on the camera's. A GAN on two sets of different scenes answers busier scenes with
+noise (City100 in docs/results.md); the loss holds the chain's noise at or below what is measured here.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from degrader.color import luma
+from degrader.image_stats import image_statistics
 
 Z = 3.0  # standard errors a difference must exceed to count
 BOOTSTRAP = 200  # resamples for the standard errors
@@ -79,6 +85,20 @@ class ColourMap:
             return f"the HR's own (sets differ by {z} in cast R G B)"
         cast = " ".join(f"{c * 255:+.1f}" for c in self.cast)
         return f"LR chroma = {self.saturation:.3f} x HR chroma, cast R G B {cast}/255 (z {z})"
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The noise std (/255) the real LR's flattest images show above clean downscaling's; 0 within `Z` SEs."""
+
+    excess: float = 0.0  # sqrt(real^2 - clean^2) where the difference counts, else 0
+    real: float = 0.0  # the flattest tenth's noise estimate, real LR
+    clean: float = 0.0  # the same for the HR set area-downscaled
+    z: float = 0.0  # real - clean in bootstrap standard errors
+
+    def describe(self) -> str:
+        seen = f"flattest tenth: real LR {self.real:.2f}, clean downscaling {self.clean:.2f}, z {self.z:+.1f}"
+        return f"at most {self.excess:.2f}/255 at mid-grey ({seen})"
 
 
 def _sums(x: torch.Tensor, pool: int) -> torch.Tensor:
@@ -164,3 +184,15 @@ def measure_colour(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0
     cast_z = (diff / (boot_mean_b - saturation * boot_mean_a).std(0).clamp_min(1e-12)).clamp(-999, 999)
     cast = tuple(round(float(d), 6) if abs(z) > Z else 0.0 for d, z in zip(diff, cast_z, strict=True))
     return ColourMap(saturation, cast, saturation_z, tuple(float(z) for z in cast_z))
+
+
+def measure_noise(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) -> NoiseFloor:
+    """The noise the real LR set shows beyond clean downscaling (module docstring); both (N, 3, ., .) in [0, 1]."""
+    flattest = lambda x: x.quantile(0.1, dim=-1) * 255  # noqa: E731  (..., N) -> (...)
+    clean = image_statistics(F.avg_pool2d(hr.float(), scale))["noise"].double()[:, None]  # (N, 1)
+    real = image_statistics(lr.float())["noise"].double()[:, None]
+    boot_clean, boot_real = _resampled(clean, real, seed)
+    diff = flattest(real[:, 0]) - flattest(clean[:, 0])
+    z = float(diff / (flattest(boot_real[..., 0]) - flattest(boot_clean[..., 0])).std().clamp_min(1e-12))
+    r, c = float(flattest(real[:, 0])), float(flattest(clean[:, 0]))
+    return NoiseFloor((r**2 - c**2) ** 0.5 if z > Z else 0.0, r, c, z)

@@ -14,7 +14,7 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
 from degrader.files import check_out_dir, check_out_outside, list_digest, write_json
-from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, set_lr, update
+from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, noise_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
 from degrader.model import HighToLowConfig, HighToLowGenerator
@@ -37,7 +37,7 @@ from degrader.run import (
 )
 from degrader.structured import StructuredConfig, StructuredGenerator
 from degrader.texture import measure_texture
-from degrader.tone import IMAGES, ColourMap, ToneMap, measure_colour, measure_tone
+from degrader.tone import IMAGES, ColourMap, NoiseFloor, ToneMap, measure_colour, measure_noise, measure_tone
 from degrader.validation import Validation, ValidationSet, split_validation
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
@@ -57,6 +57,7 @@ class FitConfig:
     scale: int = 4  # downscaling factor the degrader learns
     residual: bool | None = None  # paper generator: a residual over avg-pooled HR; None takes the preset's choice
     generator: str | None = None  # "paper" (the authors' network) or "structured"; None: the preset's
+    sharpen: float | None = None  # structured: strongest unsharp mask it may learn (0: no such step); None: preset's
     steps: int = 2000  # generator updates
     batch_size: int = 16
     loss: LossConfig | None = None  # alpha, beta, Adam, D steps per G step, stabilisers; None: the preset's
@@ -87,13 +88,18 @@ class FitConfig:
         if self.preset in PRESETS:  # an unknown preset is plan_fit's to report
             preset = PRESETS[self.preset]
             self.generator = self.generator or preset.generator
+            self.sharpen = preset.sharpen if self.sharpen is None else self.sharpen
             self.loss = self.loss or dataclasses.replace(preset.loss)
 
     def model(self) -> HighToLowConfig | StructuredConfig:
         preset = PRESETS[self.preset].network()
         if self.generator == "structured":
             return StructuredConfig(
-                hr_size=self.hr_size, scale=self.scale, d_width=preset["d_width"], d_patch=self.d_patch
+                hr_size=self.hr_size,
+                scale=self.scale,
+                d_width=preset["d_width"],
+                d_patch=self.d_patch,
+                sharpen_max=self.sharpen or 0.0,
             )
         if self.residual is not None:
             preset["residual"] = self.residual
@@ -122,6 +128,7 @@ class FitPlan:
     validation_note: str = ""  # one line on the validation set, or why there is none
     tone: ToneMap | None = None  # the LR set's tone map for `loss.tone = "auto"` (also in config.loss.tone_map)
     colour: ColourMap | None = None  # its colour map, for tone "auto" with `loss.colour` (config.loss.colour_map)
+    noise: NoiseFloor | None = None  # the noise the real LR shows, for `loss.noise` (config.loss.noise_allowed)
 
 
 @dataclass
@@ -139,6 +146,8 @@ def plan_fit(config: FitConfig) -> FitPlan:
         raise UserError(f"--preset {config.preset!r} is not one of {', '.join(PRESETS)}.")
     if config.generator not in GENERATORS:
         raise UserError(f"generator {config.generator!r} is not one of {', '.join(GENERATORS)}.")
+    if config.sharpen is not None and not 0 <= config.sharpen <= 10:
+        raise UserError(f"sharpen is {config.sharpen}; give the strongest unsharp-mask amount in [0, 10] (0: none).")
     try:
         model = config.model()
         net_g, net_d = build_generator(model), Discriminator(model.discriminator())
@@ -156,12 +165,18 @@ def plan_fit(config: FitConfig) -> FitPlan:
     if not 0.2 <= config.lr_frame <= 1:
         raise UserError(f"lr_frame is {config.lr_frame}; give the centre fraction of each LR image kept, in [0.2, 1].")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
-    tone = colour = None
-    if config.loss.tone == "auto":  # measured again on --resume, to the same map: the same images and draws
+    tone = colour = floor = None
+    noise = config.loss.noise > 0 and config.generator == "structured"  # the paper's network has no noise level
+    if config.loss.tone == "auto" or noise:  # measured again on --resume, to the same maps: same images and draws
         sets = tone_sets(config, model, hr, lr)
-        tone = measure_tone(*sets, model.scale)
-        colour = measure_colour(*sets, model.scale) if config.loss.colour > 0 and not tone.warning else None
-        maps = {"tone_map": (tone.gain, tone.offset)} | ({"colour_map": colour.parts} if colour else {})
+        maps = {}
+        if config.loss.tone == "auto":
+            tone = measure_tone(*sets, model.scale)
+            colour = measure_colour(*sets, model.scale) if config.loss.colour > 0 and not tone.warning else None
+            maps = {"tone_map": (tone.gain, tone.offset)} | ({"colour_map": colour.parts} if colour else {})
+        if noise:
+            floor = measure_noise(*sets, model.scale)
+            maps["noise_allowed"] = round(floor.excess, 6)
         config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, **maps))
     if config.loss.texture > 0:  # likewise the real LR's texture quantiles, the same again on --resume
         sample = training_sample(lr, texture.IMAGES, model.lr_size, config.lr_prep, "texture", config.lr_frame)
@@ -172,7 +187,8 @@ def plan_fit(config: FitConfig) -> FitPlan:
     dist.check_batch(config.batch_size)
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    return FitPlan(config, model, hr, lr, device, count(net_g), count(net_d), validation, note, tone, colour)
+    params = count(net_g), count(net_d)
+    return FitPlan(config, model, hr, lr, device, *params, validation, note, tone, colour, floor)
 
 
 def tone_sets(
@@ -281,8 +297,12 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
             # --- G step, D frozen: pixel loss to avg-pooled HR + hinge loss (on augmented fakes) ---
             hr = to_net(next(hr_batches))  # (B, 3, H, H)
             with autocast(device, config.bf16):
-                fake = train_g(hr, noise())  # (B, 3, H/s, H/s)
+                z = noise()
+                fake = train_g(hr, z)  # (B, 3, H/s, H/s)
                 g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, loss, aug_rng)
+                if loss.noise > 0 and hasattr(net_g, "noise_std"):  # no more noise than the real LR shows
+                    excess = noise_loss(net_g.noise_std(z), loss.noise_allowed)
+                    g_loss, g_logs = g_loss + loss.noise * excess, g_logs | {"g_noise": excess.item()}
             update(opt_g, g_loss)
             if ema:
                 ema.update(net_g)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,17 +16,18 @@ from degrader.model import HighToLowConfig, HighToLowGenerator
 from degrader.structured import StructuredConfig, StructuredGenerator
 
 
-def structured_degrader() -> Degrader:
+def structured_degrader(sharpen_max: float = 0.0) -> Degrader:
     """Visible blur, noise and JPEG at quality ~50, and a non-zero residual, so every step can show a seam."""
     torch.manual_seed(0)
-    net = StructuredGenerator(StructuredConfig(head_init=1.0, quality_init=50.0, noise_init=0.5, sigma_init=1.5))
+    cfg = StructuredConfig(head_init=1.0, quality_init=50.0, noise_init=0.5, sigma_init=1.5, sharpen_max=sharpen_max)
+    net = StructuredGenerator(dataclasses.replace(cfg, sharpen_init=1.0) if sharpen_max else cfg)
     torch.nn.init.normal_(net.residual.out.weight, std=0.1)
     return Degrader(net)
 
 
-@pytest.mark.parametrize("tile", [16, 32])
-def test_tiled_output_equals_untiled_output(tile):
-    deg = structured_degrader()
+@pytest.mark.parametrize("tile,sharpen_max", [(16, 0.0), (32, 0.0), (16, 2.0)])
+def test_tiled_output_equals_untiled_output(tile, sharpen_max):
+    deg = structured_degrader(sharpen_max)
     hr = torch.rand(3, 4 * 40 + 3, 4 * 37 + 1, generator=torch.Generator().manual_seed(1))  # cropped to 40 x 37
     whole = degrade_image(deg, hr, seed=5, tile=None)
     tiled = degrade_image(deg, hr, seed=5, tile=tile)
