@@ -217,6 +217,8 @@ def main() -> int:
             print(f"colour map: {plan.colour.describe()}")
         if plan.noise:
             print(f"noise allowed: {plan.noise.describe()}")
+        if plan.blocks:
+            print(f"JPEG allowed: {plan.blocks.describe()}")
         result = fit(plan)
         from degrader.validation import verdict
 

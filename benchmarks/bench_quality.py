@@ -73,10 +73,10 @@ from degrader.gan import (  # noqa: E402
     Ema,
     LossConfig,
     adam,
+    chain_loss,
     discriminator_loss,
     generator_loss,
     luma,
-    noise_loss,
     set_lr,
     update,
 )
@@ -88,7 +88,8 @@ from degrader.realism import RealismProbe, classifier_two_sample_test  # noqa: E
 from degrader.structured import StructuredConfig, StructuredGenerator  # noqa: E402
 from degrader.synthetic import camera_degrade  # noqa: E402
 from degrader.texture import measure_texture  # noqa: E402
-from degrader.tone import ToneMap, measure_colour, measure_noise, measure_tone  # noqa: E402
+from degrader.tone import ToneMap, measure_blocks, measure_colour, measure_noise, measure_tone  # noqa: E402
+from degrader.train import JPEG_FLOOR  # noqa: E402
 from sr.metrics import psnr  # noqa: E402
 from sr.model import PRESETS as SR_PRESETS  # noqa: E402
 from sr.model import LowToHighConfig, LowToHighGenerator  # noqa: E402
@@ -151,6 +152,10 @@ VARIANTS: dict[str, dict] = {
     # and the chain's noise held at or below what the real LR's flattest images show (`--set loss.noise=1`)
     "small-sharp-noise": dict(
         generator="structured", loss={**SMALL, "colour": 100.0, "noise": 1.0}, net=dict(sharpen_max=2.0)
+    ),
+    # and the JPEG quality held high where the real LR shows no block grid (`--set loss.jpeg=1`)
+    "small-sharp-held": dict(
+        generator="structured", loss={**SMALL, "colour": 100.0, "noise": 1.0, "jpeg": 1.0}, net=dict(sharpen_max=2.0)
     ),
     # the same with the sensor noise starting higher in its range (noise_init 0.3, not 0.05: a ~ 2e-5, b ~ 3e-6)
     "tuned-b1-hp1-ld0.5-ex100-tone-n0.3": dict(
@@ -288,6 +293,9 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
         loss = dataclasses.replace(loss, colour_map=measure_colour(hr, real, 4).parts)
     if loss.noise > 0:  # the noise the real LR set shows, as `degrade fit` measures it
         loss = dataclasses.replace(loss, noise_allowed=measure_noise(hr[:1000], real[:1000], 4).excess)
+    if loss.jpeg > 0:  # and whether it shows a block grid
+        floor = 0.0 if measure_blocks(hr[:1000], real[:1000], 4).shown else JPEG_FLOOR
+        loss = dataclasses.replace(loss, jpeg_floor=floor)
     if loss.texture > 0:  # the real LR set's texture quantiles, as `degrade fit` measures them
         loss = dataclasses.replace(loss, texture_target=measure_texture(real[: texture.IMAGES]))
     opt_g, opt_d = adam(net_g, loss), adam(net_d, loss, discriminator=True)
@@ -319,8 +327,7 @@ def fit(spec: dict, hr: torch.Tensor, real: torch.Tensor, val: RealismProbe, arg
         hr_b, z = batch(hr), noise()
         fake = net_g(hr_b, z)
         g_loss, _ = generator_loss(fake, F.avg_pool2d(hr_b, scale), net_d, loss, gen)
-        if loss.noise > 0 and hasattr(net_g, "noise_std"):
-            g_loss = g_loss + loss.noise * noise_loss(net_g.noise_std(z), loss.noise_allowed)
+        g_loss = g_loss + chain_loss(net_g, z, loss)[0]
         update(opt_g, g_loss)
         if ema:
             ema.update(net_g)

@@ -91,6 +91,8 @@ def fit(dry_run: bool, **options) -> None:
             console.print(f"colour the losses hold each LR image to: {plan.colour.describe()}")
         if plan.noise:
             console.print(f"sensor noise the losses allow: {plan.noise.describe()}")
+        if plan.blocks:
+            console.print(f"JPEG quality the losses allow: {plan.blocks.describe()}")
 
     progress = lambda plan: progress_bar("fit", config.steps)  # noqa: E731
     result = run_planned(plan_fit, fit, config, dry_run, describe=describe, progress=progress, files=FIT_FILES)

@@ -67,6 +67,8 @@ class LossConfig:
     colour_map: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)  # (saturation, cast R G B) of chroma, measured for "auto"
     noise: float = 0.0  # weight of the penalty on the chain's noise std above noise_allowed (/255 units); 0 off
     noise_allowed: float = 0.0  # std (/255 at mid-grey) the real LR shows above clean downscaling, measured (tone)
+    jpeg: float = 0.0  # weight of the penalty on JPEG quality under jpeg_floor (in tens of quality); 0 off
+    jpeg_floor: float = 0.0  # quality held: 95 where the real LR shows no block grid (measured, tone), else 0
     texture: float = 0.0  # weight of the match to the real LR's noise/sharpness/blockiness (degrader.texture); 0 off
     texture_target: tuple[tuple[float, ...], ...] = ()  # their quantiles in the real LR, measured when texture > 0
 
@@ -85,8 +87,9 @@ class LossConfig:
             raise ValueError(f"augmentation {', '.join(sorted(unknown))} is not one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema decay {self.ema} must lie in [0, 1)")
-        if self.d_steps < 1 or min(self.r1, self.d_highpass, self.exposure, self.colour, self.texture, self.noise) < 0:
-            raise ValueError("d_steps must be >= 1, and r1, d_highpass, exposure, colour, texture and noise >= 0")
+        weights = (self.r1, self.d_highpass, self.exposure, self.colour, self.texture, self.noise, self.jpeg)
+        if self.d_steps < 1 or min(weights) < 0:
+            raise ValueError("d_steps must be >= 1; r1, d_highpass, exposure, colour, texture, noise and jpeg >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay {self.lr_decay} must lie in [0, 1]")
 
@@ -241,6 +244,24 @@ def mapped_target(target: torch.Tensor, loss: LossConfig) -> torch.Tensor:
 def noise_loss(noise_std: torch.Tensor, allowed: float) -> torch.Tensor:
     """Mean over images of the squared excess (in /255) of the chain's noise std (B,) in [0, 1] units over `allowed`."""
     return F.relu(noise_std.float() * 255 - allowed).pow(2).mean()
+
+
+def jpeg_loss(quality: torch.Tensor, floor: float) -> torch.Tensor:
+    """Mean over images of the squared shortfall, in tens of quality, of the chain's JPEG quality (B,) under `floor`."""
+    return (F.relu(floor - quality.float()) / 10).pow(2).mean()
+
+
+def chain_loss(net_g: nn.Module, z: torch.Tensor, loss: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The structured chain's noise and JPEG held to what the real LR shows (`noise_loss`, `jpeg_loss`), weighted;
+    zero for a generator without them (the paper's network)."""
+    total, logs = torch.zeros((), device=z.device), {}
+    if loss.noise > 0 and hasattr(net_g, "noise_std"):
+        excess = noise_loss(net_g.noise_std(z), loss.noise_allowed)
+        total, logs["g_noise"] = total + loss.noise * excess, excess.item()
+    if loss.jpeg > 0 and loss.jpeg_floor > 0 and hasattr(net_g, "jpeg_quality"):
+        shortfall = jpeg_loss(net_g.jpeg_quality(z), loss.jpeg_floor)
+        total, logs["g_jpeg"] = total + loss.jpeg * shortfall, shortfall.item()
+    return total, logs
 
 
 def generator_loss(

@@ -340,6 +340,10 @@ class StructuredGenerator(nn.Module):
         grey = torch.cos(angle) ** 2
         return ((shot * 0.5 + read) * (grey + (1 - grey) * sum(c * c for c in LUMA))).sqrt()
 
+    def jpeg_quality(self, z: torch.Tensor) -> torch.Tensor:
+        """(B,) the JPEG quality z selects, differentiable (for `degrader.gan.jpeg_loss`)."""
+        return self.jpeg.params(self.embed(z))["quality"]
+
     @torch.no_grad()
     def params(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-image parameters z selects, in physical units (the degrader's "fingerprint").

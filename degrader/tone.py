@@ -27,6 +27,8 @@ Noise too (`measure_noise`, for `LossConfig.noise`): the sensor noise the real L
 downscaling, read off the flattest tenth of each set's images (Immerkaer's estimate, where scene texture
 reaches least), a lower bound on the camera's. A GAN on two sets of different scenes answers busier scenes with
 noise (City100 in docs/results.md); the loss holds the chain's noise at or below what is measured here.
+JPEG likewise (`measure_blocks`, for `LossConfig.jpeg`): where the real LR shows no more of the 8-px block
+grid than clean downscaling, the chain's JPEG quality is held high.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from degrader.color import luma
-from degrader.image_stats import image_statistics
+from degrader.image_stats import blockiness, image_statistics
 
 Z = 3.0  # standard errors a difference must exceed to count
 BOOTSTRAP = 200  # resamples for the standard errors
@@ -99,6 +101,23 @@ class NoiseFloor:
     def describe(self) -> str:
         seen = f"flattest tenth: real LR {self.real:.2f}, clean downscaling {self.clean:.2f}, z {self.z:+.1f}"
         return f"at most {self.excess:.2f}/255 at mid-grey ({seen})"
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Whether the real LR shows JPEG's 8-px block grid beyond clean downscaling (mean blockiness, ~1: none)."""
+
+    real: float = 1.0  # mean blockiness of the real LR
+    clean: float = 1.0  # the same for the HR set area-downscaled
+    z: float = 0.0  # real - clean in bootstrap standard errors
+
+    @property
+    def shown(self) -> bool:
+        return self.z > Z
+
+    def describe(self) -> str:
+        seen = f"blockiness: real LR {self.real:.3f}, clean downscaling {self.clean:.3f}, z {self.z:+.1f}"
+        return f"{'any' if self.shown else 'high only (no block grid in the real LR)'} ({seen})"
 
 
 def _sums(x: torch.Tensor, pool: int) -> torch.Tensor:
@@ -196,3 +215,13 @@ def measure_noise(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0)
     z = float(diff / (flattest(boot_real[..., 0]) - flattest(boot_clean[..., 0])).std().clamp_min(1e-12))
     r, c = float(flattest(real[:, 0])), float(flattest(clean[:, 0]))
     return NoiseFloor((r**2 - c**2) ** 0.5 if z > Z else 0.0, r, c, z)
+
+
+def measure_blocks(hr: torch.Tensor, lr: torch.Tensor, scale: int, seed: int = 0) -> BlockGrid:
+    """Whether the real LR set shows more of JPEG's block grid than clean downscaling (module docstring)."""
+    clean = blockiness(luma(F.avg_pool2d(hr.float(), scale))).double()[:, None]  # (N, 1)
+    real = blockiness(luma(lr.float())).double()[:, None]
+    boot_clean, boot_real = _resampled(clean, real, seed)
+    diff = real.mean() - clean.mean()
+    z = float(diff / (boot_real.mean((1, 2)) - boot_clean.mean((1, 2))).std().clamp_min(1e-12))
+    return BlockGrid(float(real.mean()), float(clean.mean()), z)

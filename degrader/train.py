@@ -14,7 +14,7 @@ from degrader.checkpoint import DEGRADER_FILE, Degrader, noise_from_seeds
 from degrader.device import accelerate, autocast, resolve_device
 from degrader.errors import UserError
 from degrader.files import check_out_dir, check_out_outside, list_digest, write_json
-from degrader.gan import Ema, LossConfig, adam, discriminator_loss, generator_loss, noise_loss, set_lr, update
+from degrader.gan import Ema, LossConfig, adam, chain_loss, discriminator_loss, generator_loss, set_lr, update
 from degrader.grids import numbered
 from degrader.images import CACHE_MB, Scan, first_readable, save_grid, scan_images, shuffled
 from degrader.model import HighToLowConfig, HighToLowGenerator
@@ -37,10 +37,21 @@ from degrader.run import (
 )
 from degrader.structured import StructuredConfig, StructuredGenerator
 from degrader.texture import measure_texture
-from degrader.tone import IMAGES, ColourMap, NoiseFloor, ToneMap, measure_colour, measure_noise, measure_tone
+from degrader.tone import (
+    IMAGES,
+    BlockGrid,
+    ColourMap,
+    NoiseFloor,
+    ToneMap,
+    measure_blocks,
+    measure_colour,
+    measure_noise,
+    measure_tone,
+)
 from degrader.validation import Validation, ValidationSet, split_validation
 
 SAMPLE_SEEDS = (0, 1, 2, 3)  # noise seeds of the sample grid's G(HR, z) rows
+JPEG_FLOOR = 95.0  # the JPEG quality `loss.jpeg` holds where the real LR shows no block grid (the chain's start)
 GENERATORS = ("paper", "structured")
 
 
@@ -129,6 +140,7 @@ class FitPlan:
     tone: ToneMap | None = None  # the LR set's tone map for `loss.tone = "auto"` (also in config.loss.tone_map)
     colour: ColourMap | None = None  # its colour map, for tone "auto" with `loss.colour` (config.loss.colour_map)
     noise: NoiseFloor | None = None  # the noise the real LR shows, for `loss.noise` (config.loss.noise_allowed)
+    blocks: BlockGrid | None = None  # whether it shows JPEG's block grid, for `loss.jpeg` (config.loss.jpeg_floor)
 
 
 @dataclass
@@ -165,9 +177,10 @@ def plan_fit(config: FitConfig) -> FitPlan:
     if not 0.2 <= config.lr_frame <= 1:
         raise UserError(f"lr_frame is {config.lr_frame}; give the centre fraction of each LR image kept, in [0.2, 1].")
     hr, lr, validation, note = split_validation(config, hr, lr, model.lr_size)  # held-out images leave training
-    tone = colour = floor = None
-    noise = config.loss.noise > 0 and config.generator == "structured"  # the paper's network has no noise level
-    if config.loss.tone == "auto" or noise:  # measured again on --resume, to the same maps: same images and draws
+    tone = colour = floor = grid = None
+    structured = config.generator == "structured"  # the paper's network has no noise level or JPEG quality
+    noise, jpeg = config.loss.noise > 0 and structured, config.loss.jpeg > 0 and structured
+    if config.loss.tone == "auto" or noise or jpeg:  # measured again on --resume, the same: same images and draws
         sets = tone_sets(config, model, hr, lr)
         maps = {}
         if config.loss.tone == "auto":
@@ -177,6 +190,9 @@ def plan_fit(config: FitConfig) -> FitPlan:
         if noise:
             floor = measure_noise(*sets, model.scale)
             maps["noise_allowed"] = round(floor.excess, 6)
+        if jpeg:
+            grid = measure_blocks(*sets, model.scale)
+            maps["jpeg_floor"] = 0.0 if grid.shown else JPEG_FLOOR
         config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, **maps))
     if config.loss.texture > 0:  # likewise the real LR's texture quantiles, the same again on --resume
         sample = training_sample(lr, texture.IMAGES, model.lr_size, config.lr_prep, "texture", config.lr_frame)
@@ -188,7 +204,7 @@ def plan_fit(config: FitConfig) -> FitPlan:
     check_out_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     params = count(net_g), count(net_d)
-    return FitPlan(config, model, hr, lr, device, *params, validation, note, tone, colour, floor)
+    return FitPlan(config, model, hr, lr, device, *params, validation, note, tone, colour, floor, grid)
 
 
 def tone_sets(
@@ -300,9 +316,8 @@ def fit(plan: FitPlan, on_progress: Progress | None = None) -> FitResult:
                 z = noise()
                 fake = train_g(hr, z)  # (B, 3, H/s, H/s)
                 g_loss, g_logs = generator_loss(fake, F.avg_pool2d(hr, model.scale), net_d, loss, aug_rng)
-                if loss.noise > 0 and hasattr(net_g, "noise_std"):  # no more noise than the real LR shows
-                    excess = noise_loss(net_g.noise_std(z), loss.noise_allowed)
-                    g_loss, g_logs = g_loss + loss.noise * excess, g_logs | {"g_noise": excess.item()}
+                held, held_logs = chain_loss(net_g, z, loss)  # no more noise and blocks than the real LR shows
+                g_loss, g_logs = g_loss + held, g_logs | held_logs
             update(opt_g, g_loss)
             if ema:
                 ema.update(net_g)
