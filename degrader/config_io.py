@@ -194,7 +194,8 @@ def run_settings(cls: type, out: Path) -> dict[str, Any]:
     """The settings of the run in `out` (its config.json) that `--resume` continues with, as `cls` fields.
 
     A key the file lacks in a nested config (a setting added to the code since the run was written) takes
-    that dataclass's default, which the run had, not a preset's; keys `cls` no longer has are left out.
+    that dataclass's default, which the run had, not a preset's; so does a top-level key `cls.BEFORE` names (its
+    value before the setting existed); keys `cls` no longer has are left out.
     Without a readable config there is nothing to take: the library says why the run cannot continue.
     """
     try:
@@ -217,7 +218,7 @@ def run_settings(cls: type, out: Path) -> dict[str, Any]:
                 g.name: g.default for g in dataclasses.fields(nested) if g.default is not dataclasses.MISSING
             } | value
         settings[f.name] = value
-    return settings
+    return {k: v for k, v in getattr(cls, "BEFORE", {}).items() if k not in saved} | settings
 
 
 def _nested(tp: Any) -> type | None:

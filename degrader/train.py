@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,8 @@ class FitConfig:
     min_fidelity: float = 24.0  # dB PSNR-Y against bicubic LR: a step above it beats any below; 0 off (docs/results.md)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     overwrite: bool = False  # replace whatever `out` holds
+
+    BEFORE: ClassVar[dict[str, Any]] = {"sharpen": 0.0}  # what a run written before a setting existed had (--resume)
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):  # from a config.json

@@ -88,3 +88,23 @@ def test_fit_learns_the_step_when_asked_and_reports_it(tiny_folders, tmp_path):
     assert fingerprint(net, n=16)["sharpening amount"].max() <= 1.5
     bad = CliRunner().invoke(degrade, ["fit", *common, "--out", str(tmp_path / "bad"), "--set", "sharpen=-1"])
     assert bad.exit_code != 0 and "sharpen is -1.0" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_run_from_before_the_step_resumes_without_it(tiny_folders, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.degrade import degrade
+
+    hr, lr = tiny_folders
+    run = tmp_path / "run"
+    common = ["--hr", str(hr), "--lr", str(lr), "--out", str(run), "--set=hr_size=32", "--set=workers=0"]
+    result = CliRunner().invoke(degrade, ["fit", *common, "--steps", "2", "--set", "sharpen=0", "--set=val_split=0"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    del config["sharpen"]  # as config.json was written before the setting existed
+    (run / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(degrade, ["fit", "--out", str(run), "--resume", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["sharpen"] == 0.0
