@@ -108,7 +108,7 @@ def lsq_degrader(sigma: float, amount: float, mask_sigma: float, scale: int):
     from degrader.checkpoint import Degrader
     from degrader.structured import StructuredConfig, StructuredGenerator
 
-    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    logit = lambda p: math.log(min(max(p, 1e-6), 1 - 1e-6) / (1 - min(max(p, 1e-6), 1 - 1e-6)))  # noqa: E731  ends of a range
     cfg = StructuredConfig(scale=scale, sharpen_max=2.0)
     net = StructuredGenerator(cfg)
     raw = {

@@ -47,6 +47,13 @@ def test_the_fit_finds_the_chain_that_made_the_pairs(ck, tmp_path):
     assert "amount 0.5" in out.stdout and (tmp_path / "run" / "degrader.safetensors").is_file()
 
 
+def test_a_chain_at_the_ends_of_its_ranges_is_written(ck):
+    p = ck.lsq_degrader(2.2, 1.5, 1.5, 2).net_g.params(torch.zeros(1, 64))  # mask width 1.5: the range's top
+    assert p["sharpen"].item() == pytest.approx(1.5, rel=1e-3) and p["sharpen_sigma"].item() == pytest.approx(
+        1.5, rel=1e-3
+    )
+
+
 def test_without_pairs_it_says_so_and_exits_0(tmp_path):
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--hr", str(tmp_path), "--lr", str(tmp_path)], capture_output=True, text=True
