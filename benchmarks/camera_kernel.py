@@ -107,16 +107,18 @@ def lsq_degrader(sigma: float, amount: float, mask_sigma: float, scale: int):
     """A structured degrader with exactly that chain: every image the same, no noise, JPEG or colour change."""
     from degrader.checkpoint import Degrader
     from degrader.structured import StructuredConfig, StructuredGenerator
+    from degrader.structured_config import SHARPEN_SIGMA
 
-    logit = lambda p: math.log(min(max(p, 1e-6), 1 - 1e-6) / (1 - min(max(p, 1e-6), 1 - 1e-6)))  # noqa: E731  ends of a range
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    fraction = lambda v, lo, hi: min(max((v - lo) / (hi - lo), 1e-6), 1 - 1e-6)  # noqa: E731  (ends: just inside)
     cfg = StructuredConfig(scale=scale, sharpen_max=2.0)
     net = StructuredGenerator(cfg)
     raw = {
-        net.blur: [logit((sigma - cfg.sigma_min) / (cfg.sigma_max - cfg.sigma_min))] * 2 + [0.0, 0.0],
+        net.blur: [logit(fraction(sigma, cfg.sigma_min, cfg.sigma_max))] * 2 + [0.0, 0.0],
         net.colour: [0.0] * 6 + [1.0],
         net.noise: [-30.0, -30.0, math.pi / 4],  # the floor of both ranges
         net.jpeg: [30.0, -30.0],  # quality 100, 4:4:4
-        net.sharpen: [logit(max(amount, 1e-4) / cfg.sharpen_max), logit(mask_sigma - 0.5)],
+        net.sharpen: [logit(fraction(amount, 0, cfg.sharpen_max)), logit(fraction(mask_sigma, *SHARPEN_SIGMA))],
     }
     with torch.no_grad():
         for step, values in raw.items():

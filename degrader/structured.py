@@ -22,7 +22,7 @@ from torch import nn
 
 from degrader.color import LUMA
 from degrader.jpeg import diff_round, jpeg
-from degrader.structured_config import StructuredConfig
+from degrader.structured_config import SHARPEN_SIGMA, StructuredConfig
 
 __all__ = ["NOISE_CHANNELS", "StructuredConfig", "StructuredGenerator", "blur", "gaussian_kernels", "noise_images"]
 
@@ -208,14 +208,15 @@ class Sharpen(nn.Module):
     def __init__(self, hidden: int, cfg: StructuredConfig):
         super().__init__()
         self.cfg = cfg
-        frac = (cfg.sharpen_sigma - 0.5) / 1.0  # the mask's width starts at sharpen_sigma within 0.5..1.5 LR px
+        lo, hi = SHARPEN_SIGMA
+        frac = (cfg.sharpen_sigma - lo) / (hi - lo)
         self.head = Head(hidden, [_logit(cfg.sharpen_init / cfg.sharpen_max), _logit(frac)], cfg)
 
     def params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         raw = self.head(h)
         return {
             "sharpen": _in_range(raw[:, 0], 0.0, self.cfg.sharpen_max),  # (B,) amount; 0 leaves the image as it is
-            "sharpen_sigma": _in_range(raw[:, 1], 0.5, 1.5),  # (B,) width of the mask's blur, LR px
+            "sharpen_sigma": _in_range(raw[:, 1], *SHARPEN_SIGMA),  # (B,) width of the mask's blur, LR px
         }
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from degrader.errors import UserError
 from degrader.jpeg import ROUNDINGS
 from degrader.nets import DiscriminatorConfig, config_from_dict
 
+SHARPEN_SIGMA = (0.5, 1.5)  # LR px: the range of the unsharp mask's Gaussian width (a 7x7 kernel covers 1.5)
+
 
 @dataclass
 class StructuredConfig:
@@ -36,7 +38,7 @@ class StructuredConfig:
     # sharpening (unsharp mask) at LR, after the noise, as a camera's or a website's pipeline sharpens
     sharpen_max: float = 0.0  # the strongest amount; 0 leaves the step out (degraders saved before it)
     sharpen_init: float = 0.05  # starting amount: next to none
-    sharpen_sigma: float = 1.0  # starting width of the mask's Gaussian, LR px (learned within 0.5..1.5)
+    sharpen_sigma: float = 1.0  # starting width of the mask's Gaussian, LR px (learned within SHARPEN_SIGMA)
     # JPEG
     quality_min: float = 10.0
     quality_max: float = 100.0
@@ -61,8 +63,9 @@ class StructuredConfig:
             raise ValueError(f"sigma_init {self.sigma_init} must lie in ({self.sigma_min}, {self.sigma_max})")
         if self.sharpen_max < 0:
             raise ValueError(f"sharpen_max {self.sharpen_max} must be >= 0 (0: no sharpening step)")
-        if self.sharpen_max and not (0 < self.sharpen_init < self.sharpen_max and 0.5 < self.sharpen_sigma < 1.5):
-            raise ValueError("need 0 < sharpen_init < sharpen_max and 0.5 < sharpen_sigma < 1.5 (LR px)")
+        lo, hi = SHARPEN_SIGMA
+        if self.sharpen_max and not (0 < self.sharpen_init < self.sharpen_max and lo < self.sharpen_sigma < hi):
+            raise ValueError(f"need 0 < sharpen_init < sharpen_max and {lo} < sharpen_sigma < {hi} (LR px)")
         if not 1 <= self.quality_min < self.quality_init < self.quality_max <= 100:
             raise ValueError("need 1 <= quality_min < quality_init < quality_max <= 100")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,14 @@ from degrader.threads import set_threads
 # OpenMP threads waiting on each other: a 10-step tiny fit took 45 s with 2 threads and 1 s with 1. Set through
 # degrader.threads, so that the library's runs keep it rather than apply the policy.
 set_threads(1)
+
+
+def load_script(path: Path, name: str) -> types.ModuleType:
+    """A script that is not a package module (benchmarks/, examples/), imported from its file as `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def smooth_image(size: int, seed: int) -> Image.Image:

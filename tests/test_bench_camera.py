@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import subprocess
@@ -18,6 +17,7 @@ from PIL import Image, ImageFilter
 
 from degrader.crops import grid_boxes
 from degrader.images import to_tensor
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_camera.py"
@@ -29,10 +29,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def camera():
-    spec = importlib.util.spec_from_file_location("bench_camera", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "bench_camera")
 
 
 @pytest.fixture

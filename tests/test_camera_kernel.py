@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "camera_kernel.py"
 
 
 @pytest.fixture(scope="module")
 def ck():
-    spec = importlib.util.spec_from_file_location("camera_kernel", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "camera_kernel")
 
 
 def test_the_fit_finds_the_chain_that_made_the_pairs(ck, tmp_path):
